@@ -1,0 +1,177 @@
+"""The ``searchrl`` command line: one sub-command per stage, each a thin wrapper over a library call.
+
+Commands import their heavy dependencies (torch, sentence-transformers) lazily so
+that ``searchrl --help`` and the data commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+
+def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"error: {flag} {item!r}: expected KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers, e.g. 0.6,0.2,0.2")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers (train,valid,test)")
+    return parts
+
+
+def _split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed of the query-level split (default 0)")
+    p.add_argument("--fractions", type=_fractions, default=(0.6, 0.2, 0.2),
+                   help="train,valid,test fractions of queries (default 0.6,0.2,0.2)")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="bad rows: stop with an error naming file/line/field (default), or skip and count them")
+
+
+def cmd_data_prepare(a) -> None:
+    from .data.prepare import prepare, stats_table
+    options = _kv(a.option, "--option")
+    ds = prepare(a.name, a.out or f"data/{a.name}", a.mirror, seed=a.seed, fractions=a.fractions,
+                 on_error=a.on_error, pins=_kv(a.pin, "--pin"), download=not a.no_download, **options)
+    _print_report(ds, a.out or f"data/{a.name}")
+
+
+def cmd_data_import(a) -> None:
+    from .data.importer import import_dataset, parse_mapping
+    mapping = parse_mapping(a.mapping, a.map, {"products": a.products, "queries": a.queries,
+                                               "judgments": a.judgments}, a.labels)
+    ds = import_dataset(mapping, a.out, name=a.name, seed=a.seed, fractions=a.fractions, on_error=a.on_error)
+    _print_report(ds, a.out)
+
+
+def _print_report(ds, out) -> None:
+    from .data.prepare import stats_table
+    print(f"wrote {out}")
+    print(stats_table(ds))
+    rep = ds.card["report"]
+    if rep["skipped"]:
+        print(f"skipped {sum(rep['skipped'].values())} bad row(s): {rep['skipped']}")
+        for line in rep["skipped_examples"]:
+            print(f"  {line}")
+    if rep["merged_duplicate_judgments"]:
+        print(f"merged {rep['merged_duplicate_judgments']} duplicate judgment(s) with equal grades")
+    if rep["unjudged_queries_dropped"]:
+        print(f"dropped {rep['unjudged_queries_dropped']} quer(ies) without judgments")
+
+
+def cmd_data_stats(a) -> None:
+    from .data.prepare import stats_table
+    from .data.schema import load_dataset
+    print(stats_table(load_dataset(a.dir)))
+
+
+def cmd_baseline_relevance(a) -> None:
+    from .data.schema import load_dataset
+    from .eval.baselines import relevance_baselines
+    from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
+    ds = load_dataset(a.data)
+    rows = relevance_baselines(ds, a.split)
+    print_table(rows, RELEVANCE_COLUMNS, title=f"relevance baselines: {ds.card.get('name', a.data)} {a.split}")
+    if a.json:
+        write_metrics_json(a.json, "relevance", ds.card.get("name", str(a.data)), a.split, rows)
+
+
+def cmd_baseline_retrieval(a) -> None:
+    from .data.schema import load_dataset
+    from .eval.baselines import retrieval_baselines
+    from .eval.metrics import print_table, write_metrics_json
+    ds = load_dataset(a.data)
+    ks = tuple(int(k) for k in a.k.split(","))
+    rows = retrieval_baselines(ds, a.split, ks, encoder=a.encoder)
+    print_table(rows, title=f"retrieval baselines: {ds.card.get('name', a.data)} {a.split}")
+    if a.json:
+        write_metrics_json(a.json, "retrieval", ds.card.get("name", str(a.data)), a.split, rows)
+
+
+def cmd_quickstart(a) -> None:
+    from .quickstart import run_quickstart
+    run_quickstart(a.out, mirror=a.mirror)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="searchrl", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    q = sub.add_parser("quickstart", help="the main job on embedded defaults: prepare Chorus, print baseline tables")
+    q.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
+    q.add_argument("--mirror", default=None, help="local mirror of upstream data files ($SEARCHRL_DATA_MIRROR)")
+    q.set_defaults(func=cmd_quickstart)
+
+    data = sub.add_parser("data", help="prepare, import and describe datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    d = dsub.add_parser("prepare", help="fetch a dataset by name (sha256-verified) into canonical tables")
+    d.add_argument("name", choices=["chorus", "esci", "esci-sample", "wands"])
+    d.add_argument("--out", default=None, help="output directory (default data/NAME)")
+    d.add_argument("--mirror", default=None, help="local mirror of upstream files ($SEARCHRL_DATA_MIRROR)")
+    d.add_argument("--pin", action="append", metavar="FILE=SHA256",
+                   help="sha256 for a file the registry cannot pin (WANDS product.csv, label.csv)")
+    d.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="loader option, e.g. locale=us version=small for esci")
+    d.add_argument("--no-download", action="store_true", help="use only the cache and the mirror")
+    _split_args(d)
+    d.set_defaults(func=cmd_data_prepare)
+
+    i = dsub.add_parser("import", help="turn your own CSV/TSV/JSONL/Parquet files into canonical tables")
+    i.add_argument("--judgments", help="judgments file: query (or query_id), product_id, label")
+    i.add_argument("--products", help="products file (default: product fields from the judgments rows)")
+    i.add_argument("--queries", help="queries file: query_id, text")
+    i.add_argument("--mapping", help="YAML column mapping (see searchrl.data.importer)")
+    i.add_argument("--map", action="append", metavar="TABLE.FIELD=COLUMN", help="column mapping flag")
+    i.add_argument("--labels", help="label map, e.g. Exact=4,Partial=3,Irrelevant=1 (default: labels are 1-4)")
+    i.add_argument("--name", default="custom", help="dataset name recorded in dataset.json")
+    i.add_argument("--out", required=True, help="output directory")
+    _split_args(i)
+    i.set_defaults(func=cmd_data_import)
+
+    s = dsub.add_parser("stats", help="counts, grade distribution per split, judgments per query")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_data_stats)
+
+    base = sub.add_parser("baseline", help="cheap baselines: majority, BM25, zero-shot MiniLM")
+    bsub = base.add_subparsers(dest="baseline_command", required=True, metavar="TASK")
+    r = bsub.add_parser("relevance", help="majority, BM25 thresholds, lexical logistic regression")
+    r.add_argument("--data", required=True)
+    r.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    r.add_argument("--json", help="write metrics JSON here")
+    r.set_defaults(func=cmd_baseline_relevance)
+    t = bsub.add_parser("retrieval", help="BM25 and zero-shot all-MiniLM-L6-v2 (FAISS flat) over the catalogue")
+    t.add_argument("--data", required=True)
+    t.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    t.add_argument("--k", default="10,100", help="cut-offs, comma-separated (default 10,100)")
+    t.add_argument("--encoder", default=None, help="sentence-transformers model path (default all-MiniLM-L6-v2)")
+    t.add_argument("--json", help="write metrics JSON here")
+    t.set_defaults(func=cmd_baseline_retrieval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.registry import ChecksumError
+    from .data.schema import DataError
+    try:
+        args.func(args)
+    except (DataError, ChecksumError, FileNotFoundError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""``searchrl baseline relevance|retrieval``: the cheap systems every learned model must beat.
+
+Relevance (grade a judged pair):
+- ``majority``: the most frequent train grade for every pair.
+- ``bm25-thresholds``: BM25(query, product) divided by the query's best BM25 score in
+  the whole catalogue (so one set of cut-offs fits every query), cut into four grades
+  by three thresholds fitted on train for macro-F1 (exhaustive over a quantile grid).
+- ``lexical-logreg``: a class-balanced logistic regression on a handful of lexical
+  features (BM25, normalised BM25, query-term coverage of title and text, brand hit).
+
+Retrieval (rank the whole catalogue): BM25, and zero-shot all-MiniLM-L6-v2 with a
+FAISS flat index.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ..data.schema import GRADES, Dataset, product_text
+from ..retrieval.bm25 import BM25Index
+from ..retrieval.dense import FaissIndex, encode, load_encoder, model_tag
+from .metrics import classification_metrics, retrieval_metrics
+
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> set[str]:
+    # crude plural folding so "speakers" matches "speaker" in coverage features
+    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in _WORD.findall(str(text).lower())}
+
+
+def lexical_features(pairs: pd.DataFrame, bm25: BM25Index) -> np.ndarray:
+    """[N, 6] features for judged pairs (columns text, product_id, title, brand, ...)."""
+    feats = np.zeros((len(pairs), 6))
+    for query, idx in pairs.groupby("text").indices.items():
+        all_scores = bm25.scores(query)
+        best = max(float(all_scores.max()), 1e-9)
+        sub = pairs.iloc[idx]
+        s = bm25.pair_scores(query, sub["product_id"].astype(str).tolist())
+        q = _words(query)
+        for row_i, (i, r) in enumerate(zip(idx, sub.to_dict("records"))):
+            title, text = _words(r["title"]), _words(product_text(r))
+            brand = str(r.get("brand") or "").lower()
+            feats[i] = [s[row_i], s[row_i] / best, len(q & title) / max(len(q), 1), len(q & text) / max(len(q), 1),
+                        float(bool(brand) and brand in query.lower()), np.log1p(len(title))]
+    return feats
+
+
+def _fast_macro_f1(y: np.ndarray, p: np.ndarray) -> float:
+    # Used only inside the threshold search (thousands of calls); reported numbers use sklearn.
+    f1s = []
+    for g in GRADES:
+        tp = np.sum((p == g) & (y == g))
+        denom = np.sum(p == g) + np.sum(y == g)
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1s))
+
+
+def fit_thresholds(x: np.ndarray, y: np.ndarray, grid: int = 30) -> tuple[float, float, float]:
+    """Three cut-offs on ``x`` maximising train macro-F1; grade = 1 + #(cut-offs <= x)."""
+    cands = np.unique(np.quantile(x, np.linspace(0.02, 0.98, grid)))
+    best, best_t = -1.0, (np.inf, np.inf, np.inf)
+    for t in itertools.combinations_with_replacement(cands, 3):
+        f = _fast_macro_f1(y, apply_thresholds(x, t))
+        if f > best:
+            best, best_t = f, t
+    return tuple(float(v) for v in best_t)
+
+
+def apply_thresholds(x: np.ndarray, t) -> np.ndarray:
+    return 1 + (x[:, None] >= np.asarray(t)[None, :]).sum(1)
+
+
+def relevance_baselines(ds: Dataset, split: str = "test") -> list[dict]:
+    """Fit on train, report on ``split``: one metrics row per system."""
+    bm25 = BM25Index(ds.products)
+    train, test = ds.split("train").pairs(), ds.split(split).pairs()
+    y_tr, y_te = train["grade"].to_numpy(), test["grade"].to_numpy()
+    f_tr, f_te = lexical_features(train, bm25), lexical_features(test, bm25)
+    rows = []
+    majority = int(pd.Series(y_tr).mode().iloc[0])
+    rows.append({"system": "majority", **classification_metrics(y_te, np.full(len(y_te), majority))})
+    t = fit_thresholds(f_tr[:, 1], y_tr)
+    rows.append({"system": "bm25-thresholds", **classification_metrics(y_te, apply_thresholds(f_te[:, 1], t))})
+    clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
+    clf.fit(f_tr, y_tr)
+    rows.append({"system": "lexical-logreg", **classification_metrics(y_te, clf.predict(f_te))})
+    return rows
+
+
+def retrieval_baselines(ds: Dataset, split: str = "test", ks=(10, 100), encoder: str | None = None,
+                        batch_size: int = 64, progress: bool = True) -> list[dict]:
+    """BM25 and zero-shot dense retrieval over the whole catalogue for ``split``'s queries."""
+    sub = ds.split(split)
+    qrels = {q: dict(zip(g["product_id"].astype(str), g["grade"].astype(int)))
+             for q, g in sub.judgments.groupby("query_id")}
+    qids, texts = sub.queries["query_id"].tolist(), sub.queries["text"].tolist()
+    kmax = max(ks)
+    rows = []
+    bm25 = BM25Index(ds.products)
+    run = {q: [p for p, _ in hits] for q, hits in zip(qids, bm25.search(texts, k=kmax))}
+    rows.append({"system": "bm25", **retrieval_metrics(run, qrels, ks)})
+    model = load_encoder(encoder)
+    corpus = [product_text(r) for r in ds.products.to_dict("records")]
+    emb = encode(model, corpus, batch_size=batch_size, cache_tag=model_tag(encoder), progress=progress)
+    index = FaissIndex(emb, ds.products["product_id"].astype(str).tolist())
+    hits = index.search(encode(model, texts, batch_size=batch_size, progress=False), kmax)
+    run = {q: [p for p, _ in h] for q, h in zip(qids, hits)}
+    rows.append({"system": "minilm-zero-shot", **retrieval_metrics(run, qrels, ks)})
+    return rows
