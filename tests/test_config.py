@@ -1,0 +1,50 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from searchrl.config import ConfigError, load_config, save_config
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-4  # learning rate
+    warmup_steps: int = 0
+
+
+@dataclass
+class Train:
+    model: str = "tiny"
+    steps: int = 10
+    bf16: bool = False
+    ks: list[int] = field(default_factory=lambda: [10])
+    eval_split: str | None = None
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_yaml_then_overrides_with_types(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: qwen\nsteps: 5\noptim: {lr: 0.001}\n")
+    cfg = load_config(Train, p, ["steps=7", "optim.lr=2e-5", "bf16=true", "ks=10,100", "eval_split=valid"])
+    assert cfg == Train(model="qwen", steps=7, bf16=True, ks=[10, 100], eval_split="valid",
+                        optim=Optim(lr=2e-5))
+    save_config(cfg, tmp_path / "out.yaml")
+    assert load_config(Train, tmp_path / "out.yaml") == cfg
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["stpes=3"], r"unknown key\(s\) \['stpes'\]"),
+    (["optim.beta=1"], r"optim: unknown key\(s\) \['beta'\]"),
+    (["steps=many"], r"steps: expected int, got 'many'"),
+    (["bf16=maybe"], r"bf16: expected true/false"),
+    (["noequals"], "expected key=value"),
+])
+def test_bad_keys_and_values_are_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(Train, None, overrides)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim: {lr: 1, warmup: 3}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: optim: unknown key\(s\) \['warmup'\]"):
+        load_config(Train, p)
