@@ -13,7 +13,10 @@ stamp=".venv/.searchrl-installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing searchrl into .venv (torch pinned by constraints.txt)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,serve]"
+  # (the grep hides this machine's pip.conf warnings about absent local index folders; pip's own
+  # exit status still decides, through pipefail)
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,serve]" 2>&1 \
+    | { grep -v "^WARNING: Location 'file://" || true; }
   echo "$want" > "$stamp"
 fi
 # Upstream data: use the local mirror when there is one (CI and these machines), else download.

@@ -157,7 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--encoder", default=None, help="sentence-transformers model path (default all-MiniLM-L6-v2)")
     t.add_argument("--json", help="write metrics JSON here")
     t.set_defaults(func=cmd_baseline_retrieval)
+    p.epilog = "commands:\n" + "\n".join(f"  searchrl {name:<22} {help_}" for name, help_ in _leaf_commands(sub))
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
+
+
+def _leaf_commands(action, prefix=""):
+    """(full command, one-line help) for every runnable command, for the top-level --help."""
+    helps = {a.dest: a.help for a in action._choices_actions}
+    for name, parser in action.choices.items():
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs:
+            yield from _leaf_commands(subs[0], f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", helps.get(name, "")
 
 
 def main(argv: list[str] | None = None) -> int:
