@@ -1,0 +1,1 @@
+"""Relevance model pieces: prompt and completion format, parser, rule engine, CoT teachers."""
