@@ -36,3 +36,38 @@ def chorus_dir(tmp_path_factory):
     os.environ.setdefault("SEARCHRL_HOME", str(tmp_path_factory.mktemp("session_home")))
     prepare("chorus", out, MIRROR)
     return out
+
+
+TINY_PRODUCTS = [
+    ("p1", "Dell XPS 13 laptop 16 GB", "Dell", "Notebook"), ("p2", "HP Pavilion 15 notebook silver", "HP", "Notebook"),
+    ("p3", "Targus laptop bag 15.6 inch", "Targus", "Bag"), ("p4", "Logitech wireless mouse M185", "Logitech", "Mouse"),
+    ("p5", "JBL Flip 5 bluetooth speaker", "JBL", "Speaker"), ("p6", "Anker USB-C cable 1m", "Anker", "Cable"),
+    ("p7", "Samsung 32GB microSD memory card", "Samsung", "Memory card"), ("p8", "HP 301 black ink cartridge", "HP", "Ink"),
+]
+TINY_JUDGMENTS = {  # query -> {product: grade}
+    "laptop": {"p1": 4, "p2": 4, "p3": 2, "p4": 1}, "laptop bag": {"p3": 4, "p1": 2, "p5": 1, "p6": 1},
+    "wireless mouse": {"p4": 4, "p1": 1, "p6": 1, "p5": 1}, "bluetooth speaker": {"p5": 4, "p4": 1, "p7": 1, "p2": 1},
+    "usb c cable": {"p6": 4, "p4": 1, "p8": 1, "p3": 1}, "memory card": {"p7": 4, "p6": 1, "p1": 1, "p8": 1},
+    "hp ink": {"p8": 4, "p2": 2, "p7": 1, "p5": 1}, "dell laptop": {"p1": 4, "p2": 3, "p3": 2, "p8": 1},
+    "speaker": {"p5": 4, "p3": 1, "p6": 1, "p1": 1}, "hp laptop": {"p2": 4, "p1": 3, "p8": 2, "p4": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A 10-query, 8-product dataset in canonical form (through the importer, as a user would)."""
+    import csv
+    from searchrl.data.importer import import_dataset, parse_mapping
+    d = tmp_path_factory.mktemp("tiny_data")
+    with open(d / "products.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["product_id", "title", "brand", "category"])
+        w.writerows(TINY_PRODUCTS)
+    with open(d / "judgments.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["query", "product_id", "label"])
+        for q, grades in TINY_JUDGMENTS.items():
+            w.writerows((q, p, g) for p, g in grades.items())
+    mapping = parse_mapping(files={"products": str(d / "products.csv"), "judgments": str(d / "judgments.csv")})
+    import_dataset(mapping, d / "ds", name="tiny", fractions=(0.6, 0.2, 0.2))
+    return d / "ds"

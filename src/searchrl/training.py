@@ -1,0 +1,87 @@
+"""What every trainer needs besides its loss: checkpoints, exact resume, torchrun.
+
+- :func:`save_checkpoint` / :func:`checkpoints`: ``checkpoint-STEP/`` holds the model
+  in Hugging Face format (``save_pretrained``: safetensors; adapters only under LoRA),
+  the tokenizer and ``trainer_state.pt`` (optimizer, scheduler, step, data position,
+  RNG states, config), written aside and renamed so a crash never leaves half of one.
+- :func:`trim_metrics`: drops metric lines logged after the checkpoint being resumed.
+- :func:`init_distributed` / :func:`all_reduce_sum` / :func:`barrier`: the few
+  collective operations a data-parallel loop under torchrun needs (gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# ---------------------------------------------------------------- checkpoints
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, step: int, cfg) -> Path:
+    """HF-format weights (safetensors; adapters only under LoRA) + tokenizer + trainer_state.pt."""
+    tmp = path.with_name(path.name + ".tmp")  # written aside, then renamed: a crash never leaves half a checkpoint
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "micro_batch": step * cfg.grad_accum,  # position in the (seed, epoch)-ordered data stream
+                "rng": rng_state(), "config": dataclasses.asdict(cfg)}, tmp / "trainer_state.pt")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in output_dir, oldest first."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.pt").exists()
+             and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    # lines written after the checkpoint we resume from would otherwise appear twice
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+# ---------------------------------------------------------------- torchrun
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(world size, rank) from torchrun's environment; initialises the process group once."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return world, int(os.environ.get("RANK", "0"))
+
+
+def all_reduce_sum(value: float, world: int, device) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t.item())
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()

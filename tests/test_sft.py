@@ -1,0 +1,137 @@
+"""SFT on the random tiny Qwen2: completion-only labels, a falling loss, exact resume, logs and checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from searchrl.config import load_config
+from searchrl.relevance.model import TINY, LoraSettings, load_relevance_model
+from searchrl.relevance.prompt import PromptConfig, build_completion, build_prompt
+from searchrl.relevance.sft import (IGNORE, SFTConfig, checkpoints, collate, encode_example, epoch_order,
+                                    train_sft)
+
+VERDICTS = {  # simple step verdicts per grade (the rule teacher is not needed to test the trainer)
+    4: {"query": "cable", "item": "cable", "category": "match", "attribute": "match"},
+    3: {"query": "cable", "item": "cable", "category": "match", "attribute": "unclear"},
+    2: {"query": "cable", "item": "adapter", "category": "related", "attribute": "mismatch"},
+    1: {"query": "cable", "item": "laptop", "category": "mismatch", "attribute": "unclear"},
+}
+ITEMS = {4: "usb c cable 1m", 3: "usb cable", 2: "usb c adapter", 1: "gaming laptop 15 inch"}
+
+
+def make_examples(n: int, order: str = "label_first") -> list[dict]:
+    cfg = PromptConfig(instruction="Grade the product.", order=order)
+    out = []
+    for i in range(n):
+        grade = 4 - i % 4
+        prompt = build_prompt(f"usb c cable {i % 3}", {"title": ITEMS[grade], "brand": "anker"}, cfg)
+        out.append({"prompt": prompt, "completion": build_completion(grade, VERDICTS[grade], cfg=cfg),
+                    "grade": grade})
+    return out
+
+
+def small_cfg(tmp_path, order="label_first", **kw) -> SFTConfig:
+    base = dict(prompt=PromptConfig(order=order), model=TINY, output_dir=str(tmp_path), device="cpu", batch_size=4, lr=3e-3, warmup_ratio=0.1,
+                max_length=256, progress=False, seed=0)
+    return SFTConfig(**{**base, **kw})
+
+
+def test_labels_mask_prompt_and_padding():
+    _, tok = load_relevance_model(TINY)
+    ex = make_examples(2)
+    enc = [encode_example(tok, e["prompt"], e["completion"], 256) for e in ex]
+    n_prompt = len(tok(ex[0]["prompt"], add_special_tokens=False)["input_ids"])
+    labels = enc[0]["labels"]
+    assert labels[:n_prompt] == [IGNORE] * n_prompt
+    assert all(l != IGNORE for l in labels[n_prompt:])
+    assert labels[n_prompt:] == enc[0]["input_ids"][n_prompt:]
+    assert tok.convert_ids_to_tokens(labels[n_prompt]) == "<L4>"  # label-first: the grade is the first target
+    assert labels[-1] == tok.eos_token_id
+    enc[1]["input_ids"] = enc[1]["input_ids"][:-3]  # make the rows differ in length
+    enc[1]["labels"] = enc[1]["labels"][:-3]
+    batch = collate(enc, tok.pad_token_id)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()
+    assert (batch["labels"][1, -3:] == IGNORE).all() and (batch["input_ids"][1, -3:] == tok.pad_token_id).all()
+    assert encode_example(tok, ex[0]["prompt"], ex[0]["completion"], 10) is None  # too long: dropped
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+    assert (epoch_order(0, 1, 10) == epoch_order(0, 1, 10)).all()
+    assert not (epoch_order(0, 1, 10) == epoch_order(0, 2, 10)).all()
+    assert sorted(epoch_order(3, 0, 10)) == list(range(10))
+
+
+def test_loss_falls_and_logs(tmp_path):
+    train, valid = make_examples(8), make_examples(8)
+    cfg = small_cfg(tmp_path, max_steps=30, batch_size=8, eval_every=15, save_every=15, save_total_limit=1)
+    res = train_sft(cfg, train, valid)
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows]
+    assert len(losses) == 30 and [r["step"] for r in rows] == list(range(1, 31))
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert sum(losses[-5:]) < sum(losses[:5]) and losses.index(min(losses)) > 20
+    assert all(r["tokens_per_s"] > 0 and r["lr"] >= 0 for r in rows)
+    evals = [r for r in rows if "valid_macro_f1" in r]
+    assert [r["step"] for r in evals] == [15, 30]
+    assert evals[-1]["valid_accuracy"] == res.last_eval["valid_accuracy"]
+    assert 0.0 <= res.last_eval["valid_macro_f1"] <= 1.0 and 0.0 <= res.last_eval["valid_accuracy"] <= 1.0
+    # checkpoints in HF format (oldest pruned), final model loadable
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-30"]
+    ck = tmp_path / "checkpoint-30"
+    assert (ck / "model.safetensors").exists() and (ck / "trainer_state.pt").exists()
+    model, tok = load_relevance_model(str(res.final_dir))
+    for (k, a), b in zip(model.state_dict().items(), res.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    train = make_examples(12)  # 3 micro-batches per epoch: steps cross epoch boundaries mid-accumulation
+    kw = dict(max_steps=8, grad_accum=2, schedule="cosine", weight_decay=0.01)
+    full = train_sft(small_cfg(tmp_path / "full", **kw), train)
+    part = train_sft(small_cfg(tmp_path / "part", stop_at_step=3, **kw), train)
+    assert part.step == 3 and part.final_dir is None
+    assert [p.name for p in checkpoints(tmp_path / "part")] == ["checkpoint-3"]
+    torch.manual_seed(999)  # disturb the global RNG: resume must restore it
+    resumed = train_sft(small_cfg(tmp_path / "part", **kw), train, resume=True)
+    assert resumed.step == 8
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    steps = [json.loads(l)["step"] for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_lora_sft_trains_and_resumes(tmp_path):
+    train = make_examples(8)
+    kw = dict(max_steps=4, lora=LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"]))
+    full = train_sft(small_cfg(tmp_path / "full", **kw), train)
+    train_sft(small_cfg(tmp_path / "part", stop_at_step=2, **kw), train)
+    resumed = train_sft(small_cfg(tmp_path / "part", **kw), train, resume=True)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    # final/ holds the merged model; the grade-token rows moved away from their initial values
+    init, _ = load_relevance_model(TINY)
+    merged, tok = load_relevance_model(str(full.final_dir))
+    gid = tok.convert_tokens_to_ids("<L4>")
+    emb0, emb1 = init.get_input_embeddings().weight, merged.get_input_embeddings().weight
+    assert not torch.allclose(emb0[gid], emb1[gid])
+    assert torch.equal(emb0[gid - 10], emb1[gid - 10])  # ordinary rows stay frozen
+
+
+def test_cot_first_eval_and_order_check(tmp_path):
+    with pytest.raises(ValueError, match="order"):
+        train_sft(small_cfg(tmp_path / "bad", max_steps=1, order="cot_first"), make_examples(4))
+    cfg = small_cfg(tmp_path / "cot", max_steps=2, order="cot_first", eval_max_new_tokens=8)
+    res = train_sft(cfg, make_examples(4, "cot_first"), make_examples(4, "cot_first"))
+    assert set(res.last_eval) == {"valid_macro_f1", "valid_accuracy", "valid_good_f1"}
+
+
+def test_config_from_overrides():
+    cfg = load_config(SFTConfig, None, ["lora.r=8", "lr=2e-5", "schedule=linear"])
+    assert cfg.lora == LoraSettings(r=8) and cfg.lr == 2e-5 and cfg.schedule == "linear"
+    with pytest.raises(ValueError):
+        SFTConfig(prompt=PromptConfig(order="think_first"))
