@@ -1,6 +1,7 @@
 """Evaluate a relevance model, or the rule engine alone, on a dataset split.
 
-- :func:`evaluate_model`: grade probabilities from one prefill per pair (argmax);
+- :func:`evaluate_model`: grade probabilities from one prefill per pair (argmax;
+  a cot-first model is decoded instead, its grade read after the reasoning);
   with ``decode=True`` the completion is also generated greedily and parsed, adding
   the format-error rate and rule adherence (the written grade is consistent with the
   written step verdicts) and the discriminative-hallucination rate (its complement
@@ -89,12 +90,18 @@ def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", deco
     pairs = ds.split(split).pairs()
     prompts = [render_prompt(tok, build_prompt(q, p, prompt_cfg), chat)
                for q, p in zip(pairs["text"], pair_products(pairs))]
-    probs = grade_probs(model, tok, prompts, batch_size)  # [N, 4]
     gold = pairs["grade"].tolist()
-    row = {"system": system or Path(model_dir).name, **classification_metrics(gold, (probs.argmax(1) + 1).tolist())}
-    if decode:
+    cot_first = prompt_cfg.order == "cot_first"
+    parsed = []
+    if decode or cot_first:  # a cot-first model's grade exists only after its reasoning: decode it
         texts = decode_completions(model, tok, prompts, max_new_tokens, batch_size)
         parsed = [parse_completion(t, prompt_cfg.order) for t in texts]
+    if cot_first:  # no readable grade counts as L1 (the most common grade), i.e. as a miss for the rest
+        pred = [p.grade or 1 for p in parsed]
+    else:
+        pred = (grade_probs(model, tok, prompts, batch_size).argmax(1) + 1).tolist()  # [N]
+    row = {"system": system or Path(model_dir).name, **classification_metrics(gold, pred)}
+    if parsed:
         ok = [p for p in parsed if p.grade is not None and len(p.verdicts) == 5]
         consistent = [is_consistent(p.grade, p.verdicts) for p in ok]
         row["x_format_error_rate"] = 1 - len(ok) / max(len(parsed), 1)

