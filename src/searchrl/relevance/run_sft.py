@@ -1,6 +1,6 @@
 """``searchrl train sft``: prepared dataset -> rule-teacher completions -> SFT -> saved model.
 
-The rule teacher writes the train split's completions (the human grade wins; see
+The rule teacher (or, with ``teacher: llm``, an LLM endpoint) writes the train split's completions (the human grade wins; see
 teacher.py) and the eval split's prompts; ``train_sft`` does the rest. The final
 model directory gets ``relevance_config.json`` (prompt settings) and
 ``teacher_report.json`` (how often the rules agreed with the human grade).
@@ -17,6 +17,7 @@ from ..data.schema import load_dataset
 from .evaluate import save_relevance_config
 from .rules import RuleEngine
 from .sft import SFTConfig, SFTResult, train_sft
+from .llm_teacher import LLMTeacher
 from .teacher import RuleTeacher, build_sft_examples
 
 
@@ -25,8 +26,11 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
         raise ValueError("data_dir is not set (--set data_dir=DIR, a directory made by `searchrl data prepare`)")
     ds = load_dataset(cfg.data_dir)
     engine = RuleEngine.from_yaml(cfg.rules or None)
-    train_ex, report = build_sft_examples(ds.split("train").pairs(), RuleTeacher(engine, cfg.prompt, cfg.on_disagree),
-                                          cfg.prompt)
+    teacher = RuleTeacher(engine, cfg.prompt, cfg.on_disagree)
+    if cfg.teacher == "llm":  # the rule teacher stays as the fallback for unusable answers
+        llm = cfg.llm if cfg.llm.cache_dir else dataclasses.replace(cfg.llm, cache_dir=f"{cfg.output_dir}/llm_cache")
+        teacher = LLMTeacher(llm, cfg.prompt, fallback=teacher)  # answers cached: a rerun pays for no call twice
+    train_ex, report = build_sft_examples(ds.split("train").pairs(), teacher, cfg.prompt)
     # eval examples only need prompt and gold grade; never drop any of them
     eval_ex, _ = build_sft_examples(ds.split(cfg.eval_split).pairs(), RuleTeacher(engine, cfg.prompt, "condition"),
                                     cfg.prompt)

@@ -47,6 +47,7 @@ from searchrl.training import (all_reduce_sum, barrier, checkpoints, init_distri
 from searchrl.eval.metrics import classification_metrics
 from searchrl.relevance.model import (LoraSettings, TinyModel, encode_prompt, grade_probs, grade_token_ids, left_pad,
                                       load_relevance_model, render_prompt)
+from searchrl.relevance.llm_teacher import LLMTeacherConfig
 from searchrl.relevance.prompt import GRADE_TOKENS, PromptConfig
 
 IGNORE = -100  # label of positions that carry no loss (prompt, padding)
@@ -70,6 +71,8 @@ class SFTConfig:
     prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)  # prompt fields, instruction and
     #   completion order (prompt.order: label_first = grade token first | cot_first); saved with the model
     rules: str = ""  # rule knowledge base YAML for the rule teacher; "" = the packaged relevance/rules.yaml
+    teacher: str = "rule"  # who writes the train CoT: "rule" (offline) | "llm" (an OpenAI-compatible endpoint)
+    llm: LLMTeacherConfig = dataclasses.field(default_factory=LLMTeacherConfig)  # endpoint, model, cache (teacher=llm)
     on_disagree: str = "condition"  # teacher grade != human grade: "condition" the CoT on the gold grade | "drop"
     chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
     max_length: int = 1024  # prompt + completion tokens; longer examples are dropped and counted
@@ -104,6 +107,8 @@ class SFTConfig:
     progress: bool = True  # show the tqdm progress bar
 
     def __post_init__(self):
+        if self.teacher not in ("rule", "llm"):
+            raise ValueError(f"teacher must be rule or llm, got {self.teacher!r}")
         if self.on_disagree not in ("condition", "drop"):
             raise ValueError(f"on_disagree must be condition or drop, got {self.on_disagree!r}")
         if self.schedule not in SCHEDULES:
