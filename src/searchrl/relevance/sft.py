@@ -58,8 +58,9 @@ SCHEDULES = ("cosine", "linear", "constant_with_warmup")
 @dataclass
 class SFTConfig:
     # --- model
-    model: str = "tiny-qwen2"  # local HF causal-LM directory, or "tiny-qwen2" (random tiny model, for smoke runs)
-    tiny: TinyModel = dataclasses.field(default_factory=TinyModel)  # sizes when model is "tiny-qwen2"
+    model: str = "tiny-qwen2"  # local HF causal-LM directory, or an offline build over MiniLM's vocabulary:
+    #   "tiny-qwen2" (random Qwen2), "minilm-qwen2" (Qwen2 with MiniLM's embeddings), "minilm-decoder" (MiniLM as BERT decoder)
+    tiny: TinyModel = dataclasses.field(default_factory=TinyModel)  # Qwen2 sizes for tiny-qwen2 / minilm-qwen2
     tokenizer: str = ""  # tokenizer directory; "" = the model's own (MiniLM's for tiny-qwen2)
     dtype: str = "float32"  # float32 | bfloat16 | float16: weights' dtype (optimizer states follow it)
     lora: LoraSettings | None = None  # None = full fine-tuning; set any lora.* key to train LoRA adapters instead
