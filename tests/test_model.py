@@ -92,3 +92,14 @@ def test_lora_freezes_base_weights():
     assert not base.model.layers[0].mlp.up_proj.weight.requires_grad
     probs = grade_probs(model, tok, PROMPTS[:2])
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
+
+
+def test_minilm_tokenizer_round_trips_the_completion_grammar():
+    """Decoded completions must parse: WordPiece alone loses newlines and '=>' and lowercases 'L3'."""
+    from searchrl.relevance.parser import is_consistent, parse_completion
+    from searchrl.relevance.prompt import build_completion
+    _, tok = load_relevance_model(TINY)
+    c = build_completion(3, {"query": "laptop", "item": "notebook", "category": "match", "attribute": "partial"})
+    parsed = parse_completion(tok.decode(tok(c, add_special_tokens=False)["input_ids"]))
+    assert parsed.format_errors == [] and parsed.grade == 3 and parsed.verdicts["verdict"] == "L3"
+    assert is_consistent(parsed.grade, parsed.verdicts)

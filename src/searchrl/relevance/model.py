@@ -59,6 +59,10 @@ def minilm_tokenizer():
         tok.pad_token = "[PAD]"
     if tok.eos_token is None:  # BERT has no EOS; [SEP] ends a segment, so it ends a completion too
         tok.eos_token = "[SEP]"
+    # WordPiece drops newlines and splits "=>" into "= >": the completion's line grammar would not survive a
+    # decode, so both are added as tokens matched before normalisation
+    from tokenizers import AddedToken
+    tok.add_tokens([AddedToken("\n", normalized=False), AddedToken("=>", normalized=False)])
     return tok
 
 

@@ -91,6 +91,8 @@ def _parse_line(line: str, out: ParsedCompletion, seen: list) -> None:
         out.format_errors.append(f"{step}: expected key {VERDICT_KEYS[step]!r}, got {key!r}")
         return
     if step in ALLOWED_VALUES:
+        # case-insensitive: uncased tokenizers (MiniLM's WordPiece) decode "L3" as "l3"
+        value = {v.lower(): v for v in ALLOWED_VALUES[step]}.get(value.lower(), value)
         if value not in ALLOWED_VALUES[step]:
             out.format_errors.append(f"{step}: bad value {value!r}")
             return
