@@ -21,6 +21,7 @@ from pathlib import Path
 from .config import load_config
 from .data.prepare import prepare, stats_table
 from .data.schema import load_dataset
+from .retrieval.bm25 import BM25Index
 from .relevance.evaluate import evaluate_model, rule_agreement
 from .relevance.run_sft import run_sft
 from .relevance.sft import SFTConfig
@@ -45,8 +46,9 @@ def run_quickstart(out: str | Path = "runs/quickstart", mirror: str | None = Non
     print(stats_table(ds), "\n")
 
     print("[quickstart] relevance baselines (fit on train)")
-    rel = relevance_baselines(ds, split)
-    rel.append({**next(r for r in rule_agreement(ds) if r["system"] == f"rules ({split})"), "system": "rules"})
+    bm25 = BM25Index(ds.products)  # shared by the relevance and retrieval baselines
+    rel = relevance_baselines(ds, split, bm25)
+    rel.append({**rule_agreement(ds, splits=(split,))[0], "system": "rules"})
     print_table(rel, RELEVANCE_COLUMNS, title=f"Relevance baselines, Chorus {split} ({rel[0]['n']} pairs)")
 
     print("\n[quickstart] label-first SFT of the default relevance model on Chorus train")
@@ -65,7 +67,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", mirror: str | None = Non
     write_metrics_json(out / "relevance.json", "relevance", "chorus", split, rel)
 
     print("\n[quickstart] retrieval baselines (whole catalogue)")
-    ret = retrieval_baselines(ds, split, ks=(10, 100))
+    ret = retrieval_baselines(ds, split, ks=(10, 100), bm25=bm25)
     print_table(ret, RETRIEVAL_COLUMNS, title=f"Retrieval, Chorus {split} ({ret[0]['n_queries']} queries with a Good item)")
     write_metrics_json(out / "retrieval.json", "retrieval", "chorus", split, ret)
     print(f"\n[quickstart] wrote {out / 'relevance.json'} and {out / 'retrieval.json'} in {time.time() - t0:.0f}s")

@@ -43,7 +43,7 @@ def lexical_features(pairs: pd.DataFrame, bm25: BM25Index) -> np.ndarray:
         all_scores = bm25.scores(query)
         best = max(float(all_scores.max()), 1e-9)
         sub = pairs.iloc[idx]
-        s = bm25.pair_scores(query, sub["product_id"].astype(str).tolist())
+        s = bm25.pair_scores(query, sub["product_id"].astype(str).tolist(), all_scores)
         q = _words(query)
         for row_i, (i, r) in enumerate(zip(idx, sub.to_dict("records"))):
             title, text = _words(r["title"]), _words(product_text(r))
@@ -78,9 +78,9 @@ def apply_thresholds(x: np.ndarray, t) -> np.ndarray:
     return 1 + (x[:, None] >= np.asarray(t)[None, :]).sum(1)
 
 
-def relevance_baselines(ds: Dataset, split: str = "test") -> list[dict]:
+def relevance_baselines(ds: Dataset, split: str = "test", bm25: BM25Index | None = None) -> list[dict]:
     """Fit on train, report on ``split``: one metrics row per system."""
-    bm25 = BM25Index(ds.products)
+    bm25 = bm25 or BM25Index(ds.products)
     train, test = ds.split("train").pairs(), ds.split(split).pairs()
     y_tr, y_te = train["grade"].to_numpy(), test["grade"].to_numpy()
     f_tr, f_te = lexical_features(train, bm25), lexical_features(test, bm25)
@@ -96,7 +96,7 @@ def relevance_baselines(ds: Dataset, split: str = "test") -> list[dict]:
 
 
 def retrieval_baselines(ds: Dataset, split: str = "test", ks=(10, 100), encoder: str | None = None,
-                        batch_size: int = 64, progress: bool = True) -> list[dict]:
+                        batch_size: int = 64, progress: bool = True, bm25: BM25Index | None = None) -> list[dict]:
     """BM25 and zero-shot dense retrieval over the whole catalogue for ``split``'s queries."""
     sub = ds.split(split)
     qrels = {q: dict(zip(g["product_id"].astype(str), g["grade"].astype(int)))
@@ -104,7 +104,7 @@ def retrieval_baselines(ds: Dataset, split: str = "test", ks=(10, 100), encoder:
     qids, texts = sub.queries["query_id"].tolist(), sub.queries["text"].tolist()
     kmax = max(ks)
     rows = []
-    bm25 = BM25Index(ds.products)
+    bm25 = bm25 or BM25Index(ds.products)
     run = {q: [p for p, _ in hits] for q, hits in zip(qids, bm25.search(texts, k=kmax))}
     rows.append({"system": "bm25", **retrieval_metrics(run, qrels, ks)})
     model = load_encoder(encoder)

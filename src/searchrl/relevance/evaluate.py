@@ -52,11 +52,11 @@ def pair_products(pairs) -> list[dict]:
     return [{c: r.get(c) for c in cols} for r in pairs[cols].to_dict("records")]
 
 
-def rule_agreement(ds: Dataset, engine: RuleEngine | None = None) -> list[dict]:
+def rule_agreement(ds: Dataset, engine: RuleEngine | None = None, splits=SPLITS) -> list[dict]:
     """One metrics row per split: the rule engine's grade against the human grade."""
     engine = engine or RuleEngine.from_yaml()
     rows = []
-    for split in SPLITS:
+    for split in splits:
         pairs = ds.split(split).pairs()
         if pairs.empty:
             continue

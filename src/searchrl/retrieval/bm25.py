@@ -44,6 +44,7 @@ class BM25Index:
         vocab = {i: t for t, i in tokens.vocab.items()}
         return self.model.get_scores([vocab[i] for i in tokens.ids[0]])
 
-    def pair_scores(self, query: str, product_ids: list[str]) -> np.ndarray:
-        s = self.scores(query)
+    def pair_scores(self, query: str, product_ids: list[str], scores: np.ndarray | None = None) -> np.ndarray:
+        """BM25 of ``query`` for the given products (``scores``: the query's precomputed ``scores()``)."""
+        s = self.scores(query) if scores is None else scores
         return np.array([s[self._row[p]] for p in product_ids], dtype=np.float64)
