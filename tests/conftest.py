@@ -71,3 +71,16 @@ def tiny_data(tmp_path_factory):
     mapping = parse_mapping(files={"products": str(d / "products.csv"), "judgments": str(d / "judgments.csv")})
     import_dataset(mapping, d / "ds", name="tiny", fractions=(0.6, 0.2, 0.2))
     return d / "ds"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved random tiny Qwen2 relevance model with a scorer config (default prompt: a long shared prefix)."""
+    from searchrl.relevance.model import load_relevance_model
+    from searchrl.relevance.scorer_config import ScorerConfig, save_scorer_config
+    d = tmp_path_factory.mktemp("tiny_model")
+    model, tok = load_relevance_model("tiny-qwen2", seed=1)
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    save_scorer_config(d, ScorerConfig())
+    return d

@@ -6,7 +6,7 @@ from searchrl.eval.metrics import read_metrics_json
 
 @pytest.mark.slow
 def test_quickstart_end_to_end(mirror, tmp_path, capsys):
-    """The README's main command: prepare Chorus, print and save both baseline tables."""
+    """The README's main command: prepare Chorus, baselines, SFT, tiering, print and save both tables."""
     # the SFT stage cut to a few steps here; the README's command runs the full config
     assert main(["quickstart", "--out", str(tmp_path / "qs"), "--mirror", str(mirror), "--set", "max_steps=2",
                  "--set", "eval_every=0", "--set", "max_eval_examples=16"]) == 0
@@ -15,8 +15,11 @@ def test_quickstart_end_to_end(mirror, tmp_path, capsys):
     rel = read_metrics_json(tmp_path / "qs" / "relevance.json")
     ret = read_metrics_json(tmp_path / "qs" / "retrieval.json")
     assert rel["task"] == "relevance"
-    assert {r["system"] for r in rel["rows"]} == {"majority", "bm25-thresholds", "lexical-logreg", "rules",
-                                                  "sft-label-first"}
+    systems = [r["system"] for r in rel["rows"]]
+    assert systems[:5] == ["majority", "bm25-thresholds", "lexical-logreg", "rules", "sft-label-first"]
+    # the SFT model's grade also by cumulative-probability tiering (beta tuned on valid) and per-grade thresholds
+    assert systems[5].startswith("sft-label-first tiered (beta=") and systems[6].startswith("sft-label-first thresh")
+    assert len(systems) == 7
     assert all(r["n"] == 802 for r in rel["rows"])
     assert {r["system"] for r in ret["rows"]} == {"bm25", "minilm-zero-shot"}
     for r in ret["rows"]:

@@ -109,16 +109,79 @@ def cmd_train_sft(a) -> None:
         print(f"sft: saved {result.final_dir} after {result.step} steps; last eval {result.last_eval}")
 
 
+def cmd_sample(a) -> None:
+    import json
+    from .data.schema import load_dataset
+    from .relevance.sample import format_table, sample_preferences, write_pairs
+    rows, table = sample_preferences(a.model, load_dataset(a.data), a.n, a.split, a.temperature, a.top_p,
+                                     a.max_new_tokens, a.prompts_per_batch, a.seed, a.max_prompts, a.rules)
+    write_pairs(a.out, rows)
+    print(format_table(table))
+    print(f"wrote {len(rows)} preference pairs -> {a.out}")
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump(table, f, indent=2)
+
+
+def cmd_train_dpo(a) -> None:
+    from .config import load_config
+    from .relevance.dpo import DPOConfig, train_dpo
+    result = train_dpo(load_config(DPOConfig, a.config, a.set))
+    if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"dpo: saved {result.final_dir} after {result.step} steps; last eval {result.last_eval}")
+
+
+def cmd_train_grpo(a) -> None:
+    from .config import load_config
+    from .relevance.grpo import GRPOConfig, train_grpo
+    result = train_grpo(load_config(GRPOConfig, a.config, a.set))
+    if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"grpo: saved {result.final_dir} after {result.step} steps ({result.rollouts} rollouts); "
+              f"last eval {result.last_eval}")
+
+
 def cmd_eval_relevance(a) -> None:
     from .data.schema import load_dataset
     from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
     from .relevance.evaluate import evaluate_model
     ds = load_dataset(a.data)
-    row = evaluate_model(a.model, ds, a.split, decode=a.decode, batch_size=a.batch_size)
-    extra = [k for k in row if k.startswith("x_")]
-    print_table([row], RELEVANCE_COLUMNS + extra, title=f"relevance: {a.model} on {a.split}")
+    rows = evaluate_model(a.model, ds, a.split, decode=a.decode, batch_size=a.batch_size)
+    extra = [k for k in rows[0] if k.startswith("x_")]
+    print_table(rows, RELEVANCE_COLUMNS + extra, title=f"relevance: {a.model} on {a.split}")
     if a.json:
-        write_metrics_json(a.json, "relevance", ds.card.get("name", str(a.data)), a.split, [row])
+        write_metrics_json(a.json, "relevance", ds.card.get("name", str(a.data)), a.split, rows)
+
+
+def cmd_tune_tiering(a) -> None:
+    from .data.schema import load_dataset
+    from .relevance.evaluate import tune_tiering
+    r = tune_tiering(a.model, load_dataset(a.data), a.split, batch_size=a.batch_size)
+    print(f"tiering on {r['split']} ({r['n']} pairs): beta={r['beta']:g} macro-F1 {r['macro_f1_tiered']:.4f}; "
+          f"per-grade thresholds {r['grade_thresholds']} macro-F1 {r['macro_f1_thresholds']:.4f}; "
+          f"argmax macro-F1 {r['macro_f1_argmax']:.4f}")
+    print(f"stored in {a.model}/relevance_config.json")
+
+
+def cmd_score(a) -> None:
+    from .serve.scorer import score_file
+    r = score_file(a.model, a.input, a.output, on_error=a.on_error, batch_size=a.batch_size)
+    print(f"scored {r['pairs']} pairs of {r['queries']} queries in {r['seconds']:.1f}s "
+          f"({r['pairs_per_s']:.1f} pairs/s, {r['threads']} threads) -> {a.output}")
+    if r["skipped"]:
+        print(f"skipped {r['skipped']} bad row(s): {r['skipped_by_reason']}")
+
+
+def cmd_export(a) -> None:
+    from .serve.export import export_model
+    out = export_model(a.model, a.output, overwrite=a.overwrite)
+    print(f"exported {a.model} -> {out} (safetensors, tokenizer, relevance_config.json)")
+
+
+def cmd_serve(a) -> None:
+    from .config import load_config
+    from .serve.server import ServerConfig, serve
+    serve(a.model, a.host, a.port, load_config(ServerConfig, a.config, a.set), threads=a.threads)
 
 
 def cmd_teacher_agreement(a) -> None:
@@ -133,6 +196,49 @@ def cmd_teacher_agreement(a) -> None:
         print(f"{r['system']} confusion (rows = human L1..L4, columns = rules L1..L4): {r['confusion']}")
     if a.json:
         write_metrics_json(a.json, "relevance", ds.card.get("name", str(a.data)), "all", rows)
+
+
+def cmd_train_retriever(a) -> None:
+    from .config import load_config
+    from .retrieval.config import RetrieverConfig
+    cfg = load_config(RetrieverConfig, a.config, a.set + ([f"stage={a.stage}"] if a.stage else []))
+    if cfg.stage == "rgrpo":
+        from .retrieval.rgrpo import train_rgrpo
+        step, final = train_rgrpo(cfg)
+    else:
+        from .retrieval.train_sft import train_contrastive
+        step, final = train_contrastive(cfg)
+    if final is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"retriever {cfg.stage}: saved {final} after {step} steps (metrics in {cfg.output_dir}/metrics.jsonl)")
+
+
+def _relevance_scorer(model_dir):
+    if not model_dir:
+        return None
+    from .serve.scorer import RelevanceScorer
+    return RelevanceScorer.load(model_dir)
+
+
+def cmd_eval_retrieval(a) -> None:
+    from .data.schema import load_dataset
+    from .eval.metrics import print_table, write_metrics_json
+    from .retrieval.evaluate import Retriever, evaluate_retrieval
+    from .retrieval.index import IndexConfig
+    ds = load_dataset(a.data)
+    retriever = Retriever(a.retriever, ds.products, IndexConfig(kind=a.index) if a.index else None)
+    ks = tuple(int(k) for k in a.k.split(","))
+    row = evaluate_retrieval(retriever, ds, a.split, ks, _relevance_scorer(a.relevance_model), a.goodrate_k,
+                             system=a.name or os.path.normpath(a.retriever))
+    print_table([row], title=f"retrieval: {a.retriever} on {a.split}")
+    if a.json:
+        write_metrics_json(a.json, "retrieval", ds.card.get("name", str(a.data)), a.split, [row])
+
+
+def cmd_search(a) -> None:
+    from .retrieval.evaluate import search
+    for r in search(a.retriever, a.query, a.k, a.data, _relevance_scorer(a.relevance_model), progress=False):
+        graded = f"  P(Good)={r['p_good']:.3f} L{r['grade']}" if "p_good" in r else ""
+        print(f"{r['rank']:>3}. {r['score']:.4f}  {r['product_id']}  {r['title']} [{r['brand']}]{graded}")
 
 
 def cmd_quickstart(a) -> None:
@@ -187,6 +293,35 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--config", help="YAML config (fields of searchrl.relevance.sft.SFTConfig)")
     ts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     ts.set_defaults(func=cmd_train_sft)
+    td = tsub.add_parser("dpo", help="DPO of the SFT model on preference pairs (from `searchrl sample`)")
+    td.add_argument("--config", help="YAML config (fields of searchrl.relevance.dpo.DPOConfig)")
+    td.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    td.set_defaults(func=cmd_train_dpo)
+    tg = tsub.add_parser("grpo", help="GRPO of the SFT model: grade reward, dynamic sampling, class-balanced prompts")
+    tg.add_argument("--config", help="YAML config (fields of searchrl.relevance.grpo.GRPOConfig)")
+    tg.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    tg.set_defaults(func=cmd_train_grpo)
+    trr = tsub.add_parser("retriever", help="dense retriever: sft (InfoNCE), hardneg (mined negatives) or rgrpo")
+    trr.add_argument("--stage", choices=["sft", "hardneg", "rgrpo"], help="overrides the config's stage")
+    trr.add_argument("--config", help="YAML config (fields of searchrl.retrieval.config.RetrieverConfig)")
+    trr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    trr.set_defaults(func=cmd_train_retriever)
+
+    sp = sub.add_parser("sample", help="pass@N sampling from a relevance model: pass@k table and DPO preference pairs")
+    sp.add_argument("--model", required=True, help="model directory (e.g. runs/sft/final)")
+    sp.add_argument("--data", required=True, help="prepared dataset directory")
+    sp.add_argument("--n", type=int, required=True, help="samples per prompt")
+    sp.add_argument("--split", default="train", choices=["train", "valid", "test"])
+    sp.add_argument("--temperature", type=float, default=1.0)
+    sp.add_argument("--top-p", type=float, default=1.0)
+    sp.add_argument("--max-new-tokens", type=int, default=256)
+    sp.add_argument("--prompts-per-batch", type=int, default=8, help="prompts per sampling batch (x n rows)")
+    sp.add_argument("--max-prompts", type=int, default=0, help="a seeded subset of this many pairs; 0 = all")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--rules", default=None, help="rule YAML of the teacher (default: the packaged rules.yaml)")
+    sp.add_argument("--out", required=True, help="preference pairs JSONL (prompt, chosen, rejected, ...)")
+    sp.add_argument("--json", help="write the pass@k table as JSON here")
+    sp.set_defaults(func=cmd_sample)
 
     ev = sub.add_parser("eval", help="evaluate a trained model")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
@@ -198,6 +333,56 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--batch-size", type=int, default=16)
     er.add_argument("--json", help="write metrics JSON here")
     er.set_defaults(func=cmd_eval_relevance)
+    erv = esub.add_parser("retrieval", help="a retriever over the catalogue: hitrate, nDCG, goodrate, BM25 overlap, quality")
+    erv.add_argument("--retriever", required=True, help="encoder directory (a stage's final/, or all-MiniLM-L6-v2)")
+    erv.add_argument("--data", required=True)
+    erv.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    erv.add_argument("--k", default="10,100", help="cut-offs, comma-separated (default 10,100; 10 always added)")
+    erv.add_argument("--relevance-model", help="relevance model directory: adds goodrate@K (scorer's tiered grade)")
+    erv.add_argument("--goodrate-k", type=int, default=10, help="K of goodrate (default 10)")
+    erv.add_argument("--index", choices=["flat", "ivf", "hnsw"], help="index kind (default: the training config's)")
+    erv.add_argument("--name", help="system name in the table (default: the retriever path)")
+    erv.add_argument("--json", help="write metrics JSON here")
+    erv.set_defaults(func=cmd_eval_retrieval)
+
+    tt = sub.add_parser("tune-tiering", help="fit the cumulative-probability threshold beta on a split; store it")
+    tt.add_argument("--model", required=True, help="model directory (its relevance_config.json is updated)")
+    tt.add_argument("--data", required=True)
+    tt.add_argument("--split", default="valid", choices=["train", "valid", "test"])
+    tt.add_argument("--batch-size", type=int, default=32)
+    tt.set_defaults(func=cmd_tune_tiering)
+
+    sc = sub.add_parser("score", help="grade (query, product) pairs from a file: probabilities, grade, tier, P(Good)")
+    sc.add_argument("--model", required=True, help="model directory")
+    sc.add_argument("--input", required=True, help="JSONL/CSV/TSV/Parquet with query, title, product_id, ...")
+    sc.add_argument("--output", required=True, help="output .jsonl/.csv/.tsv/.parquet")
+    sc.add_argument("--batch-size", type=int, default=32, help="rows per forward pass (default 32)")
+    sc.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                    help="bad rows: stop naming file/line/field (default), or skip and count them")
+    sc.set_defaults(func=cmd_score)
+
+    se = sub.add_parser("search", help="top-k products for a query from a trained retriever (optionally re-graded)")
+    se.add_argument("query")
+    se.add_argument("--retriever", required=True, help="encoder directory (a retriever stage's final/)")
+    se.add_argument("--data", help="prepared dataset (default: the data_dir the retriever was trained on)")
+    se.add_argument("--k", type=int, default=10)
+    se.add_argument("--relevance-model", help="relevance model directory: add P(Good) and the tiered grade")
+    se.set_defaults(func=cmd_search)
+
+    ex = sub.add_parser("export", help="a deployable copy of a model: safetensors, tokenizer, scorer config")
+    ex.add_argument("--model", required=True)
+    ex.add_argument("--output", required=True)
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="HTTP relevance service (FastAPI): POST /v1/relevance/score, GET /healthz")
+    sv.add_argument("--model", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--config", help="YAML with fields of searchrl.serve.server.ServerConfig (limits, batching)")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ServerConfig field")
+    sv.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    sv.set_defaults(func=cmd_serve)
 
     te = sub.add_parser("teacher", help="the CoT teacher and its rule knowledge base")
     tesub = te.add_subparsers(dest="teacher_command", required=True, metavar="SUBCOMMAND")
@@ -243,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data.schema import DataError
     try:
         args.func(args)
-    except (DataError, ChecksumError, FileNotFoundError, KeyError, ValueError) as e:
+    except (DataError, ChecksumError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@
 2. relevance baselines fitted on train (majority, BM25 thresholds, lexical logistic
    regression) and the rule engine alone;
 3. label-first SFT of the default relevance model on Chorus train
-   (``searchrl/configs/sft_chorus.yaml``), evaluated on test beside the baselines;
+   (``searchrl/configs/sft_chorus.yaml``), its tiering threshold beta tuned on valid,
+   evaluated on test beside the baselines (argmax, tiered and per-grade thresholds);
 4. retrieval baselines (BM25, zero-shot MiniLM) over the whole catalogue.
 
 The two tables are printed and saved as ``relevance.json`` and ``retrieval.json``
@@ -22,7 +23,7 @@ from .config import load_config
 from .data.prepare import prepare, stats_table
 from .data.schema import load_dataset
 from .retrieval.bm25 import BM25Index
-from .relevance.evaluate import evaluate_model, rule_agreement
+from .relevance.evaluate import evaluate_model, rule_agreement, tune_tiering
 from .relevance.run_sft import run_sft
 from .relevance.sft import SFTConfig
 from .eval.baselines import relevance_baselines, retrieval_baselines
@@ -61,7 +62,10 @@ def run_quickstart(out: str | Path = "runs/quickstart", mirror: str | None = Non
         print(f"[quickstart] reusing {final} (same config)")
     else:
         final = run_sft(cfg).final_dir  # resume=true in the config: a killed run continues from its checkpoint
-    rel.append(evaluate_model(final, ds, split, system="sft-label-first"))
+    tiering = tune_tiering(final, ds, "valid")  # beta (and per-grade thresholds) for macro-F1 on valid
+    print(f"[quickstart] tiering tuned on valid: beta={tiering['beta']:g} (macro-F1 {tiering['macro_f1_tiered']:.4f} "
+          f"vs argmax {tiering['macro_f1_argmax']:.4f})")
+    rel.extend(evaluate_model(final, ds, split, system="sft-label-first"))
     print(f"[quickstart] SFT trained and evaluated in {time.time() - t_sft:.0f}s")
     print_table(rel, RELEVANCE_COLUMNS, title=f"Relevance, Chorus {split} ({rel[0]['n']} pairs)")
     write_metrics_json(out / "relevance.json", "relevance", "chorus", split, rel)

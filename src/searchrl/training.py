@@ -36,18 +36,31 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, step: int, cfg) -> Path:
-    """HF-format weights (safetensors; adapters only under LoRA) + tokenizer + trainer_state.pt."""
+def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, step: int, cfg,
+                    extra: dict | None = None) -> Path:
+    """HF-format weights (safetensors; adapters only under LoRA) + tokenizer + trainer_state.pt.
+
+    ``extra`` adds trainer-specific entries to trainer_state.pt (GRPO: its sampling generators' states).
+    """
     tmp = path.with_name(path.name + ".tmp")  # written aside, then renamed: a crash never leaves half a checkpoint
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "micro_batch": step * cfg.grad_accum,  # position in the (seed, epoch)-ordered data stream
-                "rng": rng_state(), "config": dataclasses.asdict(cfg)}, tmp / "trainer_state.pt")
+                "micro_batch": step * getattr(cfg, "grad_accum", 1),  # position in the (seed, epoch)-ordered data
+                "rng": rng_state(), "config": dataclasses.asdict(cfg), **(extra or {})}, tmp / "trainer_state.pt")
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
+
+
+def restore_checkpoint(path: Path, optimizer, scheduler) -> int:
+    """Load optimizer, scheduler and RNG states from path/trainer_state.pt (the weights are the caller's); the step."""
+    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:

@@ -1,22 +1,24 @@
 """Evaluate a relevance model, or the rule engine alone, on a dataset split.
 
-- :func:`evaluate_model`: grade probabilities from one prefill per pair (argmax;
-  a cot-first model is decoded instead, its grade read after the reasoning);
-  with ``decode=True`` the completion is also generated greedily and parsed, adding
-  the format-error rate and rule adherence (the written grade is consistent with the
+- :func:`evaluate_model`: grade probabilities from one prefill per pair (the serving
+  scorer, shared query prefix), turned into grades three ways side by side: argmax,
+  cumulative-probability tiering with the model's beta, and per-grade thresholds.
+  A cot-first model is decoded instead, its grade read after the reasoning. With
+  ``decode=True`` the completion is also generated greedily and parsed, adding the
+  format-error rate and rule adherence (the written grade is consistent with the
   written step verdicts) and the discriminative-hallucination rate (its complement
   among parseable completions).
+- :func:`tune_tiering`: fits beta (and the per-grade thresholds, for comparison) on
+  a split and stores them in the model's scorer config.
 - :func:`rule_agreement`: the rule engine's grade vs the human grade, per split —
   the quality of the teacher's own verdicts, measured.
 
-A trained model directory carries ``relevance_config.json`` (the prompt settings it
-was trained with), so evaluation builds exactly the training prompts.
+A trained model directory carries ``relevance_config.json`` (scorer_config.py), so
+evaluation builds exactly the training prompts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,26 +27,12 @@ from tqdm.auto import tqdm
 
 from ..data.schema import SPLITS, Dataset
 from ..eval.metrics import classification_metrics
-from .model import encode_prompt, grade_probs, left_pad, load_relevance_model, render_prompt
+from .model import encode_prompt, left_pad
 from .parser import is_consistent, parse_completion
-from .prompt import PromptConfig, build_prompt
 from .rules import RuleEngine
-
-CONFIG_FILE = "relevance_config.json"
-
-
-def save_relevance_config(model_dir: str | Path, prompt: PromptConfig, chat_template: bool = True) -> None:
-    Path(model_dir, CONFIG_FILE).write_text(json.dumps(
-        {"prompt": dataclasses.asdict(prompt), "chat_template": chat_template}, indent=2) + "\n")
-
-
-def load_relevance_config(model_dir: str | Path) -> tuple[PromptConfig, bool]:
-    path = Path(model_dir, CONFIG_FILE)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; {model_dir} is not a searchrl relevance model "
-                                "(train one with `searchrl train sft`)")
-    cfg = json.loads(path.read_text())
-    return PromptConfig(**cfg["prompt"]), bool(cfg.get("chat_template", True))
+from .scorer_config import update_scorer_config
+from .tiering import (argmax_grades, threshold_grades, tiered_grades, tune_beta,
+                      tune_grade_thresholds)
 
 
 def pair_products(pairs) -> list[dict]:
@@ -82,30 +70,66 @@ def decode_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     return out
 
 
-def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", decode: bool = False,
-                   batch_size: int = 16, max_new_tokens: int = 160, system: str | None = None) -> dict:
-    """A metrics row for ``model_dir`` on ``split`` (argmax of the grade probabilities)."""
-    prompt_cfg, chat = load_relevance_config(model_dir)
-    model, tok = load_relevance_model(str(model_dir))
+def split_probs(scorer, ds: Dataset, split: str) -> tuple[np.ndarray, list[int], list[str]]:
+    """([N, 4] grade probabilities, gold grades, prompts) for the split's pairs, grouped by query for prefix sharing."""
     pairs = ds.split(split).pairs()
-    prompts = [render_prompt(tok, build_prompt(q, p, prompt_cfg), chat)
-               for q, p in zip(pairs["text"], pair_products(pairs))]
-    gold = pairs["grade"].tolist()
-    cot_first = prompt_cfg.order == "cot_first"
+    if pairs.empty:
+        raise ValueError(f"split {split!r} has no judged pairs")
+    products = pair_products(pairs)
+    groups = pairs.groupby("query_id", sort=False).indices  # query id -> positional row indices
+    rows = list(groups.values())
+    requests = [(pairs["text"].iloc[idx[0]], [products[i] for i in idx]) for idx in rows]
+    probs = np.zeros((len(pairs), 4))
+    for idx, p in zip(rows, scorer.grade_probs(requests)):
+        probs[idx] = p
+    prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], products)]
+    return probs, pairs["grade"].astype(int).tolist(), prompts
+
+
+def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", decode: bool = False,
+                   batch_size: int = 16, max_new_tokens: int = 160, system: str | None = None) -> list[dict]:
+    """Metrics rows for ``model_dir`` on ``split``: argmax, tiered (beta) and per-grade thresholds."""
+    from ..serve.scorer import RelevanceScorer
+    scorer = RelevanceScorer.load(model_dir, batch_size=batch_size)
+    cfg, name = scorer.config, system or Path(model_dir).name
+    probs, gold, prompts = split_probs(scorer, ds, split)
+    cot_first = cfg.prompt.order == "cot_first"
     parsed = []
     if decode or cot_first:  # a cot-first model's grade exists only after its reasoning: decode it
-        texts = decode_completions(model, tok, prompts, max_new_tokens, batch_size)
-        parsed = [parse_completion(t, prompt_cfg.order) for t in texts]
+        texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, batch_size)
+        parsed = [parse_completion(t, cfg.prompt.order) for t in texts]
     if cot_first:  # no readable grade counts as L1 (the most common grade), i.e. as a miss for the rest
-        pred = [p.grade or 1 for p in parsed]
+        rows = [{"system": name, **classification_metrics(gold, [p.grade or 1 for p in parsed])}]
     else:
-        pred = (grade_probs(model, tok, prompts, batch_size).argmax(1) + 1).tolist()  # [N]
-    row = {"system": system or Path(model_dir).name, **classification_metrics(gold, pred)}
+        thresholds = cfg.grade_thresholds or [0.5, 0.5, 0.5]
+        tuned = "" if cfg.grade_thresholds else ", untuned"
+        rows = [{"system": name, **classification_metrics(gold, argmax_grades(probs).tolist())},
+                {"system": f"{name} tiered (beta={cfg.beta:g})",
+                 **classification_metrics(gold, tiered_grades(probs, cfg.beta).tolist())},
+                {"system": f"{name} thresholds ({'/'.join(f'{t:g}' for t in thresholds)}{tuned})",
+                 **classification_metrics(gold, threshold_grades(probs, thresholds).tolist())}]
     if parsed:
         ok = [p for p in parsed if p.grade is not None and len(p.verdicts) == 5]
         consistent = [is_consistent(p.grade, p.verdicts) for p in ok]
+        row = rows[0]
         row["x_format_error_rate"] = 1 - len(ok) / max(len(parsed), 1)
         row["x_rule_adherence"] = float(np.mean(consistent)) if ok else 0.0
         row["x_hallucination_rate"] = 1 - row["x_rule_adherence"] if ok else 0.0
         row["x_decoded_accuracy"] = float(np.mean([p.grade == g for p, g in zip(parsed, gold)]))
-    return row
+    return rows
+
+
+def tune_tiering(model_dir: str | Path, ds: Dataset, split: str = "valid", batch_size: int = 32) -> dict:
+    """Fit beta and the per-grade thresholds for macro-F1 on ``split``; store both in the scorer config."""
+    from ..serve.scorer import RelevanceScorer
+    scorer = RelevanceScorer.load(model_dir, batch_size=batch_size)
+    if scorer.config.prompt.order == "cot_first":
+        raise ValueError(f"{model_dir}: a cot-first model's grade is decoded, not read from probabilities; "
+                         "tiering does not apply")
+    probs, gold, _ = split_probs(scorer, ds, split)
+    beta, f1_tiered = tune_beta(probs, gold)
+    thresholds, f1_thresholds = tune_grade_thresholds(probs, gold)
+    update_scorer_config(model_dir, beta=beta, grade_thresholds=thresholds)
+    argmax_f1 = classification_metrics(gold, argmax_grades(probs).tolist())["macro_f1"]
+    return {"split": split, "n": len(gold), "beta": beta, "macro_f1_tiered": f1_tiered,
+            "grade_thresholds": thresholds, "macro_f1_thresholds": f1_thresholds, "macro_f1_argmax": argmax_f1}

@@ -159,9 +159,12 @@ def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
         if not Path(name_or_path).is_dir():
             raise FileNotFoundError(f"{name_or_path}: no such model directory (only local files are loaded; "
                                     f"or use {TINY!r} for the random tiny model)")
+        from .scorer_config import check_safetensors
+        check_safetensors(name_or_path)  # a pickled checkpoint can run code when loaded: refused
         tokenizer = load_tokenizer(tokenizer_path or name_or_path)
         add_grade_tokens(tokenizer)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, local_files_only=True,
+                                                     use_safetensors=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token is None:

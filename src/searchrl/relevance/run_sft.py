@@ -2,7 +2,7 @@
 
 The rule teacher (or, with ``teacher: llm``, an LLM endpoint) writes the train split's completions (the human grade wins; see
 teacher.py) and the eval split's prompts; ``train_sft`` does the rest. The final
-model directory gets ``relevance_config.json`` (prompt settings) and
+model directory gets ``relevance_config.json`` (the scorer config: prompt settings, beta) and
 ``teacher_report.json`` (how often the rules agreed with the human grade).
 """
 
@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from ..data.schema import load_dataset
-from .evaluate import save_relevance_config
 from .rules import RuleEngine
+from .scorer_config import ScorerConfig, save_scorer_config
 from .sft import SFTConfig, SFTResult, train_sft
 from .llm_teacher import LLMTeacher
 from .teacher import RuleTeacher, build_sft_examples
@@ -41,7 +41,7 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
               f"dropped {r['dropped']}), {len(eval_ex)} {cfg.eval_split} examples")
     result = train_sft(cfg, train_ex, eval_ex)
     if rank0 and result.final_dir is not None:
-        save_relevance_config(result.final_dir, cfg.prompt, cfg.chat_template)
+        save_scorer_config(result.final_dir, ScorerConfig(prompt=cfg.prompt, chat_template=cfg.chat_template))
         Path(result.final_dir, "teacher_report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
         Path(result.final_dir, "sft_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     return result

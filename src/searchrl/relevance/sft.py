@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from searchrl.config import save_config
-from searchrl.training import (all_reduce_sum, barrier, checkpoints, init_distributed, save_checkpoint,
-                               set_rng_state, trim_metrics)
+from searchrl.training import (all_reduce_sum, barrier, checkpoints, init_distributed, restore_checkpoint,
+                               save_checkpoint, trim_metrics)
 from searchrl.eval.metrics import classification_metrics
 from searchrl.relevance.model import (LoraSettings, TinyModel, encode_prompt, grade_probs, grade_token_ids, left_pad,
                                       load_relevance_model, render_prompt)
@@ -162,6 +162,36 @@ def collate(batch: list[dict], pad_id: int) -> dict:
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The example order of one epoch: a function of (seed, epoch) only, so a resumed run replays it."""
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class BatchStream:
+    """Micro-batch m of the endless stream of epochs, each in epoch_order(seed, epoch): a step number alone
+    says where the stream stands, which is what makes resume exact."""
+
+    def __init__(self, data: list, batch_size: int, seed: int):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.per_epoch = math.ceil(len(data) / batch_size)  # micro-batches per epoch (the last may be short)
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its order): one epoch cached
+
+    def __call__(self, m: int) -> list:
+        epoch, i = divmod(m, self.per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.seed, epoch, len(self.data)))
+        return [self.data[j] for j in self._order[1][i * self.batch_size:(i + 1) * self.batch_size]]
+
+
+def build_optimizer(model, cfg, total: int):
+    """(AdamW, scheduler) over the trainable parameters: no weight decay on biases / norms; warmup, then decay
+    to 0 at step `total`. cfg needs lr, weight_decay, adam_betas, schedule, warmup_ratio (SFTConfig, DPOConfig)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                                  betas=tuple(cfg.adam_betas))
+    from transformers import get_scheduler
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total),
+                              num_training_steps=total)
+    return optimizer, scheduler
 
 
 def _subset(examples: list, limit: int, seed: int) -> list:
@@ -302,41 +332,22 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
     if dropped:
         print(f"sft: dropped {dropped} of {len(encoded)} training examples longer than {cfg.max_length} tokens")
 
-    n_batches = math.ceil(len(data) / cfg.batch_size)  # micro-batches per epoch (the last may be short)
+    micro_batch = BatchStream(data, cfg.batch_size, cfg.seed)  # micro_batch(m): the m-th micro-batch of the stream
+    n_batches = micro_batch.per_epoch
     per_step = cfg.grad_accum * world  # micro-batches per optimizer step, over all ranks
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_batches / per_step))
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
-                                  betas=tuple(cfg.adam_betas))
-    from transformers import get_scheduler
-    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total),
-                              num_training_steps=total)
+    optimizer, scheduler = build_optimizer(model, cfg, total)
 
     step = 0
     metrics_path = out / "metrics.jsonl"
     if ckpt is not None:
-        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
-        set_rng_state(state["rng"])
+        step = restore_checkpoint(ckpt, optimizer, scheduler)
         if rank == 0:
             trim_metrics(metrics_path, step)
         if rank == 0:
             print(f"sft: resumed from {ckpt} at step {step}")
     elif metrics_path.exists() and rank == 0:
         metrics_path.unlink()  # a fresh run starts a fresh log
-
-    order_cache: dict[int, np.ndarray] = {}
-
-    def micro_batch(m: int) -> list[dict]:
-        epoch, i = divmod(m, n_batches)
-        if epoch not in order_cache:
-            order_cache.clear()
-            order_cache[epoch] = epoch_order(cfg.seed, epoch, len(data))
-        return [data[j] for j in order_cache[epoch][i * cfg.batch_size:(i + 1) * cfg.batch_size]]
 
     def log(row: dict) -> None:
         with metrics_path.open("a") as f:

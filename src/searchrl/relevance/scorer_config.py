@@ -1,0 +1,87 @@
+"""The scorer config a relevance model directory carries, and the rule that weights are never unpickled.
+
+``relevance_config.json`` sits beside the Hugging Face files of every model searchrl
+trains or exports. It says how to build the model's prompts (the PromptConfig it was
+trained with, chat template or not, the prompt-template version), which tokens are the
+grades, and how to turn probabilities into a grade at serving time (the
+cumulative-probability threshold beta, tuned by ``searchrl tune-tiering``).
+
+:func:`check_safetensors` refuses a directory whose weights exist only in a pickle
+format (``pytorch_model.bin``, ``*.pt``, ...): loading those runs arbitrary code.
+
+Simplifies: one template version for the whole package; a model trained by a newer
+searchrl (a higher version) is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .prompt import GRADE_TOKENS, PromptConfig
+
+CONFIG_FILE = "relevance_config.json"
+TEMPLATE_VERSION = 1  # bump when build_prompt / build_completion change what a trained model has seen
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+@dataclass
+class ScorerConfig:
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # how prompts were built in training
+    chat_template: bool = True  # prompts go through the tokenizer's chat template when it has one
+    grade_tokens: list[str] = field(default_factory=lambda: list(GRADE_TOKENS))  # <L1>..<L4>, in grade order
+    beta: float = 0.5  # cumulative-probability tiering threshold (0.5 = the median grade until tuned)
+    grade_thresholds: list[float] | None = None  # per-grade thresholds (t4, t3, t2) when tuned, for comparison
+    template_version: int = TEMPLATE_VERSION  # prompt-template version the model was trained with
+
+    def __post_init__(self):
+        if not 0.0 < self.beta <= 1.0:
+            raise ValueError(f"beta must be in (0, 1], got {self.beta}")
+        if list(self.grade_tokens) != list(GRADE_TOKENS):
+            raise ValueError(f"grade_tokens {self.grade_tokens} differ from this searchrl's {list(GRADE_TOKENS)}")
+
+
+def save_scorer_config(model_dir: str | Path, cfg: ScorerConfig) -> Path:
+    path = Path(model_dir, CONFIG_FILE)
+    path.write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return path
+
+
+def load_scorer_config(model_dir: str | Path) -> ScorerConfig:
+    path = Path(model_dir, CONFIG_FILE)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; {model_dir} is not a searchrl relevance model "
+                                "(train one with `searchrl train sft`)")
+    raw = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(ScorerConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {unknown}")
+    version = int(raw.get("template_version", TEMPLATE_VERSION))
+    if version > TEMPLATE_VERSION:
+        raise ValueError(f"{path}: prompt template version {version} is newer than this searchrl's "
+                         f"{TEMPLATE_VERSION}; upgrade searchrl to score with this model")
+    try:
+        return ScorerConfig(**{**raw, "prompt": PromptConfig(**raw.get("prompt", {}))})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def update_scorer_config(model_dir: str | Path, **changes) -> ScorerConfig:
+    cfg = dataclasses.replace(load_scorer_config(model_dir), **changes)
+    save_scorer_config(model_dir, cfg)
+    return cfg
+
+
+def check_safetensors(model_dir: str | Path) -> None:
+    """Raise unless the model's weights are in safetensors files (a pickle is never loaded)."""
+    d = Path(model_dir)
+    if any(d.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES) if d.is_dir() else []
+    found = f"found {pickles}, a pickle format that can run code when loaded" if pickles else "found no weights"
+    raise ValueError(f"{d}: no *.safetensors weights ({found}); searchrl loads safetensors only. "
+                     "Convert with transformers: from_pretrained(...) then save_pretrained(DIR, safe_serialization=True) "
+                     "in an environment you trust")

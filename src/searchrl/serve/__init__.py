@@ -1,0 +1,1 @@
+"""Serving the relevance model: prefill-only scoring, export, and the HTTP service."""

@@ -1,0 +1,207 @@
+"""``searchrl serve``: the relevance scorer behind an HTTP API (FastAPI + uvicorn).
+
+- ``POST /v1/relevance/score`` {query, products: [{id, title, brand?, category?,
+  description?, attributes?}]} -> per product: grade (argmax), tier (cumulative
+  probability tiering), probabilities, P(Good), expected grade.
+- ``GET /healthz`` -> status, model, queue length. OpenAPI docs at ``/docs``.
+
+Requests are validated by pydantic (422 names the field). Limits on products per
+request and on text length answer 413; with ``$SEARCHRL_API_KEY`` set, a request
+without that key (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) gets 401.
+
+:class:`MicroBatcher` is why throughput grows with concurrency: requests wait in a
+bounded queue; one worker takes everything queued (up to ``max_batch_pairs`` pairs,
+waiting at most ``max_wait_ms`` for more) and scores it in shared forward passes on a
+worker thread, so the event loop keeps accepting requests meanwhile. A full queue
+answers 503 at once instead of letting clients hang.
+
+Simplifies: one model, one worker thread, one process; scale out with more processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+API_KEY_ENV = "SEARCHRL_API_KEY"
+
+
+@dataclass
+class ServerConfig:
+    max_products: int = 256  # products per request; more -> 413
+    max_text_chars: int = 4096  # characters in the query or in any product field; more -> 413
+    max_batch_pairs: int = 64  # pairs scored together in one micro-batch (shared forward passes)
+    max_wait_ms: float = 2.0  # how long a micro-batch waits for more requests before it runs
+    max_queue: int = 128  # requests waiting to be scored; more -> 503
+    batch_size: int = 32  # rows per forward pass inside a micro-batch
+
+
+class Product(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(description="your product id, echoed back")
+    title: str = Field(min_length=1)
+    brand: str | None = None
+    category: str | None = None
+    description: str | None = None
+    attributes: dict[str, str | int | float | bool] | None = Field(default=None, description="name -> value")
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1)
+    products: list[Product] = Field(min_length=1)
+
+
+class ProductScore(BaseModel):
+    id: str
+    grade: int = Field(description="argmax grade, 1..4")
+    tier: int = Field(description="grade by cumulative-probability tiering with the model's beta")
+    probabilities: dict[str, float] = Field(description="P(L1)..P(L4)")
+    p_good: float = Field(description="P(L3) + P(L4)")
+    expected_grade: float
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    results: list[ProductScore]
+
+
+class QueueFull(Exception):
+    pass
+
+
+class MicroBatcher:
+    """Bounded request queue + one worker that scores queued requests together (see the module docstring)."""
+
+    def __init__(self, score_many, max_batch_pairs: int = 64, max_wait_ms: float = 2.0, max_queue: int = 128):
+        self.score_many = score_many  # list[(query, products)] -> list[list[result]]
+        self.max_batch_pairs, self.max_wait = max_batch_pairs, max_wait_ms / 1000
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self.batches = 0  # micro-batches run (for /healthz and tests)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, query: str, products: list[dict]) -> list[dict]:
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((query, products, fut))
+        except asyncio.QueueFull:
+            raise QueueFull from None
+        return await fut
+
+    def _drain(self, batch: list, pairs: int) -> int:
+        while pairs < self.max_batch_pairs and not self.queue.empty():
+            item = self.queue.get_nowait()
+            batch.append(item)
+            pairs += len(item[1])
+        return pairs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            pairs = self._drain(batch, len(batch[0][1]))
+            deadline = loop.time() + self.max_wait
+            while pairs < self.max_batch_pairs and loop.time() < deadline:
+                await asyncio.sleep(min(0.0005, max(deadline - loop.time(), 0)))
+                pairs = self._drain(batch, pairs)
+            try:
+                results = await loop.run_in_executor(self.executor, self.score_many, [(q, p) for q, p, _ in batch])
+            except Exception as e:  # a failed batch fails its requests, not the server
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            self.batches += 1
+            for (*_, fut), res in zip(batch, results):
+                if not fut.done():  # the client may have gone away
+                    fut.set_result(res)
+
+
+def _check_key(request: Request, key: str | None) -> None:
+    if not key:
+        return
+    auth = request.headers.get("authorization", "")
+    given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        raise HTTPException(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
+
+
+def _check_limits(req: ScoreRequest, cfg: ServerConfig) -> None:
+    if len(req.products) > cfg.max_products:
+        raise HTTPException(413, f"{len(req.products)} products in one request; the limit is {cfg.max_products}")
+    texts = [("query", req.query)]
+    for i, p in enumerate(req.products):
+        texts += [(f"products[{i}].{k}", v) for k, v in p.model_dump(exclude_none=True).items() if k != "attributes"]
+        texts += [(f"products[{i}].attributes.{k}", str(v)) for k, v in (p.attributes or {}).items()]
+    for where, text in texts:
+        if isinstance(text, str) and len(text) > cfg.max_text_chars:
+            raise HTTPException(413, f"{where}: {len(text)} characters; the limit is {cfg.max_text_chars}")
+
+
+def create_app(scorer, cfg: ServerConfig | None = None, model_name: str = "relevance",
+               api_key: str | None = None) -> FastAPI:
+    """The FastAPI app around a RelevanceScorer (``api_key`` None: read ``$SEARCHRL_API_KEY``)."""
+    from contextlib import asynccontextmanager
+    cfg = cfg or ServerConfig()
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    batcher = MicroBatcher(scorer.score_many, cfg.max_batch_pairs, cfg.max_wait_ms, cfg.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="searchrl relevance", lifespan=lifespan,
+                  description="Grades (query, product) pairs L1-L4 with a relevance LLM (prefill only).")
+    app.state.batcher = batcher
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "model": model_name, "queued": batcher.queue.qsize(), "batches": batcher.batches}
+
+    @app.post("/v1/relevance/score", response_model=ScoreResponse)
+    async def score(req: ScoreRequest, request: Request) -> ScoreResponse:
+        _check_key(request, key)
+        _check_limits(req, cfg)
+        products = [p.model_dump(exclude_none=True) for p in req.products]
+        try:
+            results = await batcher.submit(req.query, products)
+        except QueueFull:
+            raise HTTPException(503, f"server busy: {cfg.max_queue} requests already queued; retry later") from None
+        return ScoreResponse(model=model_name, results=[ProductScore(id=p["id"], **r) for p, r in zip(products, results)])
+
+    return app
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, cfg: ServerConfig | None = None,
+          threads: int | None = None) -> None:
+    """Load the model and run uvicorn until interrupted."""
+    import torch
+    import uvicorn
+    from .scorer import RelevanceScorer
+    cfg = cfg or ServerConfig()
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    scorer = RelevanceScorer.load(model_dir, batch_size=cfg.batch_size)
+    print(f"serve: loaded {model_dir} in {time.perf_counter() - t0:.1f}s; listening on http://{host}:{port} "
+          f"(docs at /docs){'; API key required' if os.environ.get(API_KEY_ENV) else ''}", flush=True)
+    uvicorn.run(create_app(scorer, cfg, Path(model_dir).name), host=host, port=port, log_level="warning")

@@ -1,0 +1,50 @@
+"""The R-GRPO reward terms: quality proxy, exclusivity (BM25 / overlap), cached relevance, weighting."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from searchrl.data.schema import load_dataset
+from searchrl.retrieval.rewards import RewardConfig, RetrievalReward, product_quality, term_overlap
+
+
+def test_quality_column_wins_else_completeness():
+    products = pd.DataFrame({"product_id": ["a", "b"], "title": ["x", "y"], "brand": ["B", ""],
+                             "category": ["c", ""], "description": ["d", None], "attributes": ['{"k": 1}', "{}"],
+                             "price": [1.0, None], "quality": [0.3, None]})
+    q = product_quality(products)
+    assert q["a"] == pytest.approx(0.3) and q["b"] == pytest.approx(1 / 6)  # only the title is filled
+
+
+def test_exclusivity_bm25_and_overlap(tiny_data):
+    ds = load_dataset(tiny_data)
+    r = RetrievalReward(RewardConfig(w_rel=0.0, w_q=0.0, w_x=1.0, bm25_k=2), ds.products)
+    lexical = r.lexical_top("laptop bag")
+    assert "p3" in lexical and len(lexical) <= 2
+    total, parts = r(["laptop bag"], [["p3", "p5"]])
+    assert total[0].tolist() == [0.0, 1.0] and parts["reward_exclusivity"] == 0.5
+    assert term_overlap("wireless mice", "Logitech wireless mouse") == 0.5  # "mice" does not stem to "mous"
+    o = RetrievalReward(RewardConfig(w_rel=0.0, w_q=0.0, w_x=1.0, exclusivity="overlap"), ds.products)
+    assert o.exclusivity("speaker", ["p5", "p6"]).tolist() == [0.0, 1.0]
+
+
+def test_relevance_is_scored_once_per_pair_and_weighted(tiny_data, tiny_model_dir, tmp_path):
+    from searchrl.serve.scorer import RelevanceScorer
+    ds = load_dataset(tiny_data)
+    scorer = RelevanceScorer.load(tiny_model_dir)
+    calls = []
+    real = scorer.score_many
+    scorer.score_many = lambda reqs: calls.append(sum(len(p) for _, p in reqs)) or real(reqs)
+    cfg = RewardConfig(w_rel=2.0, w_q=0.5, w_x=0.0)
+    r = RetrievalReward(cfg, ds.products, scorer)
+    total, parts = r(["laptop", "laptop"], [["p1", "p2"], ["p2", "p3"]])
+    assert calls == [3]  # p2 for "laptop" only once
+    direct = [x["p_good"] for x in scorer.score("laptop", [r.products["p1"], r.products["p2"]])]
+    np.testing.assert_allclose(total[0], 2.0 * np.array(direct) + 0.5 * 0.5, rtol=1e-5)  # quality proxy: 3/6
+    r(["laptop"], [["p1", "p3"]])
+    assert calls == [3]  # all cached
+    r.save_cache(tmp_path / "cache.jsonl")
+    fresh = RetrievalReward(cfg, ds.products, scorer)
+    assert fresh.load_cache(tmp_path / "cache.jsonl") == 3 and fresh.cache == r.cache
+    with pytest.raises(ValueError, match="relevance scorer"):
+        RetrievalReward(cfg, ds.products, None)
