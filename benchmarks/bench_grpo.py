@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_scoring import chorus_requests  # noqa: E402  (same Chorus prompts as the scoring benchmark)
+from bench_scoring import chorus_requests, report  # noqa: E402  (the scoring benchmark's prompts and table)
 
 
 def build(model_dir: Path, data: str | None, n_prompts: int) -> list[dict]:
@@ -149,14 +149,8 @@ def main() -> None:
         f[f"{name}_peak_mib"] = res[name]["peak_mib"]
     f["vs_trl_ratio"] = f["ours_samples_per_s"] / f["trl_samples_per_s"]
     f["memory_vs_trl_ratio"] = f["ours_peak_mib"] / f["trl_peak_mib"]
-    print(f"\nGRPO rollout + update, {n} completions per step ({a.prompts_per_step} prompts x G={a.group_size}, "
-          f"{a.completion_len} tokens), {a.threads} threads")
-    width = max(len(k) for k in f)
-    for k, v in f.items():
-        print(f"  {k:<{width}}  {v:,.3f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"figures": f}, indent=2) + "\n")
-
+    report(f"GRPO rollout + update, {n} completions per step ({a.prompts_per_step} prompts x G={a.group_size}, "
+           f"{a.completion_len} tokens), {a.threads} threads", f, a.json)
 
 if __name__ == "__main__":
     main()

@@ -231,13 +231,18 @@ def main() -> None:
         save_scorer_config(d, ScorerConfig(prompt=prompt if a.model else SHORT_PROMPT))
         f.update(server_figures(Path(d), shapes, (1, 8, 32), a.threads))
 
-    print(f"\nRelevance scoring, Chorus test: {n_pairs} pairs, {len(requests)} queries, "
-          f"{f['mean_prompt_tokens']:.0f} prompt tokens/pair, {a.threads} threads")
-    width = max(len(k) for k in f)
-    for k, v in f.items():
+    report(f"Relevance scoring, Chorus test: {n_pairs} pairs, {len(requests)} queries, "
+           f"{f['mean_prompt_tokens']:.0f} prompt tokens/pair, {a.threads} threads", f, a.json)
+
+
+def report(title: str, figures: dict, json_path: str | None) -> None:
+    """Print the figures as a table; with a path, also write them as {"figures": {...}}."""
+    print(f"\n{title}")
+    width = max(len(k) for k in figures)
+    for k, v in figures.items():
         print(f"  {k:<{width}}  {v:,.3f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"figures": f}, indent=2) + "\n")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"figures": figures}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -204,3 +204,18 @@ def test_grpo_learns_the_colour_task_and_dynamic_sampling_gets_there_in_fewer_ro
     with_ds, without = rollouts_to(log_ds, 0.6), rollouts_to(log_plain, 0.6)
     print(f"reward first/last 10 steps {first:.3f}/{last:.3f}; rollouts to 0.6: ds {with_ds}, plain {without}")
     assert with_ds < without
+
+
+def test_dynamic_sampling_looks_at_grade_correctness_not_the_format_bonus():
+    from searchrl.relevance.grpo_rollouts import ds_signal
+    from searchrl.relevance.prompt import build_completion
+    from searchrl.rl.grpo_loss import dynamic_sampling_mask
+    good = build_completion(3, {"query": "laptop", "item": "laptop", "category": "match", "attribute": "partial"})
+    # one group of 4, all right, two of them well formed: the total reward varies, correctness does not
+    scored = GradeReward(format_weight=0.1)([good, good, "<L3>", "<L3>"], [{"grade": 3}] * 4)
+    rewards = torch.tensor(scored.rewards)
+    assert rewards.tolist() == pytest.approx([1.1, 1.1, 1.0, 1.0])
+    assert dynamic_sampling_mask(ds_signal(scored, rewards, "reward"), 4).tolist() == [True]  # kept on the bonus
+    assert dynamic_sampling_mask(ds_signal(scored, rewards, "grade"), 4).tolist() == [False]  # all right: dropped
+    with pytest.raises(ValueError, match="ds_signal"):
+        GRPOConfig(ds_signal="vibes")

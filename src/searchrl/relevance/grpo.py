@@ -88,6 +88,8 @@ class GRPOConfig:
     oversample: float = 2.0  # with dynamic sampling, draw this many prompts per group still needed
     max_refill_rounds: int = 3  # cap: at most this many extra sampling rounds per step; train on what was kept
     ds_std_tol: float = 0.0  # a group is kept only if its reward std is above this (0: rewards not all equal)
+    ds_signal: str = "grade"  # what dynamic sampling tests for spread: "grade" = the reward's grade-correctness
+    #   component (TaoSR1: 0 < #correct < G) when it has one, else the total | "reward" = the total reward
     class_balance: bool = True  # draw prompts with equal numbers per gold grade (TaoSR1's balanced mix)
     # --- loss
     num_iterations: int = 1  # optimizer updates per rollout batch (PPO epochs); 1 = on-policy
@@ -127,6 +129,8 @@ class GRPOConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.adv_scale not in SCALES:
             raise ValueError(f"adv_scale must be one of {SCALES}, got {self.adv_scale!r}")
+        if self.ds_signal not in ("grade", "reward"):
+            raise ValueError(f"ds_signal must be grade or reward, got {self.ds_signal!r}")
         if self.loss_type not in AGGREGATIONS:
             raise ValueError(f"loss_type must be one of {AGGREGATIONS}, got {self.loss_type!r}")
         if self.group_size < 2 or self.prompts_per_step < 1 or self.num_iterations < 1:

@@ -115,6 +115,15 @@ def _take(r: Rollout, rows: torch.Tensor) -> Rollout:
                    r.group_size)
 
 
+def ds_signal(scored, rewards: torch.Tensor, kind: str) -> torch.Tensor:
+    """What dynamic sampling looks at: the grade-correctness component when the reward reports one ("grade",
+    TaoSR1's 0 < #correct < G; a format bonus that differs between samples would otherwise keep almost every
+    group), else the total reward."""
+    if kind == "grade" and "grade" in scored.components:
+        return torch.tensor(scored.components["grade"], dtype=torch.float32)
+    return rewards
+
+
 def collect_groups(model, tok, encoded: list[list[int]], prompts: list[dict], sampler: PromptSampler,
                    generator: torch.Generator, reward_fn, cfg, target: int) -> Groups:
     """Up to ``target`` groups for this rank; see the module docstring. ``cfg`` is a GRPOConfig."""
@@ -140,7 +149,7 @@ def collect_groups(model, tok, encoded: list[list[int]], prompts: list[dict], sa
         out.n_correct += sum(parse_completion(t, cfg.prompt.order).grade == int(i["grade"])
                              for t, i in zip(texts, infos))
         out.completion_tokens += int(ro.completion_mask.sum())
-        spread = dynamic_sampling_mask(rewards, g, cfg.ds_std_tol)  # [n]
+        spread = dynamic_sampling_mask(ds_signal(scored, rewards, cfg.ds_signal), g, cfg.ds_std_tol)  # [n]
         out.n_drawn_groups += len(idx)
         out.n_zero_std += int((~spread).sum())
         keep = spread if cfg.dynamic_sampling else torch.ones_like(spread)
