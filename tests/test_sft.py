@@ -8,7 +8,8 @@ import torch
 from searchrl.config import load_config
 from searchrl.relevance.model import TINY, LoraSettings, load_relevance_model
 from searchrl.relevance.prompt import PromptConfig, build_completion, build_prompt
-from searchrl.relevance.sft import (IGNORE, SFTConfig, checkpoints, collate, encode_example, epoch_order,
+from searchrl.training import epoch_order
+from searchrl.relevance.sft import (IGNORE, SFTConfig, checkpoints, collate, encode_example,
                                     train_sft)
 
 VERDICTS = {  # simple step verdicts per grade (the rule teacher is not needed to test the trainer)

@@ -7,12 +7,15 @@
 - :func:`trim_metrics`: drops metric lines logged after the checkpoint being resumed.
 - :func:`init_distributed` / :func:`all_reduce_sum` / :func:`barrier`: the few
   collective operations a data-parallel loop under torchrun needs (gloo on CPU).
+- :class:`BatchStream` / :func:`build_optimizer`: the seeded micro-batch stream that
+  makes resume exact, and AdamW + warmup/decay schedule, shared by every trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import shutil
@@ -98,3 +101,40 @@ def all_reduce_sum(value: float, world: int, device) -> float:
 def barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
+
+
+# ---------------------------------------------------------------- data order and optimizer
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The example order of one epoch: a function of (seed, epoch) only, so a resumed run replays it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class BatchStream:
+    """Micro-batch m of the endless stream of epochs, each in epoch_order(seed, epoch): a step number alone
+    says where the stream stands, which is what makes resume exact."""
+
+    def __init__(self, data: list, batch_size: int, seed: int):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.per_epoch = math.ceil(len(data) / batch_size)  # micro-batches per epoch (the last may be short)
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its order): one epoch cached
+
+    def __call__(self, m: int) -> list:
+        epoch, i = divmod(m, self.per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.seed, epoch, len(self.data)))
+        return [self.data[j] for j in self._order[1][i * self.batch_size:(i + 1) * self.batch_size]]
+
+
+def build_optimizer(model, cfg, total: int):
+    """(AdamW, scheduler) over the trainable parameters: no weight decay on biases / norms; warmup, then decay
+    to 0 at step `total`. cfg needs lr, weight_decay, adam_betas, schedule, warmup_ratio (SFTConfig, DPOConfig)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                                  betas=tuple(cfg.adam_betas))
+    from transformers import get_scheduler
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total),
+                              num_training_steps=total)
+    return optimizer, scheduler

@@ -38,11 +38,10 @@ from searchrl.eval.metrics import classification_metrics
 from searchrl.relevance.model import load_relevance_model, render_prompt
 from searchrl.relevance.sample import read_pairs
 from searchrl.relevance.scorer_config import load_scorer_config, save_scorer_config
-from searchrl.relevance.sft import (DTYPES, IGNORE, SCHEDULES, BatchStream, build_optimizer, collate, encode_example,
-                                    predict_grades)
+from searchrl.relevance.sft import DTYPES, IGNORE, SCHEDULES, collate, encode_example, predict_grades
 from searchrl.rl.dpo_loss import dpo_sigmoid_loss, sequence_logps
-from searchrl.training import (all_reduce_sum, barrier, checkpoints, init_distributed, restore_checkpoint,
-                               save_checkpoint, trim_metrics)
+from searchrl.training import (BatchStream, all_reduce_sum, barrier, build_optimizer, checkpoints, init_distributed,
+                               restore_checkpoint, save_checkpoint, trim_metrics)
 
 
 @dataclass

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from searchrl.config import save_config
-from searchrl.training import (all_reduce_sum, barrier, checkpoints, init_distributed, restore_checkpoint,
-                               save_checkpoint, trim_metrics)
+from searchrl.training import (BatchStream, all_reduce_sum, barrier, build_optimizer, checkpoints, init_distributed,
+                               restore_checkpoint, save_checkpoint, trim_metrics)
 from searchrl.eval.metrics import classification_metrics
 from searchrl.relevance.model import (LoraSettings, TinyModel, encode_prompt, grade_probs, grade_token_ids, left_pad,
                                       load_relevance_model, render_prompt)
@@ -157,41 +157,6 @@ def collate(batch: list[dict], pad_id: int) -> dict:
         labels[i, :n] = torch.tensor(b["labels"])
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The example order of one epoch: a function of (seed, epoch) only, so a resumed run replays it."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-class BatchStream:
-    """Micro-batch m of the endless stream of epochs, each in epoch_order(seed, epoch): a step number alone
-    says where the stream stands, which is what makes resume exact."""
-
-    def __init__(self, data: list, batch_size: int, seed: int):
-        self.data, self.batch_size, self.seed = data, batch_size, seed
-        self.per_epoch = math.ceil(len(data) / batch_size)  # micro-batches per epoch (the last may be short)
-        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its order): one epoch cached
-
-    def __call__(self, m: int) -> list:
-        epoch, i = divmod(m, self.per_epoch)
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, epoch_order(self.seed, epoch, len(self.data)))
-        return [self.data[j] for j in self._order[1][i * self.batch_size:(i + 1) * self.batch_size]]
-
-
-def build_optimizer(model, cfg, total: int):
-    """(AdamW, scheduler) over the trainable parameters: no weight decay on biases / norms; warmup, then decay
-    to 0 at step `total`. cfg needs lr, weight_decay, adam_betas, schedule, warmup_ratio (SFTConfig, DPOConfig)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
-                                  betas=tuple(cfg.adam_betas))
-    from transformers import get_scheduler
-    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total),
-                              num_training_steps=total)
-    return optimizer, scheduler
 
 
 def _subset(examples: list, limit: int, seed: int) -> list:

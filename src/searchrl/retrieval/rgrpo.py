@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..relevance.sft import BatchStream
+from ..training import BatchStream
 from ..rl.grpo_loss import aggregate, clipped_surrogate, group_advantages
 from .config import RetrieverConfig
 from .encoder import build_encoder, corpus_embeddings, embed

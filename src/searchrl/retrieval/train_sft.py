@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..relevance.sft import BatchStream
+from ..training import BatchStream
 from .config import RetrieverConfig
 from .encoder import corpus_index, embed
 from .trainer import Loop, load_training_data

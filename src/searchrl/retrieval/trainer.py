@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..config import save_config
 from ..data.schema import GOOD_MIN_GRADE, ErrorPolicy, load_dataset, product_text
 from ..data.tables import read_rows
-from ..relevance.sft import build_optimizer
+from ..training import build_optimizer
 from ..training import barrier, checkpoints, init_distributed, restore_checkpoint, save_checkpoint, trim_metrics
 from .config import RetrieverConfig
 from .encoder import build_encoder, save_encoder
