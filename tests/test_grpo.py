@@ -219,3 +219,46 @@ def test_dynamic_sampling_looks_at_grade_correctness_not_the_format_bonus():
     assert dynamic_sampling_mask(ds_signal(scored, rewards, "grade"), 4).tolist() == [False]  # all right: dropped
     with pytest.raises(ValueError, match="ds_signal"):
         GRPOConfig(ds_signal="vibes")
+
+
+# ---------------------------------------------------------------- rule-aware reward and non-finite loss
+
+def test_reward_rule_aware_is_picked_from_the_config_and_its_components_logged(tmp_path):
+    from searchrl.relevance.prompt import build_completion
+    from searchrl.relevance.rule_reward import RuleRewardConfig
+    ref = build_completion(3, {"query": "shirt", "item": "shirt", "category": "match", "attribute": "partial"})
+    p = [{**x, "completion": ref} for x in colour_prompts()]
+    with pytest.raises(ValueError):
+        GRPOConfig(reward="rules")
+    assert GRPOConfig().reward == "grade"  # default unchanged: GradeReward
+    train_grpo(grpo_cfg("tiny-qwen2", tmp_path, max_steps=1, reward="rule_aware", dynamic_sampling=False,
+                        rule_reward=RuleRewardConfig(combine="normalize_then_sum")), p)
+    row = rows(tmp_path)[-1]
+    for k in ("reward_format", "reward_steps", "reward_adherence", "reward_grade", "reward_violation"):
+        assert k in row, k
+
+
+def test_non_finite_loss_stops_the_step_before_the_weights_change(tmp_path, monkeypatch):
+    """Step 1 is fine and checkpointed; step 2's rewards are NaN: the error names the step and the culprit, and
+    the policy's weights are still those of checkpoint-1."""
+    models = []
+    real = grpo_mod.load_relevance_model
+    monkeypatch.setattr(grpo_mod, "load_relevance_model", lambda *a, **k: models.append(real(*a, **k)) or models[-1])
+    calls = []
+
+    def reward(texts, infos):
+        calls.append(1)
+        out = GradeReward(format_weight=0)(texts, infos)
+        if len(calls) > 1:
+            out.rewards = [float("nan")] * len(texts)
+        return out
+
+    cfg = grpo_cfg("tiny-qwen2", tmp_path, max_steps=3, save_every=1, dynamic_sampling=False)
+    with pytest.raises(FloatingPointError, match=r"step 2.*advantages"):
+        train_grpo(cfg, colour_prompts(), reward_fn=reward)
+    assert (tmp_path / "checkpoint-1").is_dir() and not (tmp_path / "checkpoint-2").exists()
+    live = models[0][0].state_dict()
+    saved, _ = real(str(tmp_path / "checkpoint-1"), torch.float32)
+    for k, v in saved.state_dict().items():
+        assert torch.isfinite(v).all(), k
+        assert torch.equal(v, live[k]), k  # the failed step applied nothing

@@ -148,3 +148,82 @@ def test_load_32_concurrent_clients_on_a_real_server(tiny_model_dir, scorer):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- POST /v1/search
+
+@pytest.fixture(scope="module")
+def search_service(tiny_data, tmp_path_factory):
+    """The zero-shot MiniLM retriever over the 8-product tiny catalogue (embedding cache in a temp home)."""
+    from searchrl.serve.search_api import SearchService
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEARCHRL_HOME", str(tmp_path_factory.mktemp("search_home")))
+        service = SearchService.load(None, tiny_data, progress=False)
+    return service
+
+
+def test_search_endpoint_ranks_regrades_and_validates(scorer, search_service, monkeypatch):
+    monkeypatch.delenv("SEARCHRL_API_KEY", raising=False)
+    cfg = ServerConfig(max_k=8, max_text_chars=40)
+    with TestClient(create_app(scorer, cfg, "tiny", retriever=search_service)) as client:
+        health = client.get("/healthz").json()
+        assert health["search"] is True and health["catalogue"] == 8
+        assert "/v1/search" in client.get("/openapi.json").json()["paths"]
+
+        r = client.post("/v1/search", json={"query": "bluetooth speaker", "k": 3})
+        assert r.status_code == 200
+        hits = r.json()["results"]
+        assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
+        assert hits[0]["product_id"] == "p5" and hits[0]["title"] == "JBL Flip 5 bluetooth speaker"
+        assert hits[0]["brand"] == "JBL"
+        assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:]))
+        assert all(set(h) == {"product_id", "title", "brand", "score", "rank"} for h in hits)  # no grades unasked
+        direct = search_service.retriever.search(["bluetooth speaker"], 3)[0]
+        assert [h["product_id"] for h in hits] == [p for p, _ in direct]
+        np.testing.assert_allclose([h["score"] for h in hits], [s for _, s in direct], atol=1e-5)
+        assert len(client.post("/v1/search", json={"query": "laptop", "k": 8}).json()["results"]) == 8
+
+        batches = client.app.state.batcher.batches
+        r = client.post("/v1/search", json={"query": "laptop", "k": 4, "regrade": True})
+        assert r.status_code == 200
+        graded = r.json()["results"]
+        assert client.app.state.batcher.batches == batches + 1  # re-graded through the shared micro-batcher
+        plain = client.post("/v1/search", json={"query": "laptop", "k": 4}).json()["results"]
+        assert sorted(h["product_id"] for h in graded) == sorted(h["product_id"] for h in plain)
+        assert [h["rank"] for h in graded] == [1, 2, 3, 4]
+        keys = [(-h["p_good"], -h["score"]) for h in graded]
+        assert keys == sorted(keys)  # P(Good) first, then retrieval score
+        expected = scorer.score("laptop", [search_service.by_id[h["product_id"]] for h in graded])
+        np.testing.assert_allclose([h["p_good"] for h in graded], [e["p_good"] for e in expected], atol=1e-5)
+        assert [(h["grade"], h["tier"]) for h in graded] == [(e["grade"], e["tier"]) for e in expected]
+
+        for body, field in (({"k": 3}, "query"), ({"query": ""}, "query"), ({"query": "x", "k": 0}, "k"),
+                            ({"query": "x", "k": "many"}, "k"), ({"query": "x", "regrade": "maybe"}, "regrade"),
+                            ({"query": "x", "top": 3}, "top")):
+            r = client.post("/v1/search", json=body)
+            assert r.status_code == 422 and field in r.text, body
+        r = client.post("/v1/search", json={"query": "x" * 41})
+        assert r.status_code == 413 and "query" in r.json()["detail"] and "limit is 40" in r.json()["detail"]
+        r = client.post("/v1/search", json={"query": "laptop", "k": 9})
+        assert r.status_code == 413 and "limit is 8" in r.json()["detail"]
+
+
+def test_search_api_key_and_default_k(scorer, search_service, monkeypatch):
+    monkeypatch.setenv("SEARCHRL_API_KEY", "s3cret")
+    with TestClient(create_app(scorer, retriever=search_service)) as client:
+        req = {"query": "hp ink"}
+        assert client.post("/v1/search", json=req).status_code == 401
+        assert client.post("/v1/search", json=req, headers={"X-API-Key": "wrong"}).status_code == 401
+        r = client.post("/v1/search", json=req, headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200 and len(r.json()["results"]) == 8  # default k=10 > catalogue: all of it
+        assert r.json()["results"][0]["product_id"] == "p8"
+
+
+def test_search_is_absent_without_a_retriever(scorer, monkeypatch, tmp_path):
+    from searchrl.serve.search_api import SearchService
+    monkeypatch.delenv("SEARCHRL_API_KEY", raising=False)
+    with TestClient(create_app(scorer)) as client:
+        assert client.get("/healthz").json()["search"] is False
+        assert client.post("/v1/search", json={"query": "laptop"}).status_code == 404
+    with pytest.raises(ValueError, match="pass --data"):  # a plain encoder directory does not name its catalogue
+        SearchService.load(tmp_path)

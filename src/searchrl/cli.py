@@ -181,7 +181,8 @@ def cmd_export(a) -> None:
 def cmd_serve(a) -> None:
     from .config import load_config
     from .serve.server import ServerConfig, serve
-    serve(a.model, a.host, a.port, load_config(ServerConfig, a.config, a.set), threads=a.threads)
+    serve(a.model, a.host, a.port, load_config(ServerConfig, a.config, a.set), threads=a.threads,
+          retriever_dir=a.retriever, data_dir=a.data)
 
 
 def cmd_teacher_agreement(a) -> None:
@@ -375,8 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true")
     ex.set_defaults(func=cmd_export)
 
-    sv = sub.add_parser("serve", help="HTTP relevance service (FastAPI): POST /v1/relevance/score, GET /healthz")
-    sv.add_argument("--model", required=True)
+    sv = sub.add_parser("serve", help="HTTP service (FastAPI): POST /v1/relevance/score, /v1/search, GET /healthz")
+    sv.add_argument("--model", required=True, help="relevance model directory (also re-grades /v1/search)")
+    sv.add_argument("--retriever", help="encoder directory: also serve POST /v1/search over its catalogue")
+    sv.add_argument("--data", help="dataset for --retriever (default: the data_dir it was trained on)")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--config", help="YAML with fields of searchrl.serve.server.ServerConfig (limits, batching)")

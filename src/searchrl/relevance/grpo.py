@@ -24,6 +24,11 @@ share (prompts_per_step / world) of the groups from its own streams; gradients a
 averaged by DDP and the loss normalised by global counts (dapo: active tokens of all
 ranks; grpo: sequences of all ranks), so the update is that of one big batch.
 
+The reward is GradeReward by default, TaoSR-AGRL's RuleAwareReward (rule_reward.py) with
+``reward = "rule_aware"``, or any reward function passed in. A non-finite loss or gradient
+norm raises FloatingPointError (step, update, micro-batch, culprit) before optimizer.step(),
+so weights and checkpoints are never corrupted.
+
 Simplifies: full fine-tuning only (no LoRA); the reference is the starting model as
 loaded from ``model``; one optimizer step per pass over the batch (no mini-batches
 inside a pass; ``micro_batch_size`` only splits the forward for memory).
@@ -50,6 +55,7 @@ from searchrl.relevance.grpo_rollouts import (PromptSampler, collect_groups, com
 from searchrl.relevance.model import TinyModel, encode_prompt, load_relevance_model, render_prompt
 from searchrl.relevance.prompt import PromptConfig
 from searchrl.relevance.rewards import GradeReward
+from searchrl.relevance.rule_reward import RuleAwareReward, RuleRewardConfig
 from searchrl.relevance.scorer_config import CONFIG_FILE, save_scorer_config
 from searchrl.relevance.sft import DTYPES, SCHEDULES, _subset, evaluate
 from searchrl.rl.grpo_loss import AGGREGATIONS, SCALES, aggregate, clipped_surrogate, group_advantages
@@ -79,7 +85,10 @@ class GRPOConfig:
     temperature: float = 1.0  # sampling temperature (> 0); log-probs are scored under the same temperature
     top_p: float = 1.0  # nucleus sampling; 1 = off
     max_new_tokens: int = 160  # completion length cap (label-first: the grade is the first token)
-    # --- reward (GradeReward, when train_grpo is not given a reward function)
+    # --- reward (when train_grpo is not given a reward function)
+    reward: str = "grade"  # grade: GradeReward (reward_* below) | rule_aware: TaoSR-AGRL's RuleAwareReward
+    rule_reward: RuleRewardConfig = dataclasses.field(default_factory=RuleRewardConfig)  # rule_aware's weights,
+    #   gate and combination (rule_reward.py); its group_size and order are taken from this config
     reward_correct: float = 1.0  # reward of a completion whose parsed grade is the gold grade
     reward_wrong: float = 0.0  # reward of a wrong or unreadable grade
     reward_format: float = 0.1  # bonus when the completion has no format error (grade + five step lines)
@@ -129,6 +138,8 @@ class GRPOConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.adv_scale not in SCALES:
             raise ValueError(f"adv_scale must be one of {SCALES}, got {self.adv_scale!r}")
+        if self.reward not in ("grade", "rule_aware"):
+            raise ValueError(f"reward must be grade or rule_aware, got {self.reward!r}")
         if self.ds_signal not in ("grade", "reward"):
             raise ValueError(f"ds_signal must be grade or reward, got {self.ds_signal!r}")
         if self.loss_type not in AGGREGATIONS:
@@ -148,6 +159,18 @@ class GRPOResult:
     last_eval: dict  # the last eval metrics ({} when there was no eval)
     reference: object | None  # the frozen reference model (None when beta == 0)
     rollouts: int  # completions sampled in all (all ranks, filtered groups included)
+
+
+def _nonfinite_message(step: int, it: int, j: int, n_pieces: int, loss, adv, logp) -> str:
+    """Which piece of the loss went non-finite first: the advantages (i.e. rewards), the log-probs or the loss."""
+    if not torch.isfinite(adv).all():
+        culprit = "advantages (the reward function returned a non-finite reward)"
+    elif not torch.isfinite(logp).all():
+        culprit = "policy log-probs (the model's forward)"
+    else:
+        culprit = "the surrogate / KL terms"
+    return (f"grpo: non-finite loss ({float(loss.detach())}) at step {step}, update {it + 1}, micro-batch {j + 1}/{n_pieces}: "
+            f"from the {culprit}; stopped before optimizer.step(), weights unchanged")
 
 
 def _gather(obj, world: int) -> list:
@@ -185,6 +208,8 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
     evals = _subset(eval_examples or [], cfg.max_eval_examples, cfg.seed)
     if not prompts:
         raise ValueError("no training prompts")
+    if reward_fn is None and cfg.reward == "rule_aware":
+        reward_fn = RuleAwareReward(cfg.rule_reward, cfg.prompt.order, cfg.group_size, cfg.rules)
     reward_fn = reward_fn or GradeReward(cfg.reward_correct, cfg.reward_wrong, cfg.reward_format, cfg.prompt.order)
 
     ckpt = checkpoints(out)[-1] if resume and checkpoints(out) else None
@@ -262,6 +287,8 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
                         loss = aggregate(per_tok, mask, "dapo", num_items=n_tok / world)
                     else:  # each piece's sequence mean, re-weighted to a mean over all ranks' sequences
                         loss = aggregate(per_tok, mask, "grpo") * (len(a) * world / n_seq)
+                    if not torch.isfinite(loss):  # stop before the NaN reaches the weights (and checkpoints)
+                        raise FloatingPointError(_nonfinite_message(step + 1, it, j, len(pieces), loss, a, logp))
                     loss.backward()
                 w = float(mask.sum()) / cfg.num_iterations  # stats: token-weighted means over all passes
                 sums["loss"] += float(loss.detach()) / (world * cfg.num_iterations)  # summed over ranks: / world
@@ -270,8 +297,11 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
                         sums[k] += float(stats[k]) * w
                 if ent is not None:
                     sums["entropy"] += float((ent * mask).sum())
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            # inf max_norm = measure only; with DDP the norm is of the all-reduced gradients, same on every rank
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            if not torch.isfinite(norm):
+                raise FloatingPointError(f"grpo: non-finite gradient norm ({float(norm)}) at step {step + 1}, "
+                                         f"update {it + 1}; optimizer.step() skipped, weights unchanged")
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

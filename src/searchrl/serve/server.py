@@ -3,10 +3,13 @@
 - ``POST /v1/relevance/score`` {query, products: [{id, title, brand?, category?,
   description?, attributes?}]} -> per product: grade (argmax), tier (cumulative
   probability tiering), probabilities, P(Good), expected grade.
-- ``GET /healthz`` -> status, model, queue length. OpenAPI docs at ``/docs``.
+- ``POST /v1/search`` {query, k, regrade} -> top-k catalogue products from a dense retriever,
+  optionally re-graded by the same scorer (search_api.py); registered only when the server
+  is given a retriever (``searchrl serve --retriever DIR``), else 404.
+- ``GET /healthz`` -> status, model, queue length, whether search is available. OpenAPI docs at ``/docs``.
 
 Requests are validated by pydantic (422 names the field). Limits on products per
-request and on text length answer 413; with ``$SEARCHRL_API_KEY`` set, a request
+request, on text length and on search's ``k`` answer 413; with ``$SEARCHRL_API_KEY`` set, a request
 without that key (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) gets 401.
 
 :class:`MicroBatcher` is why throughput grows with concurrency: requests wait in a
@@ -42,6 +45,7 @@ class ServerConfig:
     max_wait_ms: float = 2.0  # how long a micro-batch waits for more requests before it runs
     max_queue: int = 128  # requests waiting to be scored; more -> 503
     batch_size: int = 32  # rows per forward pass inside a micro-batch
+    max_k: int = 100  # products one /v1/search request may ask for; more -> 413
 
 
 class Product(BaseModel):
@@ -156,18 +160,27 @@ def _check_limits(req: ScoreRequest, cfg: ServerConfig) -> None:
 
 
 def create_app(scorer, cfg: ServerConfig | None = None, model_name: str = "relevance",
-               api_key: str | None = None) -> FastAPI:
-    """The FastAPI app around a RelevanceScorer (``api_key`` None: read ``$SEARCHRL_API_KEY``)."""
+               api_key: str | None = None, retriever=None) -> FastAPI:
+    """The FastAPI app around a RelevanceScorer (``api_key`` None: read ``$SEARCHRL_API_KEY``).
+
+    ``retriever``: a :class:`~searchrl.serve.search_api.SearchService` (catalogue already encoded)
+    to also serve ``POST /v1/search``; None leaves that route out.
+    """
     from contextlib import asynccontextmanager
     cfg = cfg or ServerConfig()
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     batcher = MicroBatcher(scorer.score_many, cfg.max_batch_pairs, cfg.max_wait_ms, cfg.max_queue)
+    # query encoding gets its own thread: it is short and must not wait behind a scoring micro-batch
+    search_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retriever") \
+        if retriever is not None else None
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
         yield
         await batcher.stop()
+        if search_executor is not None:
+            search_executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="searchrl relevance", lifespan=lifespan,
                   description="Grades (query, product) pairs L1-L4 with a relevance LLM (prefill only).")
@@ -175,7 +188,8 @@ def create_app(scorer, cfg: ServerConfig | None = None, model_name: str = "relev
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "model": model_name, "queued": batcher.queue.qsize(), "batches": batcher.batches}
+        return {"status": "ok", "model": model_name, "queued": batcher.queue.qsize(), "batches": batcher.batches,
+                "search": retriever is not None, "catalogue": len(retriever) if retriever is not None else 0}
 
     @app.post("/v1/relevance/score", response_model=ScoreResponse)
     async def score(req: ScoreRequest, request: Request) -> ScoreResponse:
@@ -188,12 +202,17 @@ def create_app(scorer, cfg: ServerConfig | None = None, model_name: str = "relev
             raise HTTPException(503, f"server busy: {cfg.max_queue} requests already queued; retry later") from None
         return ScoreResponse(model=model_name, results=[ProductScore(id=p["id"], **r) for p, r in zip(products, results)])
 
+    if retriever is not None:
+        from .search_api import add_search_routes
+        add_search_routes(app, retriever, batcher, cfg, lambda request: _check_key(request, key), QueueFull,
+                          search_executor)
     return app
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, cfg: ServerConfig | None = None,
-          threads: int | None = None) -> None:
-    """Load the model and run uvicorn until interrupted."""
+          threads: int | None = None, retriever_dir: str | Path | None = None,
+          data_dir: str | Path | None = None) -> None:
+    """Load the model (and the retriever, encoding its catalogue once) and run uvicorn until interrupted."""
     import torch
     import uvicorn
     from .scorer import RelevanceScorer
@@ -202,6 +221,12 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, cfg:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     scorer = RelevanceScorer.load(model_dir, batch_size=cfg.batch_size)
-    print(f"serve: loaded {model_dir} in {time.perf_counter() - t0:.1f}s; listening on http://{host}:{port} "
+    service = None
+    if retriever_dir:
+        from .search_api import SearchService
+        service = SearchService.load(retriever_dir, data_dir)
+    search = f"; /v1/search over {len(service)} products" if service is not None else ""
+    print(f"serve: loaded {model_dir}{search} in {time.perf_counter() - t0:.1f}s; listening on http://{host}:{port} "
           f"(docs at /docs){'; API key required' if os.environ.get(API_KEY_ENV) else ''}", flush=True)
-    uvicorn.run(create_app(scorer, cfg, Path(model_dir).name), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(scorer, cfg, Path(model_dir).name, retriever=service), host=host, port=port,
+                log_level="warning")
