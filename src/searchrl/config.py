@@ -105,3 +105,15 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
 def save_config(cfg, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+
+def check_choices(cfg, **choices) -> None:
+    """Raise ValueError naming the field when ``cfg.<field>`` is not one of its allowed values.
+
+    For config ``__post_init__`` checks: ``check_choices(self, schedule=SCHEDULES, dtype=DTYPES)``.
+    """
+    for name, allowed in choices.items():
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {sorted(allowed) if isinstance(allowed, dict) else list(allowed)}, "
+                             f"got {value!r}")

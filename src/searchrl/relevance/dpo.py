@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from searchrl.config import save_config
+from searchrl.config import check_choices, save_config
 from searchrl.eval.metrics import classification_metrics
 from searchrl.relevance.model import load_relevance_model, render_prompt
 from searchrl.relevance.sample import read_pairs
@@ -83,10 +83,7 @@ class DPOConfig:
     progress: bool = True  # show the tqdm progress bar
 
     def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        check_choices(self, schedule=SCHEDULES, dtype=DTYPES)
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
         if self.beta <= 0 or not 0 <= self.label_smoothing < 0.5:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from searchrl.config import save_config
+from searchrl.config import check_choices, save_config
 from searchrl.relevance.grpo_rollouts import (PromptSampler, collect_groups, completion_logps, dataset_prompts,
                                               model_scorer_config, split_rows)
 from searchrl.relevance.model import TinyModel, encode_prompt, load_relevance_model, render_prompt
@@ -132,18 +132,8 @@ class GRPOConfig:
     progress: bool = True  # show the tqdm progress bar
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.adv_scale not in SCALES:
-            raise ValueError(f"adv_scale must be one of {SCALES}, got {self.adv_scale!r}")
-        if self.reward not in ("grade", "rule_aware"):
-            raise ValueError(f"reward must be grade or rule_aware, got {self.reward!r}")
-        if self.ds_signal not in ("grade", "reward"):
-            raise ValueError(f"ds_signal must be grade or reward, got {self.ds_signal!r}")
-        if self.loss_type not in AGGREGATIONS:
-            raise ValueError(f"loss_type must be one of {AGGREGATIONS}, got {self.loss_type!r}")
+        check_choices(self, dtype=DTYPES, schedule=SCHEDULES, adv_scale=SCALES, reward=("grade", "rule_aware"),
+                      ds_signal=("grade", "reward"), loss_type=AGGREGATIONS)
         if self.group_size < 2 or self.prompts_per_step < 1 or self.num_iterations < 1:
             raise ValueError("group_size must be >= 2, prompts_per_step and num_iterations >= 1")
         if self.temperature <= 0 or self.oversample < 1 or self.beta < 0:

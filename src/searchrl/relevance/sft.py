@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from searchrl.config import save_config
+from searchrl.config import check_choices, save_config
 from searchrl.training import (BatchStream, all_reduce_sum, barrier, build_optimizer, checkpoints, init_distributed,
                                restore_checkpoint, save_checkpoint, trim_metrics)
 from searchrl.eval.metrics import classification_metrics
@@ -108,14 +108,8 @@ class SFTConfig:
     progress: bool = True  # show the tqdm progress bar
 
     def __post_init__(self):
-        if self.teacher not in ("rule", "llm"):
-            raise ValueError(f"teacher must be rule or llm, got {self.teacher!r}")
-        if self.on_disagree not in ("condition", "drop"):
-            raise ValueError(f"on_disagree must be condition or drop, got {self.on_disagree!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        check_choices(self, teacher=("rule", "llm"), on_disagree=("condition", "drop"), schedule=SCHEDULES,
+                      dtype=DTYPES)
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..config import check_choices
 from .index import IndexConfig
 from .rewards import RewardConfig
 
@@ -78,12 +79,7 @@ class RetrieverConfig:
     progress: bool = True  # show tqdm progress bars
 
     def __post_init__(self):
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        if self.candidates not in CANDIDATES:
-            raise ValueError(f"candidates must be one of {CANDIDATES}, got {self.candidates!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_choices(self, stage=STAGES, candidates=CANDIDATES, schedule=SCHEDULES)
         if self.batch_size < 1 or self.group_size < 2:
             raise ValueError("batch_size must be >= 1 and group_size >= 2")
         if self.temperature <= 0 or self.policy_temperature <= 0:
