@@ -140,3 +140,17 @@ def test_sample_cli_writes_trl_pairs_and_table(tiny_model_dir, tiny_data, tmp_pa
     assert main(["sample", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--n", "3", "--max-new-tokens",
                  "24", "--max-prompts", "6", "--seed", "1", "--out", str(tmp_path / "again.jsonl")]) == 0
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()
+
+
+def test_read_pairs_names_the_bad_line(tmp_path):
+    from searchrl.relevance.sample import read_pairs
+    good = '{"prompt": "p", "chosen": "<L4>", "rejected": "<L1>"}'
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(f"{good}\n\n{{broken\n")
+    with pytest.raises(ValueError, match=r"pairs.jsonl:line 3: malformed JSON"):
+        read_pairs(path)
+    path.write_text(f'{good}\n{{"prompt": "p", "chosen": "<L4>"}}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:line 2: .*\['rejected'\]"):
+        read_pairs(path)
+    path.write_text(f"{good}\n\n{good}\n")
+    assert len(read_pairs(path)) == 2

@@ -43,6 +43,8 @@ def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, step: in
                     extra: dict | None = None) -> Path:
     """HF-format weights (safetensors; adapters only under LoRA) + tokenizer + trainer_state.pt.
 
+    With ``cfg.save_total_limit`` > 0, older checkpoints beyond that many are removed afterwards.
+
     ``extra`` adds trainer-specific entries to trainer_state.pt (GRPO: its sampling generators' states).
     """
     tmp = path.with_name(path.name + ".tmp")  # written aside, then renamed: a crash never leaves half a checkpoint
@@ -54,6 +56,10 @@ def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, step: in
                 "rng": rng_state(), "config": dataclasses.asdict(cfg), **(extra or {})}, tmp / "trainer_state.pt")
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
+    keep = getattr(cfg, "save_total_limit", 0)
+    if keep:  # only the newest `keep` complete checkpoints stay; the one just written is among them
+        for old in checkpoints(path.parent)[:-keep]:
+            shutil.rmtree(old)
     return path
 
 

@@ -332,9 +332,6 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
                      "generators": _gather(generator.get_state(), world)}
             if rank == 0:
                 save_checkpoint(out / f"checkpoint-{step}", model, tok, optimizer, scheduler, step, cfg, extra)
-                if cfg.save_total_limit:
-                    for old_ckpt in checkpoints(out)[:-cfg.save_total_limit]:
-                        shutil.rmtree(old_ckpt)
         barrier(world)
     bar.close()
     if step < cfg.max_steps:

@@ -146,11 +146,19 @@ def write_pairs(path: str | Path, rows: list[dict]) -> Path:
 
 
 def read_pairs(path: str | Path) -> list[dict]:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    for i, r in enumerate(rows, 1):
-        missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(r.get(k), str)]
+    """Preference rows of a JSONL file; a bad line stops with ``file:line N: message``."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:line {n}: malformed JSON ({e.msg})") from None
+        missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(r, dict) or not isinstance(r.get(k), str)]
         if missing:
-            raise ValueError(f"{path}:{i}: preference row lacks string field(s) {missing}")
+            raise ValueError(f"{path}:line {n}: preference row lacks string field(s) {missing}")
+        rows.append(r)
     return rows
 
 

@@ -362,9 +362,6 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
             log(row)
         if rank == 0 and ((cfg.save_every and step % cfg.save_every == 0) or step == stop < total):
             save_checkpoint(out / f"checkpoint-{step}", model, tok, optimizer, scheduler, step, cfg)
-            if cfg.save_total_limit:
-                for old in checkpoints(out)[:-cfg.save_total_limit]:
-                    shutil.rmtree(old)
         barrier(world)  # ranks wait for rank 0's eval / checkpoint before the next step
     bar.close()
     if step < total:

@@ -200,9 +200,6 @@ class Loop:
             if self.rank == 0 and ((cfg.save_every and step % cfg.save_every == 0) or step == stop < total):
                 save_checkpoint(self.out / f"checkpoint-{step}", _Saver(self.model), _NO_TOKENIZER, optimizer,
                                 scheduler, step, cfg, extra=extra_state() if extra_state else None)
-                if cfg.save_total_limit:
-                    for old in checkpoints(self.out)[:-cfg.save_total_limit]:
-                        shutil.rmtree(old)
                 if on_save:
                     on_save()
             barrier(self.world)
