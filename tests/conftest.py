@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("SEARCHRL_DATA_MIRROR", REPO.parent / "shared" / "data"))
@@ -84,3 +85,13 @@ def tiny_model_dir(tmp_path_factory):
     tok.save_pretrained(d)
     save_scorer_config(d, ScorerConfig())
     return d
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: a 64-wide model runs faster so (40 s, not minutes on a busy machine), and the float
+    reduction order, hence the exact numbers, does not depend on how many cores the machine has."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

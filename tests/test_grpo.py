@@ -169,16 +169,6 @@ def rollouts_to(log: list[dict], threshold: float, window: int = 5) -> float:
     return float("inf")
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: a 64-wide model runs faster so (40 s, not minutes on a busy machine), and the float
-    reduction order, hence the exact numbers, does not depend on how many cores the machine has."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_grpo_learns_the_colour_task_and_dynamic_sampling_gets_there_in_fewer_rollouts(format_model, tmp_path,
                                                                                      one_thread):

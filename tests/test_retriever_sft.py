@@ -75,3 +75,13 @@ def test_sft_raises_positive_margin_and_hardneg_mines_non_positives(tiny_data, t
     assert stats["mining_seconds"] > 0 and stats["mining_queries"] == len(good)
     step, _ = train_contrastive(RetrieverConfig(**{**hn.__dict__, "max_steps": 1}))
     assert step == 1 and json.loads((tmp_path / "hn/out/mining.json").read_text())["mined_negatives"] > 0
+
+
+def test_subset_products_keeps_every_judged_product_and_a_seeded_fill():
+    import pandas as pd
+    from searchrl.retrieval.trainer import subset_products
+    products = pd.DataFrame({"product_id": [f"p{i}" for i in range(20)], "title": ["t"] * 20})
+    a = subset_products(products, {"p3", "p17"}, limit=6, seed=0)
+    assert len(a) == 6 and {"p3", "p17"} <= set(a["product_id"])
+    assert a["product_id"].tolist() == subset_products(products, {"p3", "p17"}, 6, 0)["product_id"].tolist()
+    assert len(subset_products(products, {"p3"}, limit=0, seed=0)) == 20  # 0 = the whole catalogue

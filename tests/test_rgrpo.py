@@ -104,3 +104,35 @@ def test_resume_is_exact_including_the_lagging_index(tiny_data, tmp_path):
         torch.testing.assert_close(pa, pb, msg=name)
     lines = (tmp_path / "b/rgrpo/metrics.jsonl").read_text().splitlines()
     assert [int(__import__("json").loads(ln)["step"]) for ln in lines] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process_with_the_double_batch(tiny_data, tmp_path):
+    """2 ranks x 2 queries == 1 process x 4 queries: each rank takes its micro-batch, gradients are averaged, and
+    the loss is a mean over items, so the update is that of the concatenated batch (label-free extra queries
+    from a query file make the stream long enough for two steps inside one epoch)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    qfile = tmp_path / "queries.txt"
+    qfile.write_text("\n".join(f"laptop bag {i}" for i in range(8)) + "\n")
+    common = ["stage=rgrpo", f"data_dir={tiny_data}", f"query_files=[{qfile}]", "group_size=3", "max_steps=2",
+              "max_seq_length=24", "lr=1e-4", "warmup_ratio=0", "schedule=constant", "beta=0.02", "rebuild_every=1",
+              "progress=false", "reward.w_rel=0", "reward.w_q=0.5", "reward.w_x=1", "reward.exclusivity=overlap"]
+
+    def run(launcher, extra):
+        sets = [x for kv in common + extra for x in ("--set", kv)]
+        proc = subprocess.run(launcher + ["-m", "searchrl.cli", "train", "retriever"] + sets, capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        [f"output_dir={tmp_path / 'ddp'}", "batch_size=2"])
+    run([sys.executable], [f"output_dir={tmp_path / 'one'}", "batch_size=4"])
+    a, b = build_encoder(str(tmp_path / "ddp" / "final")), build_encoder(str(tmp_path / "one" / "final"))
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4, msg=name)
+    la, lb = ([json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+              for d in ("ddp", "one"))
+    assert len(la) == len(lb) == 2 and np.allclose(la, lb, atol=1e-5)

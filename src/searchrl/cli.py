@@ -1,4 +1,4 @@
-"""The ``searchrl`` command line: one sub-command per stage, each a thin wrapper over a library call.
+"""The ``searchrl`` command line: the argument parser, one sub-command per stage (commands.py runs them).
 
 Commands import their heavy dependencies (torch, sentence-transformers) lazily so
 that ``searchrl --help`` and the data commands start fast.
@@ -7,19 +7,13 @@ that ``searchrl --help`` and the data commands start fast.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from .commands import (cmd_baseline_relevance, cmd_baseline_retrieval, cmd_data_import, cmd_data_prepare,
+                       cmd_data_stats, cmd_eval_relevance, cmd_eval_retrieval, cmd_export, cmd_plot, cmd_quickstart,
+                       cmd_sample, cmd_score, cmd_search, cmd_serve, cmd_teacher_agreement, cmd_train_dpo,
+                       cmd_train_grpo, cmd_train_retriever, cmd_train_sft, cmd_tune_tiering)
 
-
-def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise SystemExit(f"error: {flag} {item!r}: expected KEY=VALUE")
-        out[k] = v
-    return out
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -40,222 +34,17 @@ def _split_args(p: argparse.ArgumentParser) -> None:
                    help="bad rows: stop with an error naming file/line/field (default), or skip and count them")
 
 
-def cmd_data_prepare(a) -> None:
-    from .data.prepare import prepare
-    options = _kv(a.option, "--option")
-    ds = prepare(a.name, a.out or f"data/{a.name}", a.mirror, seed=a.seed, fractions=a.fractions,
-                 on_error=a.on_error, pins=_kv(a.pin, "--pin"), download=not a.no_download, **options)
-    _print_report(ds, a.out or f"data/{a.name}")
-
-
-def cmd_data_import(a) -> None:
-    from .data.importer import import_dataset, parse_mapping
-    mapping = parse_mapping(a.mapping, a.map, {"products": a.products, "queries": a.queries,
-                                               "judgments": a.judgments}, a.labels)
-    ds = import_dataset(mapping, a.out, name=a.name, seed=a.seed, fractions=a.fractions, on_error=a.on_error)
-    _print_report(ds, a.out)
-
-
-def _print_report(ds, out) -> None:
-    from .data.prepare import stats_table
-    print(f"wrote {out}")
-    print(stats_table(ds))
-    rep = ds.card["report"]
-    if rep["skipped"]:
-        print(f"skipped {sum(rep['skipped'].values())} bad row(s): {rep['skipped']}")
-        for line in rep["skipped_examples"]:
-            print(f"  {line}")
-    if rep["merged_duplicate_judgments"]:
-        print(f"merged {rep['merged_duplicate_judgments']} duplicate judgment(s) with equal grades")
-    if rep["unjudged_queries_dropped"]:
-        print(f"dropped {rep['unjudged_queries_dropped']} quer(ies) without judgments")
-
-
-def cmd_data_stats(a) -> None:
-    from .data.prepare import stats_table
-    from .data.schema import load_dataset
-    print(stats_table(load_dataset(a.dir)))
-
-
-def cmd_baseline_relevance(a) -> None:
-    from .data.schema import load_dataset
-    from .eval.baselines import relevance_baselines
-    from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
-    ds = load_dataset(a.data)
-    rows = relevance_baselines(ds, a.split)
-    print_table(rows, RELEVANCE_COLUMNS, title=f"relevance baselines: {ds.card.get('name', a.data)} {a.split}")
-    if a.json:
-        write_metrics_json(a.json, "relevance", ds.card.get("name", str(a.data)), a.split, rows)
-
-
-def cmd_baseline_retrieval(a) -> None:
-    from .data.schema import load_dataset
-    from .eval.baselines import retrieval_baselines
-    from .eval.metrics import print_table, write_metrics_json
-    ds = load_dataset(a.data)
-    ks = tuple(int(k) for k in a.k.split(","))
-    rows = retrieval_baselines(ds, a.split, ks, encoder=a.encoder)
-    print_table(rows, title=f"retrieval baselines: {ds.card.get('name', a.data)} {a.split}")
-    if a.json:
-        write_metrics_json(a.json, "retrieval", ds.card.get("name", str(a.data)), a.split, rows)
-
-
-def cmd_train_sft(a) -> None:
-    from .config import load_config
-    from .relevance.run_sft import run_sft
-    from .relevance.sft import SFTConfig
-    result = run_sft(load_config(SFTConfig, a.config, a.set))
-    if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(f"sft: saved {result.final_dir} after {result.step} steps; last eval {result.last_eval}")
-
-
-def cmd_sample(a) -> None:
-    import json
-    from .data.schema import load_dataset
-    from .relevance.sample import format_table, sample_preferences, write_pairs
-    rows, table = sample_preferences(a.model, load_dataset(a.data), a.n, a.split, a.temperature, a.top_p,
-                                     a.max_new_tokens, a.prompts_per_batch, a.seed, a.max_prompts, a.rules)
-    write_pairs(a.out, rows)
-    print(format_table(table))
-    print(f"wrote {len(rows)} preference pairs -> {a.out}")
-    if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(table, f, indent=2)
-
-
-def cmd_train_dpo(a) -> None:
-    from .config import load_config
-    from .relevance.dpo import DPOConfig, train_dpo
-    result = train_dpo(load_config(DPOConfig, a.config, a.set))
-    if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(f"dpo: saved {result.final_dir} after {result.step} steps; last eval {result.last_eval}")
-
-
-def cmd_train_grpo(a) -> None:
-    from .config import load_config
-    from .relevance.grpo import GRPOConfig, train_grpo
-    result = train_grpo(load_config(GRPOConfig, a.config, a.set))
-    if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(f"grpo: saved {result.final_dir} after {result.step} steps ({result.rollouts} rollouts); "
-              f"last eval {result.last_eval}")
-
-
-def cmd_eval_relevance(a) -> None:
-    from .data.schema import load_dataset
-    from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
-    from .relevance.evaluate import evaluate_model
-    ds = load_dataset(a.data)
-    rows = evaluate_model(a.model, ds, a.split, decode=a.decode, batch_size=a.batch_size)
-    extra = [k for k in rows[0] if k.startswith("x_")]
-    print_table(rows, RELEVANCE_COLUMNS + extra, title=f"relevance: {a.model} on {a.split}")
-    if a.json:
-        write_metrics_json(a.json, "relevance", ds.card.get("name", str(a.data)), a.split, rows)
-
-
-def cmd_tune_tiering(a) -> None:
-    from .data.schema import load_dataset
-    from .relevance.evaluate import tune_tiering
-    r = tune_tiering(a.model, load_dataset(a.data), a.split, batch_size=a.batch_size)
-    print(f"tiering on {r['split']} ({r['n']} pairs): beta={r['beta']:g} macro-F1 {r['macro_f1_tiered']:.4f}; "
-          f"per-grade thresholds {r['grade_thresholds']} macro-F1 {r['macro_f1_thresholds']:.4f}; "
-          f"argmax macro-F1 {r['macro_f1_argmax']:.4f}")
-    print(f"stored in {a.model}/relevance_config.json")
-
-
-def cmd_score(a) -> None:
-    from .serve.scorer import score_file
-    r = score_file(a.model, a.input, a.output, on_error=a.on_error, batch_size=a.batch_size)
-    print(f"scored {r['pairs']} pairs of {r['queries']} queries in {r['seconds']:.1f}s "
-          f"({r['pairs_per_s']:.1f} pairs/s, {r['threads']} threads) -> {a.output}")
-    if r["skipped"]:
-        print(f"skipped {r['skipped']} bad row(s): {r['skipped_by_reason']}")
-
-
-def cmd_export(a) -> None:
-    from .serve.export import export_model
-    out = export_model(a.model, a.output, overwrite=a.overwrite)
-    print(f"exported {a.model} -> {out} (safetensors, tokenizer, relevance_config.json)")
-
-
-def cmd_serve(a) -> None:
-    from .config import load_config
-    from .serve.server import ServerConfig, serve
-    serve(a.model, a.host, a.port, load_config(ServerConfig, a.config, a.set), threads=a.threads,
-          retriever_dir=a.retriever, data_dir=a.data)
-
-
-def cmd_teacher_agreement(a) -> None:
-    from .data.schema import load_dataset
-    from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
-    from .relevance.evaluate import rule_agreement
-    from .relevance.rules import RuleEngine
-    ds = load_dataset(a.data)
-    rows = rule_agreement(ds, RuleEngine.from_yaml(a.rules))
-    print_table(rows, RELEVANCE_COLUMNS, title="rule grade vs human grade")
-    for r in rows:
-        print(f"{r['system']} confusion (rows = human L1..L4, columns = rules L1..L4): {r['confusion']}")
-    if a.json:
-        write_metrics_json(a.json, "relevance", ds.card.get("name", str(a.data)), "all", rows)
-
-
-def cmd_train_retriever(a) -> None:
-    from .config import load_config
-    from .retrieval.config import RetrieverConfig
-    cfg = load_config(RetrieverConfig, a.config, a.set + ([f"stage={a.stage}"] if a.stage else []))
-    if cfg.stage == "rgrpo":
-        from .retrieval.rgrpo import train_rgrpo
-        step, final = train_rgrpo(cfg)
-    else:
-        from .retrieval.train_sft import train_contrastive
-        step, final = train_contrastive(cfg)
-    if final is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(f"retriever {cfg.stage}: saved {final} after {step} steps (metrics in {cfg.output_dir}/metrics.jsonl)")
-
-
-def _relevance_scorer(model_dir):
-    if not model_dir:
-        return None
-    from .serve.scorer import RelevanceScorer
-    return RelevanceScorer.load(model_dir)
-
-
-def cmd_eval_retrieval(a) -> None:
-    from .data.schema import load_dataset
-    from .eval.metrics import print_table, write_metrics_json
-    from .retrieval.evaluate import Retriever, evaluate_retrieval
-    from .retrieval.index import IndexConfig
-    ds = load_dataset(a.data)
-    retriever = Retriever(a.retriever, ds.products, IndexConfig(kind=a.index) if a.index else None)
-    ks = tuple(int(k) for k in a.k.split(","))
-    row = evaluate_retrieval(retriever, ds, a.split, ks, _relevance_scorer(a.relevance_model), a.goodrate_k,
-                             system=a.name or os.path.normpath(a.retriever))
-    print_table([row], title=f"retrieval: {a.retriever} on {a.split}")
-    if a.json:
-        write_metrics_json(a.json, "retrieval", ds.card.get("name", str(a.data)), a.split, [row])
-
-
-def cmd_search(a) -> None:
-    from .retrieval.evaluate import search
-    for r in search(a.retriever, a.query, a.k, a.data, _relevance_scorer(a.relevance_model), progress=False):
-        graded = f"  P(Good)={r['p_good']:.3f} L{r['grade']}" if "p_good" in r else ""
-        print(f"{r['rank']:>3}. {r['score']:.4f}  {r['product_id']}  {r['title']} [{r['brand']}]{graded}")
-
-
-def cmd_quickstart(a) -> None:
-    from .quickstart import run_quickstart
-    run_quickstart(a.out, mirror=a.mirror, sft_overrides=a.set)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="searchrl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    q = sub.add_parser("quickstart", help="the main job on embedded defaults: prepare Chorus, baselines, SFT, tables")
+    q = sub.add_parser("quickstart", help="the main job on embedded defaults: Chorus, baselines, SFT, retriever, tables")
     q.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
     q.add_argument("--mirror", default=None, help="local mirror of upstream data files ($SEARCHRL_DATA_MIRROR)")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the SFT config (searchrl/configs/sft_chorus.yaml)")
+    q.add_argument("--retriever-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the retriever config (searchrl/configs/retriever_quickstart.yaml)")
     q.set_defaults(func=cmd_quickstart)
 
     data = sub.add_parser("data", help="prepare, import and describe datasets")
@@ -302,8 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--config", help="YAML config (fields of searchrl.relevance.grpo.GRPOConfig)")
     tg.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     tg.set_defaults(func=cmd_train_grpo)
-    trr = tsub.add_parser("retriever", help="dense retriever: sft (InfoNCE), hardneg (mined negatives) or rgrpo")
-    trr.add_argument("--stage", choices=["sft", "hardneg", "rgrpo"], help="overrides the config's stage")
+    trr = tsub.add_parser("retriever", help="dense retriever: sft (InfoNCE), hardneg (mined negatives), rgrpo, or all")
+    trr.add_argument("--stage", choices=["sft", "hardneg", "rgrpo", "all"],
+                     help="overrides the config's stage; all = sft, then hardneg and rgrpo from it, then a table")
+    trr.add_argument("--relevance-model", help="--stage all: the relevance model rewarding rgrpo and grading goodrate")
+    trr.add_argument("--ablations", action="store_true", help="--stage all: also rgrpo without each reward term")
+    trr.add_argument("--split", default="test", help="--stage all: split of the table (default test)")
+    trr.add_argument("--out", help="--stage all: run directory (default: the config's output_dir)")
     trr.add_argument("--config", help="YAML config (fields of searchrl.retrieval.config.RetrieverConfig)")
     trr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     trr.set_defaults(func=cmd_train_retriever)
@@ -394,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--rules", default=None, help="rule YAML (default: the packaged relevance/rules.yaml)")
     ta.add_argument("--json", help="write metrics JSON here")
     ta.set_defaults(func=cmd_teacher_agreement)
+
+    pl = sub.add_parser("plot", help="learning curves (PNG) of runs' metrics.jsonl: one plot per metric, one line per run")
+    pl.add_argument("--run", action="append", required=True, metavar="LABEL=DIR",
+                    help="a run directory (or metrics.jsonl) and its legend label; repeat per run")
+    pl.add_argument("--key", action="append", required=True, help="metric to plot, e.g. reward_mean, valid_macro_f1")
+    pl.add_argument("--out", required=True, help="directory for KEY.png")
+    pl.add_argument("--smooth", type=int, default=1, help="trailing moving-average window for train metrics (1 = raw)")
+    pl.add_argument("--title", help="plot title prefix")
+    pl.set_defaults(func=cmd_plot)
 
     base = sub.add_parser("baseline", help="cheap baselines: majority, BM25, zero-shot MiniLM")
     bsub = base.add_subparsers(dest="baseline_command", required=True, metavar="TASK")

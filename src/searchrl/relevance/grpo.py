@@ -25,7 +25,11 @@ averaged by DDP and the loss normalised by global counts (dapo: active tokens of
 ranks; grpo: sequences of all ranks), so the update is that of one big batch.
 
 The reward is GradeReward by default, TaoSR-AGRL's RuleAwareReward (rule_reward.py) with
-``reward = "rule_aware"``, or any reward function passed in. A non-finite loss or gradient
+``reward = "rule_aware"``, or any reward function passed in. TaoSR-AGRL's adaptive guided
+replay (guided_replay.py, ``replay.enabled``) adds hinted rollouts to low-accuracy groups
+before dynamic sampling; guided rows trained under the un-hinted prompt get a clipped
+importance ratio against their hinted behaviour (guided_old_logps), and pieces may then
+differ in group size (``replay.mode = "join"``; piece_advantages). A non-finite loss or gradient
 norm raises FloatingPointError (step, update, micro-batch, culprit) before optimizer.step(),
 so weights and checkpoints are never corrupted.
 
@@ -52,6 +56,7 @@ from tqdm.auto import tqdm
 from searchrl.config import check_choices, save_config
 from searchrl.relevance.grpo_rollouts import (PromptSampler, collect_groups, completion_logps, dataset_prompts,
                                               model_scorer_config, split_rows)
+from searchrl.relevance.guided_replay import GuidedReplay, GuidedReplayConfig, guided_old_logps
 from searchrl.relevance.model import TinyModel, encode_prompt, load_relevance_model, render_prompt
 from searchrl.relevance.prompt import PromptConfig
 from searchrl.relevance.rewards import GradeReward
@@ -100,6 +105,8 @@ class GRPOConfig:
     ds_signal: str = "grade"  # what dynamic sampling tests for spread: "grade" = the reward's grade-correctness
     #   component (TaoSR1: 0 < #correct < G) when it has one, else the total | "reward" = the total reward
     class_balance: bool = True  # draw prompts with equal numbers per gold grade (TaoSR1's balanced mix)
+    replay: GuidedReplayConfig = dataclasses.field(default_factory=GuidedReplayConfig)  # TaoSR-AGRL adaptive
+    #   guided replay and hard-prompt buffer (guided_replay.py); off unless replay.enabled
     # --- loss
     num_iterations: int = 1  # optimizer updates per rollout batch (PPO epochs); 1 = on-policy
     eps_low: float = 0.2  # ratio clipped at 1 - eps_low
@@ -163,6 +170,23 @@ def _nonfinite_message(step: int, it: int, j: int, n_pieces: int, loss, adv, log
             f"from the {culprit}; stopped before optimizer.step(), weights unchanged")
 
 
+def piece_advantages(batch, cfg: GRPOConfig) -> list[torch.Tensor]:
+    """Group advantages per kept piece ([n_i * G_i] each); pieces may differ in group size (guided replay, join)."""
+    sizes = {p.group_size for p in batch.pieces}
+    flat = torch.cat(batch.rewards)
+    if len(sizes) == 1:
+        adv = group_advantages(flat, sizes.pop(), cfg.adv_scale, cfg.adv_eps, cfg.adv_clamp or None)
+    else:  # centre per group; "batch" divides by the std of every reward of the step, as in the one-size case
+        scale = "none" if cfg.adv_scale == "batch" else cfg.adv_scale
+        adv = torch.cat([group_advantages(r, p.group_size, scale, cfg.adv_eps) for p, r in zip(batch.pieces,
+                                                                                               batch.rewards)])
+        if cfg.adv_scale == "batch":
+            adv = adv / (flat.std() + cfg.adv_eps)
+        if cfg.adv_clamp:
+            adv = adv.clamp(-cfg.adv_clamp, cfg.adv_clamp)
+    return list(adv.split([len(r) for r in batch.rewards]))
+
+
 def _gather(obj, world: int) -> list:
     if world == 1:
         return [obj]
@@ -213,6 +237,8 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
     encoded = [encode_prompt(tok, render_prompt(tok, p["prompt"], cfg.chat_template)) for p in prompts]
     sampler = PromptSampler([int(p["grade"]) for p in prompts], cfg.class_balance, [cfg.seed, rank])
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank)  # rank's own sampling stream
+    replay = (GuidedReplay(cfg.replay, prompts, tok, cfg.chat_template, [cfg.seed, rank, 17])
+              if cfg.replay.enabled else None)
 
     total = cfg.max_steps * cfg.num_iterations  # optimizer updates
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -234,6 +260,8 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
         set_rng_state(state["rng"])
         sampler.load_state_dict(state["samplers"][rank])
         generator.set_state(state["generators"][rank])
+        if replay is not None and state.get("replay"):
+            replay.buffer.load_state_dict(state["replay"][rank])
         if rank == 0:
             trim_metrics(metrics_path, step)
             print(f"grpo: resumed from {ckpt} at step {step}")
@@ -250,9 +278,11 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
     stop = cfg.stop_at_step if 0 < cfg.stop_at_step < cfg.max_steps else cfg.max_steps
     while step < stop:
         t0 = time.perf_counter()
-        batch = collect_groups(model, tok, encoded, prompts, sampler, generator, reward_fn, cfg, target)
-        adv = group_advantages(torch.cat(batch.rewards), g, cfg.adv_scale, cfg.adv_eps,
-                               cfg.adv_clamp or None).split([len(r) for r in batch.rewards])  # [n_i*G] per piece
+        left_before = replay.buffer.left if replay else 0
+        if replay:
+            replay.reset_stats()
+        batch = collect_groups(model, tok, encoded, prompts, sampler, generator, reward_fn, cfg, target, replay)
+        adv = piece_advantages(batch, cfg)  # [n_i*G_i] per piece
         pieces = [(chunk, a) for piece, pa in zip(batch.pieces, adv)
                   for chunk, a in zip(split_rows(piece, cfg.micro_batch_size),
                                       pa.split(cfg.micro_batch_size or len(pa)))]
@@ -271,7 +301,9 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
                 sync = world == 1 or j == len(pieces) - 1
                 with (contextlib.nullcontext() if sync else fwd.no_sync()):
                     logp, ent = completion_logps(fwd, c, device, cfg.temperature, entropy=it == 0)  # [n, T]
-                    per_tok, stats = clipped_surrogate(logp, old[j], a.to(device), mask, cfg.eps_low, cfg.eps_high,
+                    # guided rows trained under the un-hinted prompt: clipped ratio against the hinted behaviour
+                    old_j = guided_old_logps(logp, old[j], c, cfg.replay.ratio_min, 1 + cfg.eps_high)
+                    per_tok, stats = clipped_surrogate(logp, old_j, a.to(device), mask, cfg.eps_low, cfg.eps_high,
                                                        ref_logp=ref[j], beta=cfg.beta)
                     if cfg.loss_type == "dapo":  # DDP averages over ranks: divide by global tokens / world
                         loss = aggregate(per_tok, mask, "dapo", num_items=n_tok / world)
@@ -303,6 +335,9 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
             "n": len(r), "r": float(r.sum()), "r2": float((r ** 2).sum()), "correct": batch.n_correct,
             "groups": batch.n_drawn_groups, "zero_std": batch.n_zero_std, "filtered": batch.n_filtered,
             "ctok": batch.completion_tokens, **{f"c_{k}": v for k, v in batch.components.items()},
+            **({f"g_{k}": v for k, v in replay.stats.items()} | {"g_left": replay.buffer.left - left_before,
+                                                                  "g_buffer": len(replay.buffer.items)}
+               if replay else {}),
             **sums}.items()}
         rollouts_total += int(tot["n"])
         mean = tot["r"] / tot["n"]
@@ -321,6 +356,11 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
                    "tokens_per_s": tok_s, "step_seconds": time.perf_counter() - t0, "lr": lr}
             if reference is not None:
                 row["kl"] = tot["kl"] / max(n_tok, 1)
+            if replay is not None:  # accuracy above is the unguided rollouts'; guided_accuracy is under the hint
+                row.update(guided_groups=int(tot["g_guided_groups"]), guided_rollouts=int(tot["g_guided_rollouts"]),
+                           guided_accuracy=tot["g_guided_correct"] / max(tot["g_guided_rollouts"], 1),
+                           buffer_size=int(tot["g_buffer"]), buffer_draws=int(tot["g_buffer_draws"]),
+                           buffer_left=int(tot["g_left"]))
         if rank == 0 and evals and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
             last_eval = evaluate(model, tok, evals, cfg)  # uses eval_split, prompt.order, chat_template, eval_*
             row = {"step": step, **row, **last_eval}
@@ -329,7 +369,8 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
                 f.write(json.dumps(row) + "\n")
         if (cfg.save_every and step % cfg.save_every == 0) or step == stop < cfg.max_steps:
             extra = {"samplers": _gather(sampler.state_dict(), world), "rollouts_total": rollouts_total,
-                     "generators": _gather(generator.get_state(), world)}
+                     "generators": _gather(generator.get_state(), world),
+                     "replay": _gather(replay.buffer.state_dict(), world) if replay else None}
             if rank == 0:
                 save_checkpoint(out / f"checkpoint-{step}", model, tok, optimizer, scheduler, step, cfg, extra)
         barrier(world)

@@ -12,7 +12,8 @@
 - :func:`collect_groups`: draws prompts, samples G completions each (rollout.sample_groups:
   one prefill per prompt), scores them, and with dynamic sampling keeps only the
   groups whose rewards differ, drawing more prompts (x oversample) up to a cap of
-  refill rounds.
+  refill rounds; with guided replay (guided_replay.py), low-accuracy groups get their
+  guided rollouts before that filter sees them.
 - :func:`completion_logps`: per-token log-probs (and entropies) of the sampled completions.
 
 Simplifies: refills are class balanced as draws, but filtering can leave the kept
@@ -99,7 +100,7 @@ class PromptSampler:
 @dataclass
 class Groups:
     """The groups one rank trains on in one step, plus what was sampled to get them (for logging)."""
-    pieces: list[Rollout]  # kept groups, one Rollout per sampling round (their paddings differ)
+    pieces: list[Rollout]  # kept groups, one Rollout per sampling round and part (paddings and group sizes differ)
     rewards: list[torch.Tensor]  # [n_i * G] per piece, same order
     drawn_rewards: torch.Tensor  # [N * G] every sampled completion's reward, filtered groups included
     components: dict[str, float] = field(default_factory=dict)  # name -> sum over every sampled completion
@@ -108,11 +109,6 @@ class Groups:
     n_zero_std: int = 0  # sampled groups whose rewards were all equal
     n_filtered: int = 0  # groups dropped by dynamic sampling (0 when it is off)
     completion_tokens: int = 0  # sampled completion tokens (EOS included), filtered groups included
-
-
-def _take(r: Rollout, rows: torch.Tensor) -> Rollout:
-    return Rollout(r.prompt_ids[rows], r.prompt_mask[rows], r.completion_ids[rows], r.completion_mask[rows],
-                   r.group_size)
 
 
 def ds_signal(scored, rewards: torch.Tensor, kind: str) -> torch.Tensor:
@@ -125,8 +121,9 @@ def ds_signal(scored, rewards: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def collect_groups(model, tok, encoded: list[list[int]], prompts: list[dict], sampler: PromptSampler,
-                   generator: torch.Generator, reward_fn, cfg, target: int) -> Groups:
-    """Up to ``target`` groups for this rank; see the module docstring. ``cfg`` is a GRPOConfig."""
+                   generator: torch.Generator, reward_fn, cfg, target: int, replay=None) -> Groups:
+    """Up to ``target`` groups for this rank; see the module docstring. ``cfg`` is a GRPOConfig; ``replay`` a
+    guided_replay.GuidedReplay (draws through its hard-prompt buffer, guides low-accuracy groups) or None."""
     g = cfg.group_size
     out = Groups([], [], torch.zeros(0))
     drawn, kept = [], 0
@@ -136,35 +133,43 @@ def collect_groups(model, tok, encoded: list[list[int]], prompts: list[dict], sa
         need = target - kept
         if need <= 0:
             break
-        idx = sampler.draw(math.ceil(need * cfg.oversample) if cfg.dynamic_sampling else need)
+        n = math.ceil(need * cfg.oversample) if cfg.dynamic_sampling else need
+        idx = replay.draw(sampler, n) if replay else sampler.draw(n)
         ro = sample_groups(model, tok, [encoded[i] for i in idx], g, cfg.max_new_tokens, cfg.temperature,
                            cfg.top_p, generator)
         texts = ro.texts(tok)
         infos = [prompts[i] for i in idx for _ in range(g)]
         scored = reward_fn(texts, infos)
-        rewards = torch.tensor(scored.rewards, dtype=torch.float32)  # [n*G]
-        drawn.append(rewards)
+        drawn.append(torch.tensor(scored.rewards, dtype=torch.float32))  # [n*G] the policy's own rollouts
         for name, vals in scored.components.items():
             out.components[name] = out.components.get(name, 0.0) + float(sum(vals))
-        out.n_correct += sum(parse_completion(t, cfg.prompt.order).grade == int(i["grade"])
-                             for t, i in zip(texts, infos))
+        correct = [parse_completion(t, cfg.prompt.order).grade == int(i["grade"]) for t, i in zip(texts, infos)]
+        out.n_correct += sum(correct)
         out.completion_tokens += int(ro.completion_mask.sum())
-        spread = dynamic_sampling_mask(ds_signal(scored, rewards, cfg.ds_signal), g, cfg.ds_std_tol)  # [n]
         out.n_drawn_groups += len(idx)
-        out.n_zero_std += int((~spread).sum())
-        keep = spread if cfg.dynamic_sampling else torch.ones_like(spread)
-        keep_groups = keep.nonzero().squeeze(1)[:need]  # DAPO keeps exactly the batch size
-        out.n_filtered += int((~keep).sum())
-        last = (ro, rewards)
-        if len(keep_groups):
-            rows = (keep_groups[:, None] * g + torch.arange(g)).flatten()  # [k*G]: the kept groups' rows
-            out.pieces.append(_take(ro, rows))
-            out.rewards.append(rewards[rows])
-            kept += len(keep_groups)
-    if not out.pieces:  # nothing kept: train on the last round (advantages 0), so DDP ranks stay in step
-        ro, rewards = last
-        rows = torch.arange(min(target, ro.completion_ids.shape[0] // g) * g)
-        out.pieces.append(_take(ro, rows))
+        parts = [(ro, scored)]
+        if replay is not None:  # may regroup (join) and adds guided rows before the filter sees the groups
+            parts = replay.guide(model, ro, idx, infos, scored, correct, reward_fn, cfg, generator,
+                                 lambda m, r: completion_logps(m, r, next(m.parameters()).device, cfg.temperature)[0])
+        for part, part_scored in parts:
+            gp = part.group_size
+            rewards = torch.tensor(part_scored.rewards, dtype=torch.float32)  # [k*Gp]
+            spread = dynamic_sampling_mask(ds_signal(part_scored, rewards, cfg.ds_signal), gp, cfg.ds_std_tol)  # [k]
+            out.n_zero_std += int((~spread).sum())
+            keep = spread if cfg.dynamic_sampling else torch.ones_like(spread)
+            keep_groups = keep.nonzero().squeeze(1)[:max(target - kept, 0)]  # DAPO keeps exactly the batch size
+            out.n_filtered += int((~keep).sum())
+            last = (part, rewards)
+            if len(keep_groups):
+                rows = (keep_groups[:, None] * gp + torch.arange(gp)).flatten()  # [k*Gp]: the kept groups' rows
+                out.pieces.append(part.take(rows))
+                out.rewards.append(rewards[rows])
+                kept += len(keep_groups)
+    if not out.pieces:  # nothing kept: train on the last part (advantages 0), so DDP ranks stay in step
+        part, rewards = last
+        gp = part.group_size
+        rows = torch.arange(min(target, part.completion_ids.shape[0] // gp) * gp)
+        out.pieces.append(part.take(rows))
         out.rewards.append(rewards[rows])
     out.drawn_rewards = torch.cat(drawn)
     return out
@@ -174,7 +179,7 @@ def split_rows(r: Rollout, size: int) -> list[Rollout]:
     """Chunks of at most ``size`` rows (0 = one chunk)."""
     n = r.completion_ids.shape[0]
     size = size or n
-    return [_take(r, torch.arange(s, min(s + size, n))) for s in range(0, n, size)]
+    return [r.take(torch.arange(s, min(s + size, n))) for s in range(0, n, size)]
 
 
 def completion_logps(model, r: Rollout, device, temperature: float = 1.0,

@@ -37,8 +37,9 @@ def load_encoder(name_or_path: str | None = None, device: str = "cpu"):
 
 
 def encode(model, texts: list[str], batch_size: int = 64, cache_tag: str | None = None,
-           progress: bool = True) -> np.ndarray:
-    """[N, D] float32, L2-normalised. With ``cache_tag`` (the model's identity), cached by content."""
+           progress: bool = True, refresh: bool = False) -> np.ndarray:
+    """[N, D] float32, L2-normalised. With ``cache_tag`` (the model's identity), cached by content; ``refresh``
+    encodes even when cached (a timed step, e.g. hard-negative mining) and rewrites the cache."""
     path = None
     if cache_tag is not None:
         h = hashlib.sha256(cache_tag.encode())
@@ -46,7 +47,7 @@ def encode(model, texts: list[str], batch_size: int = 64, cache_tag: str | None 
             h.update(t.encode())
             h.update(b"\0")
         path = cache_dir() / "embeddings" / f"{h.hexdigest()[:24]}.npy"
-        if path.exists():
+        if path.exists() and not refresh:
             return np.load(path)
     emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True,
                        normalize_embeddings=True).astype(np.float32)

@@ -84,26 +84,27 @@ def embed(model, texts: list[str], batch_size: int = 64, grad: bool = False) -> 
 
 
 def corpus_embeddings(model, texts: list[str], batch_size: int = 64, cache_tag: str | None = None,
-                      progress: bool = True) -> np.ndarray:
+                      progress: bool = True, refresh: bool = False) -> np.ndarray:
     """[N, D] float32 unit-norm corpus embeddings; cached by (cache_tag, texts) when a tag is given."""
     was_training = model.training if model is not None else False
     if model is not None:
         model.eval()  # no dropout when encoding the catalogue
     try:
-        return encode(model, texts, batch_size=batch_size, cache_tag=cache_tag, progress=progress)
+        return encode(model, texts, batch_size=batch_size, cache_tag=cache_tag, progress=progress, refresh=refresh)
     finally:
         if model is not None:
             model.train(was_training)
 
 
 def corpus_index(model, texts: list[str], ids: list[str], config: IndexConfig | None = None,
-                 batch_size: int = 64, cache_tag: str | None = None, progress: bool = True) -> FaissIndex:
+                 batch_size: int = 64, cache_tag: str | None = None, progress: bool = True,
+                 refresh: bool = False) -> FaissIndex:
     """The catalogue encoded by ``model`` in a FAISS index (flat / IVF / HNSW per ``config``)."""
-    emb = corpus_embeddings(model, texts, batch_size, cache_tag, progress)
+    emb = corpus_embeddings(model, texts, batch_size, cache_tag, progress, refresh)
     return FaissIndex(emb, ids, config)
 
 
-def encoder_tag(path: str | Path) -> str:
-    """A cache identity for a saved encoder directory (its path, weights mtime and size)."""
+def encoder_tag(path: str | Path | None) -> str:
+    """A cache identity for an encoder directory or name (resolved path, weights mtime and size); None = default."""
     from .dense import model_tag
-    return model_tag(str(path))
+    return model_tag(str(path) if path else None)

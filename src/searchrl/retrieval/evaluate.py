@@ -42,9 +42,9 @@ class Retriever:
     """A saved encoder plus a FAISS index over ``products``."""
 
     def __init__(self, retriever_dir: str | Path | None, products, index: IndexConfig | None = None,
-                 batch_size: int = 64, progress: bool = True, device: str = "cpu"):
+                 batch_size: int = 64, progress: bool = True, device: str = "cpu", max_seq_length: int | None = None):
         saved = saved_config(retriever_dir) if retriever_dir else {}
-        self.max_seq_length = int(saved.get("max_seq_length", 128))
+        self.max_seq_length = max_seq_length or int(saved.get("max_seq_length", 128))  # as trained, unless given
         self.model = build_encoder(str(retriever_dir) if retriever_dir else None, "auto", self.max_seq_length, device)
         self.model.eval()
         if index is None and "index" in saved:  # search with the index kind the retriever was trained with
@@ -81,7 +81,7 @@ def evaluate_retrieval(retriever: Retriever, ds: Dataset, split: str = "test", k
     qrels = {q: dict(zip(g["product_id"].astype(str), g["grade"].astype(int)))
              for q, g in sub.judgments.groupby("query_id")}
     row = {"system": system, **retrieval_metrics(dict(zip(qids, runs)), qrels, ks)}
-    bm25 = bm25 or BM25Index(ds.products)
+    bm25 = bm25 or BM25Index(getattr(retriever, "products", ds.products))  # the catalogue the retriever searches
     lexical = [[p for p, _ in h] for h in bm25.search(texts, kmax)]
     quality = product_quality(ds.products)
     for k in ks:

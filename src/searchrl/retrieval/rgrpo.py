@@ -29,6 +29,8 @@ the group is the deterministic top-K (no sampling from pi); every rank encodes t
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -42,11 +44,11 @@ from .trainer import Loop, load_training_data
 
 
 def group_logps(model, queries: list[str], item_texts: list[list[str]], tau: float, grad: bool) -> torch.Tensor:
-    """[B, K] log pi(i | q) = log_softmax(cos(q, item) / tau) over each query's K items (one forward pass)."""
+    """[B, K] log pi(i | q) = log_softmax(cos(q, item) / tau) over each query's K items."""
     k = len(item_texts[0])
-    flat = queries + [t for items in item_texts for t in items]
-    emb = embed(model, flat, batch_size=len(flat), grad=grad)  # [B + B*K, D]
-    q, items = emb[:len(queries)], emb[len(queries):].reshape(len(queries), k, -1)  # [B, D], [B, K, D]
+    flat = [t for items in item_texts for t in items]
+    q = embed(model, queries, batch_size=len(queries), grad=grad)  # [B, D]: own pass, padded to query length
+    items = embed(model, flat, batch_size=len(flat), grad=grad).reshape(len(queries), k, -1)  # [B, K, D]
     sims = torch.einsum("bd,bkd->bk", q, items)  # [B, K]
     return torch.log_softmax(sims / tau, dim=-1)
 
@@ -65,24 +67,32 @@ def rgrpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, rewards: torch.Tensor
 class CandidateSource:
     """Top-K product rows per query from the current encoder: FAISS index or a random pool."""
 
-    def __init__(self, cfg: RetrieverConfig, data, state: dict):
-        self.cfg, self.data = cfg, data
+    def __init__(self, cfg: RetrieverConfig, data, state: dict, start_tag: str | None = None):
+        self.cfg, self.data, self.start_tag = cfg, data, start_tag  # start_tag: cache identity of the start
         self.emb = state.get("corpus_emb")  # [N, D] as of index_step (saved in checkpoints: exact resume)
         self.index_step = state.get("index_step", -1)
         self.index = FaissIndex(self.emb, data.ids, cfg.index) if self.emb is not None else None
+        self.times = {}  # seconds of the last top_k call: encode (queries, catalogue or pool) and retrieve
 
     def top_k(self, model, queries: list[str], step: int, rng: np.random.Generator) -> np.ndarray:
         cfg, k = self.cfg, self.cfg.group_size
         model.eval()
+        t0 = time.perf_counter()
         qemb = embed(model, queries, cfg.encode_batch_size).cpu().numpy()  # [B, D]
         if cfg.candidates == "batch":
             pool = rng.choice(len(self.data.ids), min(cfg.candidate_pool, len(self.data.ids)), replace=False)
             pemb = embed(model, [self.data.texts[i] for i in pool], cfg.encode_batch_size).cpu().numpy()  # [P, D]
-            return pool[np.argsort(-(qemb @ pemb.T), axis=1, kind="stable")[:, :k]]  # [B, K]
+            t1 = time.perf_counter()
+            rows = pool[np.argsort(-(qemb @ pemb.T), axis=1, kind="stable")[:, :k]]  # [B, K]
+            self.times = {"encode_seconds": t1 - t0, "retrieve_seconds": time.perf_counter() - t1}
+            return rows
         if self.index is None or step - self.index_step >= cfg.rebuild_every:
-            self.emb = corpus_embeddings(model, self.data.texts, cfg.encode_batch_size, progress=False)
+            tag = self.start_tag if step == 0 else None  # at step 0 the policy is still the start encoder
+            self.emb = corpus_embeddings(model, self.data.texts, cfg.encode_batch_size, tag, progress=False)
             self.index, self.index_step = FaissIndex(self.emb, self.data.ids, cfg.index), step
+        t1 = time.perf_counter()  # encode = queries + any catalogue re-encode (and index build)
         _, rows = self.index.search_rows(qemb, k)  # [B, K]
+        self.times = {"encode_seconds": t1 - t0, "retrieve_seconds": time.perf_counter() - t1}
         if (rows < 0).any():  # an approximate index found fewer than K: a silent -1 would pick the last product
             raise ValueError(f"the {cfg.index.kind} index returned fewer than {k} products; raise index.nprobe / "
                              "index.ef_search or use index.kind=flat")
@@ -114,7 +124,7 @@ def train_rgrpo(cfg: RetrieverConfig, reward: RetrievalReward | None = None):
     ref = build_encoder(cfg.encoder, cfg.pooling, cfg.max_seq_length).to(loop.device).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    source = CandidateSource(cfg, data, loop.state)
+    source = CandidateSource(cfg, data, loop.state, loop.start_tag)
     stream = BatchStream(data.queries, cfg.batch_size, cfg.seed)
 
     def step_fn(step: int):
@@ -124,14 +134,17 @@ def train_rgrpo(cfg: RetrieverConfig, reward: RetrievalReward | None = None):
             rows = source.top_k(loop.model, queries, step, rng)  # [B, K]
         loop.model.eval()  # no dropout in the policy: see the module docstring
         pids = [[data.ids[r] for r in row] for row in rows]
+        t0 = time.perf_counter()
         rewards, parts = reward(queries, pids)
+        t_reward = time.perf_counter() - t0
         texts = [[data.texts[r] for r in row] for row in rows]
         logp = group_logps(loop.model, queries, texts, cfg.policy_temperature, grad=True)  # [B, K]
         with torch.no_grad():
             ref_logp = group_logps(ref, queries, texts, cfg.policy_temperature, grad=False)  # [B, K]
         r = torch.tensor(np.stack(rewards), dtype=torch.float32, device=logp.device)  # [B, K]
         loss, stats = rgrpo_loss(logp, ref_logp, r, cfg)
-        return loss, {**parts, **stats, "reward_std": float(r.std(dim=1).mean()),
+        # timing split (benchmarks/bench_retriever.py): the update is the loop's step seconds minus these
+        return loss, {**parts, **stats, **source.times, "reward_seconds": t_reward, "reward_std": float(r.std(dim=1).mean()),
                       "index_age": step - source.index_step if cfg.candidates == "index" else 0}
 
     def on_save():

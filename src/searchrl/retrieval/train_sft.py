@@ -41,10 +41,14 @@ def info_nce(q: torch.Tensor, cands: torch.Tensor, mask: torch.Tensor, temperatu
     return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
 
 
-def mine_hard_negatives(model, data, cfg: RetrieverConfig) -> tuple[dict[str, list[str]], dict]:
-    """query -> up to cfg.hard_negatives mined product ids, and timing stats (see the module docstring)."""
+def mine_hard_negatives(model, data, cfg: RetrieverConfig, cache_tag: str | None = None) -> tuple[dict, dict]:
+    """query -> up to cfg.hard_negatives mined product ids, and timing stats (see the module docstring).
+
+    The catalogue is always encoded here (refresh: the mining time is a measured cost); with ``cache_tag`` the
+    embeddings are also left in the cache for whoever encodes the same model next (R-GRPO, evaluation)."""
     t0 = time.perf_counter()
-    index = corpus_index(model, data.texts, data.ids, cfg.index, cfg.encode_batch_size, progress=cfg.progress)
+    index = corpus_index(model, data.texts, data.ids, cfg.index, cfg.encode_batch_size, cache_tag=cache_tag,
+                         progress=cfg.progress, refresh=True)
     t_enc = time.perf_counter() - t0
     good = {}
     for q, _, g in data.pairs:
@@ -75,7 +79,7 @@ def train_contrastive(cfg: RetrieverConfig):
     mined, mining = {}, {}
     if cfg.stage == "hardneg":
         # mining is offline and part of the baseline's cost: always redone (also on resume) and timed
-        mined, mining = mine_hard_negatives(loop.model, data, cfg)
+        mined, mining = mine_hard_negatives(loop.model, data, cfg, loop.start_tag)
         if loop.rank == 0:
             print(f"hardneg: mined {mining['mined_negatives']} negatives for {mining['mining_queries']} queries "
                   f"over {mining['mining_products']} products in {mining['mining_seconds']:.1f}s")
@@ -89,9 +93,10 @@ def train_contrastive(cfg: RetrieverConfig):
         glob = [data.ids[i] for i in rng.choice(len(data.ids), n_global, replace=False)]
         hard = [p for q, _, _ in batch for p in mined.get(q, [])]
         cand_ids = [p for _, p, _ in batch] + glob + hard  # M = B + G + sum(H)
-        texts = [q for q, _, _ in batch] + [data.texts[data.row[p]] for p in cand_ids]
-        emb = embed(loop.model, texts, batch_size=len(texts), grad=True)  # [B + M, D]: one pass, shared tower
-        q, cands = emb[:len(batch)], emb[len(batch):]
+        # queries and products in two passes of the shared tower: short queries are not padded to product length
+        q = embed(loop.model, [q for q, _, _ in batch], batch_size=len(batch), grad=True)  # [B, D]
+        cand_texts = [data.texts[data.row[p]] for p in cand_ids]
+        cands = embed(loop.model, cand_texts, batch_size=len(cand_texts), grad=True)  # [M, D]
         mask = torch.tensor([[j != i and p in g for j, p in enumerate(cand_ids)] for i, (_, _, g) in enumerate(batch)],
                             device=q.device)  # [B, M]: the query's other Good products are not negatives
         loss = info_nce(q, cands, mask, cfg.temperature)

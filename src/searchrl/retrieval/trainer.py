@@ -36,9 +36,10 @@ from ..config import save_config
 from ..data.schema import GOOD_MIN_GRADE, ErrorPolicy, load_dataset, product_text
 from ..data.tables import read_rows
 from ..training import build_optimizer
-from ..training import barrier, checkpoints, init_distributed, restore_checkpoint, save_checkpoint, trim_metrics
+from ..training import (all_reduce_sum, barrier, checkpoints, init_distributed, restore_checkpoint, save_checkpoint,
+                        trim_metrics)
 from .config import RetrieverConfig
-from .encoder import build_encoder, save_encoder
+from .encoder import build_encoder, encoder_tag, save_encoder
 
 
 # ---------------------------------------------------------------- data
@@ -62,7 +63,7 @@ def subset_products(products: pd.DataFrame, judged: set[str], limit: int, seed: 
     if not limit or limit >= len(products):
         return products.reset_index(drop=True)
     ids = products["product_id"].astype(str)
-    keep = ids.isin(judged).to_numpy()
+    keep = ids.isin(judged).to_numpy().copy()  # (pandas may hand out a read-only view)
     rest = np.flatnonzero(~keep)
     fill = max(0, limit - int(keep.sum()))
     keep[np.random.default_rng([seed, 11]).permutation(rest)[:fill]] = True
@@ -152,6 +153,10 @@ class Loop:
         self.state = (torch.load(self.ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
                       if self.ckpt else {})  # stage extras (e.g. R-GRPO's index) are read from here
         self.metrics_path = self.out / "metrics.jsonl"
+        # the starting encoder's catalogue embeddings are the same as those of Retriever(encoder): one cache
+        # identity lets mining, R-GRPO's first index and the evaluation of the start share one encoding pass
+        self.start_tag = None if self.ckpt else (f"{encoder_tag(cfg.encoder)}|{cfg.max_seq_length}"
+                                                 + (f"|{cfg.pooling}" if cfg.pooling != "auto" else ""))
 
     def log(self, row: dict) -> None:
         with self.metrics_path.open("a") as f:
@@ -192,14 +197,18 @@ class Loop:
             optimizer.zero_grad(set_to_none=True)
             self.model.train(dropout)  # step_fn may have switched to eval to encode the catalogue
             step += 1
+            loss_value = all_reduce_sum(float(loss.detach()), self.world, self.device) / self.world  # all ranks' mean
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            bar.set_postfix(loss=f"{loss_value:.4f}")
             if self.rank == 0 and (step % cfg.log_every == 0 or step == total):
-                self.log({"step": step, "loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm,
+                self.log({"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                           "seconds": time.perf_counter() - t0, **row})
-            if self.rank == 0 and ((cfg.save_every and step % cfg.save_every == 0) or step == stop < total):
-                save_checkpoint(self.out / f"checkpoint-{step}", _Saver(self.model), _NO_TOKENIZER, optimizer,
-                                scheduler, step, cfg, extra=extra_state() if extra_state else None)
+            # (no checkpoint at the last step: final/ follows at once)
+            if self.rank == 0 and ((cfg.save_every and step % cfg.save_every == 0 and step < total) or step == stop < total):
+                ckpt = self.out / f"checkpoint-{step}"
+                save_checkpoint(ckpt, _Saver(self.model), _NO_TOKENIZER, optimizer, scheduler, step, cfg,
+                                extra=extra_state() if extra_state else None)
+                save_config(cfg, ckpt / "retriever_config.yaml")  # so Retriever(ckpt) encodes as trained
                 if on_save:
                     on_save()
             barrier(self.world)

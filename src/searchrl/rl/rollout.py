@@ -30,6 +30,17 @@ class Rollout:
     completion_ids: torch.Tensor  # [B*G, T] right-padded with pad_id after EOS
     completion_mask: torch.Tensor  # [B*G, T] 1 for sampled tokens up to and including EOS
     group_size: int
+    # guided replay (relevance/guided_replay.py): rows sampled under another (hinted) prompt than prompt_ids
+    guided: torch.Tensor | None = None  # [B*G] bool, True for guided rows; None = no guided row
+    behaviour_logp: torch.Tensor | None = None  # [B*G, T] log-probs under the prompt that sampled them (guided
+    #   rows trained under the un-hinted prompt); 0 elsewhere; None = every row is on-policy for its prompt
+
+    def take(self, rows: torch.Tensor, group_size: int | None = None) -> "Rollout":
+        """The given rows (in that order), optionally regrouped."""
+        pick = (lambda t: None if t is None else t[rows])
+        return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows],
+                       self.completion_mask[rows], group_size or self.group_size, pick(self.guided),
+                       pick(self.behaviour_logp))
 
     def texts(self, tokenizer) -> list[str]:
         """Decoded completions (special tokens such as grade tokens kept; padding and EOS dropped)."""
@@ -38,6 +49,26 @@ class Rollout:
             toks = [t for t, keep in zip(ids.tolist(), m.tolist()) if keep and t != tokenizer.eos_token_id]
             out.append(tokenizer.decode(toks, skip_special_tokens=False).strip())
         return out
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int, group_size: int) -> Rollout:
+    """Rows of several rollouts stacked: prompts re-padded on the left, completions on the right."""
+    p = max(r.prompt_ids.shape[1] for r in parts)
+    t = max(r.completion_ids.shape[1] for r in parts)
+
+    def pad(x, width, value, left):
+        extra = width - x.shape[1]
+        return torch.nn.functional.pad(x, (extra, 0) if left else (0, extra), value=value)
+
+    guided = None if all(r.guided is None for r in parts) else torch.cat(
+        [r.guided if r.guided is not None else torch.zeros(len(r.prompt_ids), dtype=torch.bool) for r in parts])
+    behaviour = None if all(r.behaviour_logp is None for r in parts) else torch.cat(
+        [pad(r.behaviour_logp if r.behaviour_logp is not None else torch.zeros(r.completion_ids.shape), t, 0.0, False)
+         for r in parts])
+    return Rollout(torch.cat([pad(r.prompt_ids, p, pad_id, True) for r in parts]),
+                   torch.cat([pad(r.prompt_mask, p, 0, True) for r in parts]),
+                   torch.cat([pad(r.completion_ids, t, pad_id, False) for r in parts]),
+                   torch.cat([pad(r.completion_mask, t, 0, False) for r in parts]), group_size, guided, behaviour)
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
