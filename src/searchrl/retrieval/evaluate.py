@@ -14,7 +14,8 @@ training config or the caller says otherwise) and searches it.
   overlap with the lexical route; a catalogue smaller than K divides by its size);
 - ``quality@K``: mean product quality of the top K (rewards.product_quality: the quality
   column, else the completeness proxy).
-The last three average over every query of the split, judged or not.
+The last three average over every query of the split, judged or not, that retrieved anything
+(BM25 finds nothing for a query none of whose terms is in the catalogue).
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ def evaluate_retrieval(retriever: Retriever, ds: Dataset, split: str = "test", k
     bm25 = bm25 or BM25Index(getattr(retriever, "products", ds.products))  # the catalogue the retriever searches
     lexical = [[p for p, _ in h] for h in bm25.search(texts, kmax)]
     quality = product_quality(ds.products)
+    found = [(r, lx) for r, lx in zip(runs, lexical) if r]  # a query with no result has no overlap or quality
     for k in ks:
-        row[f"bm25_overlap@{k}"] = float(np.mean([len(set(r[:k]) & set(lx[:k])) / max(len(r[:k]), 1)
-                                                   for r, lx in zip(runs, lexical)]))
-        row[f"quality@{k}"] = float(np.mean([np.mean([quality[p] for p in r[:k]]) for r in runs]))
+        row[f"bm25_overlap@{k}"] = float(np.mean([len(set(r[:k]) & set(lx[:k])) / len(r[:k]) for r, lx in found]))
+        row[f"quality@{k}"] = float(np.mean([np.mean([quality[p] for p in r[:k]]) for r, _ in found]))
     if scorer is not None:
         by_id = {str(r["product_id"]): r for r in ds.products.to_dict("records")}
         row[f"goodrate@{goodrate_k}"] = goodrate(scorer, texts, [r[:goodrate_k] for r in runs], by_id)
