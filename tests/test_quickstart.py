@@ -27,4 +27,4 @@ def test_quickstart_end_to_end(mirror, tmp_path, capsys):
         assert 0.2 < r["ndcg@10"] <= 1 and r["n_queries"] == 21
         assert 0 <= r["goodrate@10"] <= 1 and 0 <= r["bm25_overlap@10"] <= 1
     assert ret["rows"][0]["bm25_overlap@10"] == pytest.approx(1.0)  # BM25 against itself
-    assert (tmp_path / "qs" / "ret_hardneg" / "mining.json").exists() and ret["rows"][3]["train_seconds"] > 0
+    assert (tmp_path / "qs" / "ret_hardneg" / "mining.json").exists() and ret["rows"][3]["x_train_seconds"] > 0

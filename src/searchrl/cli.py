@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     erv.add_argument("--relevance-model", help="relevance model directory: adds goodrate@K (scorer's tiered grade)")
     erv.add_argument("--goodrate-k", type=int, default=10, help="K of goodrate (default 10)")
     erv.add_argument("--index", choices=["flat", "ivf", "hnsw"], help="index kind (default: the training config's)")
+    erv.add_argument("--max-products", type=int, default=0,
+                     help="search a seeded subset of this many products that keeps every judged one, as training's "
+                          "max_products (seed 0); default 0 = the whole catalogue")
     erv.add_argument("--name", help="system name in the table (default: the retriever path)")
     erv.add_argument("--json", help="write metrics JSON here")
     erv.set_defaults(func=cmd_eval_retrieval)

@@ -38,7 +38,7 @@ from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
 SFT_CONFIG = Path(__file__).parent / "configs" / "sft_chorus.yaml"
 RETRIEVER_CONFIG = Path(__file__).parent / "configs" / "retriever_quickstart.yaml"
 RETRIEVAL_COLUMNS = ["hitrate@10", "ndcg@10", "mrr@10", "hitrate@100", "goodrate@10", "bm25_overlap@10",
-                     "quality@10", "train_seconds"]
+                     "quality@10", "x_train_seconds"]
 
 
 def run_quickstart(out: str | Path = "runs/quickstart", mirror: str | None = None, split: str = "test",

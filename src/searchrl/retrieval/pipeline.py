@@ -12,7 +12,7 @@ exclusivity) switched off each; then evaluates BM25, the zero-shot encoder and t
 encoders on one split, over
 the same catalogue the stages trained on (``max_products``: every judged product plus a seeded
 random fill, so the table is cheap enough for the quickstart; 0 = the whole catalogue). Each
-row carries the stage's wall time (``train_seconds``: mining included for hardneg). A stage whose
+row carries the stage's wall time (``x_train_seconds``: mining included for hardneg). A stage whose
 ``final/`` exists with the same config is reused, so a re-run only evaluates.
 
 Simplifies: one seed; the evaluation catalogue is the training subset (documented in the README).
@@ -92,5 +92,5 @@ def run_retriever_stages(base: RetrieverConfig, ds: Dataset, out: str | Path, sp
         retriever = Retriever(path, sub.products, batch_size=base.encode_batch_size, progress=base.progress,
                               max_seq_length=base.max_seq_length)
         rows.append({**evaluate_retrieval(retriever, sub, split, ks, scorer, bm25=bm25, system=name),
-                     "train_seconds": seconds})
+                     "x_train_seconds": seconds})
     return rows
