@@ -136,3 +136,20 @@ def test_config_from_overrides():
     assert cfg.lora == LoraSettings(r=8) and cfg.lr == 2e-5 and cfg.schedule == "linear"
     with pytest.raises(ValueError):
         SFTConfig(prompt=PromptConfig(order="think_first"))
+
+
+def test_length_grouped_batches_cover_the_epoch_with_less_padding():
+    import numpy as np
+    from searchrl.training import BatchStream
+    lengths = np.random.default_rng(0).integers(20, 200, size=203).tolist()
+    plain, grouped = BatchStream(list(range(203)), 8, 0), BatchStream(list(range(203)), 8, 0, lengths, window=5)
+    assert grouped.per_epoch == plain.per_epoch == 26
+    for stream in (plain, grouped):  # each epoch is a permutation of the data; epochs differ
+        assert sorted(i for m in range(26) for i in stream(m)) == list(range(203))
+        assert [stream(m) for m in range(26)] != [stream(26 + m) for m in range(26)]
+
+    def padded(stream):
+        return sum(max(lengths[i] for i in stream(m)) * len(stream(m)) for m in range(26))
+    assert padded(grouped) < 0.8 * padded(plain)
+    again = BatchStream(list(range(203)), 8, 0, lengths, window=5)
+    assert [again(m) for m in (30, 3)] == [grouped(30), grouped(3)]  # a function of (seed, m): exact resume

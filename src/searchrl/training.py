@@ -118,18 +118,37 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 class BatchStream:
     """Micro-batch m of the endless stream of epochs, each in epoch_order(seed, epoch): a step number alone
-    says where the stream stands, which is what makes resume exact."""
+    says where the stream stands, which is what makes resume exact.
 
-    def __init__(self, data: list, batch_size: int, seed: int):
+    With ``lengths`` (one per item), batches group items of similar length, as transformers' group_by_length:
+    the epoch order is cut into windows of ``window`` batches, each window sorted by length and cut into
+    batches, and the batches are shuffled (seeded by (seed, epoch)). Padding shrinks (on Chorus SFT from 1.40x
+    the real tokens to 1.02x) while every batch still mixes examples from across the epoch."""
+
+    def __init__(self, data: list, batch_size: int, seed: int, lengths: list[int] | None = None, window: int = 50):
         self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.lengths, self.window = (np.asarray(lengths) if lengths is not None else None), window
         self.per_epoch = math.ceil(len(data) / batch_size)  # micro-batches per epoch (the last may be short)
-        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its order): one epoch cached
+        self._order: tuple[int, list[np.ndarray]] | None = None  # (epoch, its batches): one epoch cached
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        order, b = epoch_order(self.seed, epoch, len(self.data)), self.batch_size
+        if self.lengths is None:
+            return [order[i:i + b] for i in range(0, len(order), b)]
+        span = b * self.window  # a multiple of b: only the epoch's last batch can be short
+        batches = []
+        for s in range(0, len(order), span):
+            win = order[s:s + span]
+            win = win[np.argsort(-self.lengths[win], kind="stable")]
+            batches += [win[i:i + b] for i in range(0, len(win), b)]
+        perm = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))
+        return [batches[i] for i in perm]
 
     def __call__(self, m: int) -> list:
         epoch, i = divmod(m, self.per_epoch)
         if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, epoch_order(self.seed, epoch, len(self.data)))
-        return [self.data[j] for j in self._order[1][i * self.batch_size:(i + 1) * self.batch_size]]
+            self._order = (epoch, self._batches(epoch))
+        return [self.data[j] for j in self._order[1][i]]
 
 
 def build_optimizer(model, cfg, total: int):

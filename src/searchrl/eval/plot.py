@@ -12,7 +12,7 @@ eval metrics are merged into the row of the step they were taken at, named
   (:func:`curve_figure` draws one key's figure without saving it).
 - :func:`parse_run_args`: ``LABEL=DIR`` command-line items into ``{label: dir}``.
 
-Intended CLI::
+The command (cli.py)::
 
     searchrl plot --run LABEL=DIR [--run LABEL=DIR ...] --key KEY [--key KEY ...]
                   --out DIR [--smooth N] [--title TEXT]

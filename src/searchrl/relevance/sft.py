@@ -82,6 +82,7 @@ class SFTConfig:
     # --- optimisation
     batch_size: int = 8  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
+    group_by_length: bool = False  # batches of similar-length examples (training.BatchStream): less padding
     lr: float = 1e-4  # peak learning rate (full fine-tuning of a pretrained model wants ~1e-5, LoRA ~1e-4)
     weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices (not on biases / norms)
     adam_betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])  # AdamW (beta1, beta2)
@@ -291,7 +292,8 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
     if dropped:
         print(f"sft: dropped {dropped} of {len(encoded)} training examples longer than {cfg.max_length} tokens")
 
-    micro_batch = BatchStream(data, cfg.batch_size, cfg.seed)  # micro_batch(m): the m-th micro-batch of the stream
+    micro_batch = BatchStream(data, cfg.batch_size, cfg.seed,  # micro_batch(m): the m-th micro-batch of the stream
+                              [len(e["input_ids"]) for e in data] if cfg.group_by_length else None)
     n_batches = micro_batch.per_epoch
     per_step = cfg.grad_accum * world  # micro-batches per optimizer step, over all ranks
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_batches / per_step))
