@@ -272,7 +272,7 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         fwd = DistributedDataParallel(model)
-    g, target = cfg.group_size, cfg.prompts_per_step // world
+    target = cfg.prompts_per_step // world  # groups this rank trains on per step
     last_eval: dict = {}
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not cfg.progress or rank > 0, desc="grpo")
     stop = cfg.stop_at_step if 0 < cfg.stop_at_step < cfg.max_steps else cfg.max_steps
