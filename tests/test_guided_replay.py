@@ -91,6 +91,8 @@ def test_hard_prompt_buffer_admits_failures_revisits_them_and_lets_them_go():
         buf.draw(PromptSampler([1] * 10, False, 0), 3)
     with pytest.raises(ValueError, match="mode"):
         GuidedReplayConfig(mode="mix")
+    with pytest.raises(ValueError, match="accuracy_threshold"):
+        GuidedReplayConfig(accuracy_threshold=0.0)  # would never guide anything
 
 
 class _Tok:

@@ -85,3 +85,5 @@ def test_subset_products_keeps_every_judged_product_and_a_seeded_fill():
     assert len(a) == 6 and {"p3", "p17"} <= set(a["product_id"])
     assert a["product_id"].tolist() == subset_products(products, {"p3", "p17"}, 6, 0)["product_id"].tolist()
     assert len(subset_products(products, {"p3"}, limit=0, seed=0)) == 20  # 0 = the whole catalogue
+    with pytest.raises(ValueError, match="max_products"):
+        subset_products(products, {"p3"}, limit=-5, seed=0)

@@ -220,10 +220,8 @@ def cmd_eval_retrieval(a) -> None:
     from .eval.metrics import print_table, write_metrics_json
     from .retrieval.evaluate import Retriever, evaluate_retrieval
     from .retrieval.index import IndexConfig
-    from .retrieval.trainer import subset_products
-    ds = load_dataset(a.data)
-    if a.max_products:
-        ds.products = subset_products(ds.products, set(ds.judgments["product_id"].astype(str)), a.max_products, 0)
+    from .retrieval.pipeline import catalogue_subset
+    ds = catalogue_subset(load_dataset(a.data), a.max_products)  # 0 = the whole catalogue
     retriever = Retriever(a.retriever, ds.products, IndexConfig(kind=a.index) if a.index else None)
     ks = tuple(int(k) for k in a.k.split(","))
     row = evaluate_retrieval(retriever, ds, a.split, ks, _relevance_scorer(a.relevance_model), a.goodrate_k,

@@ -24,9 +24,8 @@ import json
 import math
 import os
 import random
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from searchrl.config import check_choices, save_config
 from searchrl.eval.metrics import classification_metrics
 from searchrl.relevance.model import load_relevance_model, render_prompt
 from searchrl.relevance.sample import read_pairs
-from searchrl.relevance.scorer_config import load_scorer_config, save_scorer_config
+from searchrl.relevance.scorer_config import load_scorer_config, save_relevance_model
 from searchrl.relevance.sft import DTYPES, IGNORE, SCHEDULES, collate, encode_example, predict_grades
 from searchrl.rl.dpo_loss import dpo_sigmoid_loss, sequence_logps
 from searchrl.training import (BatchStream, all_reduce_sum, barrier, build_optimizer, checkpoints, init_distributed,
@@ -253,10 +252,6 @@ def train_dpo(cfg: DPOConfig) -> DPOResult:
 
     final = out / "final"
     if rank == 0:
-        shutil.rmtree(final, ignore_errors=True)
-        model.save_pretrained(final)
-        tok.save_pretrained(final)
-        save_scorer_config(final, scorer)  # the SFT model's prompt settings: DPO changed none of them
-        (final / "dpo_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        save_relevance_model(final, model, tok, scorer, cfg, "dpo_config")  # DPO changed no prompt setting
     barrier(world)
     return DPOResult(model, reference, tok, step, final, dropped, last_eval)

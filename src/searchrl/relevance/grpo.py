@@ -44,7 +44,6 @@ import contextlib
 import dataclasses
 import json
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +60,7 @@ from searchrl.relevance.model import TinyModel, encode_prompt, load_relevance_mo
 from searchrl.relevance.prompt import PromptConfig
 from searchrl.relevance.rewards import GradeReward
 from searchrl.relevance.rule_reward import RuleAwareReward, RuleRewardConfig
-from searchrl.relevance.scorer_config import CONFIG_FILE, save_scorer_config
+from searchrl.relevance.scorer_config import save_relevance_model
 from searchrl.relevance.sft import DTYPES, SCHEDULES, _subset, evaluate
 from searchrl.rl.grpo_loss import AGGREGATIONS, SCALES, aggregate, clipped_surrogate, group_advantages
 from searchrl.training import (all_reduce_sum, barrier, checkpoints, init_distributed, save_checkpoint,
@@ -380,14 +379,7 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
 
     final = out / "final"
     if rank == 0:
-        shutil.rmtree(final, ignore_errors=True)
-        model.save_pretrained(final)
-        tok.save_pretrained(final)
-        src = Path(cfg.model) / CONFIG_FILE
-        if src.is_file():  # keeps what the SFT model's config holds (e.g. a tuned tiering beta)
-            shutil.copy(src, final / CONFIG_FILE)
-        else:
-            save_scorer_config(final, scorer)
-        (final / "grpo_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        # scorer: the starting model's scorer config when it has one (its tuned beta included)
+        save_relevance_model(final, model, tok, scorer, cfg, "grpo_config")
     barrier(world)
     return GRPOResult(model, tok, step, final, last_eval, reference, rollouts_total)

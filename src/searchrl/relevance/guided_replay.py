@@ -67,7 +67,9 @@ class GuidedReplayConfig:
     def __post_init__(self):
         check_choices(self, mode=("replace", "join"), train_prompt=("unhinted", "hinted"))
         if self.num_guided < 1 or not 0 < self.ratio_min <= 1 or not 0 <= self.revisit_prob <= 1:
-            raise ValueError("num_guided must be >= 1, ratio_min in (0, 1], revisit_prob in [0, 1]")
+            raise ValueError("replay: num_guided must be >= 1, ratio_min in (0, 1], revisit_prob in [0, 1]")
+        if not 0 < self.accuracy_threshold <= 1 or self.buffer_capacity < 0:
+            raise ValueError("replay: accuracy_threshold must be in (0, 1] and buffer_capacity >= 0")
 
 
 def hint_text(info: dict, rules: bool = True) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,18 @@ class ScorerConfig:
 def save_scorer_config(model_dir: str | Path, cfg: ScorerConfig) -> Path:
     path = Path(model_dir, CONFIG_FILE)
     path.write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return path
+
+
+def save_relevance_model(path: str | Path, model, tokenizer, scorer: ScorerConfig, run_config, name: str) -> Path:
+    """A trainer's final/ directory: weights, tokenizer, scorer config and the run's config as ``NAME.json``
+    (replacing whatever was there). The scorer config is the starting model's, so a tuned beta is kept."""
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    save_scorer_config(path, scorer)
+    (path / f"{name}.json").write_text(json.dumps(dataclasses.asdict(run_config), indent=2) + "\n")
     return path
 
 

@@ -9,11 +9,11 @@
 
 and, with ``ablations``, three more rgrpo runs with one reward term (relevance, quality,
 exclusivity) switched off each; then evaluates BM25, the zero-shot encoder and the trained
-encoders on one split, over
-the same catalogue the stages trained on (``max_products``: every judged product plus a seeded
-random fill, so the table is cheap enough for the quickstart; 0 = the whole catalogue). Each
-row carries the stage's wall time (``x_train_seconds``: mining included for hardneg). A stage whose
-``final/`` exists with the same config is reused, so a re-run only evaluates.
+encoders on one split, over the same catalogue the stages trained on (``max_products``: every
+judged product plus a seeded random fill, so the table is cheap enough for the quickstart; 0 =
+the whole catalogue). Each row carries the stage's wall time (``x_train_seconds``: mining
+included for hardneg). A stage whose ``final/`` exists with the same config is reused, so a
+re-run only evaluates.
 
 Simplifies: one seed; the evaluation catalogue is the training subset (documented in the README).
 """
@@ -36,10 +36,10 @@ from .train_sft import train_contrastive
 from .trainer import subset_products
 
 
-def catalogue_subset(ds: Dataset, cfg: RetrieverConfig) -> Dataset:
+def catalogue_subset(ds: Dataset, max_products: int, seed: int = 0) -> Dataset:
     """``ds`` with the products the stages train on (the same seeded subset as trainer.load_training_data)."""
     judged = set(ds.judgments["product_id"].astype(str))
-    return dataclasses.replace(ds, products=subset_products(ds.products, judged, cfg.max_products, cfg.seed))
+    return dataclasses.replace(ds, products=subset_products(ds.products, judged, max_products, seed))
 
 
 def _run_stage(cfg: RetrieverConfig) -> tuple[Path, float]:
@@ -81,7 +81,7 @@ def run_retriever_stages(base: RetrieverConfig, ds: Dataset, out: str | Path, sp
                                   reward=dataclasses.replace(reward, **{weight: 0.0}))
         path, seconds = _run_stage(cfg)
         trained.append((f"sft+rgrpo without {term}", path, t_sft + seconds))
-    sub = catalogue_subset(ds, base)
+    sub = catalogue_subset(ds, base.max_products, base.seed)
     scorer = None
     if relevance_model:
         from ..serve.scorer import RelevanceScorer

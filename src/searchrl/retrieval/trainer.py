@@ -60,6 +60,8 @@ def read_query_file(path: str | Path) -> list[str]:
 
 def subset_products(products: pd.DataFrame, judged: set[str], limit: int, seed: int) -> pd.DataFrame:
     """All products, or ``limit`` of them: every judged one plus a seeded random fill."""
+    if limit < 0:
+        raise ValueError(f"max_products must be >= 0 (0 = the whole catalogue), got {limit}")
     if not limit or limit >= len(products):
         return products.reset_index(drop=True)
     ids = products["product_id"].astype(str)
