@@ -2,7 +2,8 @@
 # TaoSR-AGRL on Chorus (the README's AGRL ablation): DPO, GRPO with the outcome reward, GRPO + rule-aware
 # shaping, GRPO + shaping + adaptive guided replay; all from the same DPO model, evaluated on test with the CoT
 # decoded, plus learning curves (PNG). Reuses scripts/ablation_rl.sh's DPO and GRPO runs (RL=..., run when
-# missing). Needs the quickstart's SFT model and data. About 25 minutes on 2 cores beyond ablation_rl.sh.
+# missing). Needs the quickstart's SFT model and data. Measured: 69 minutes beyond ablation_rl.sh, on 2 cores
+# shared with another job the whole time (less alone).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 D=${DATA:-runs/quickstart/data/chorus}

@@ -2,7 +2,8 @@
 # The README's retriever table on Chorus test: BM25, zero-shot MiniLM, SFT, SFT + hardneg, SFT + R-GRPO and
 # R-GRPO with each reward term removed in turn (relevance from the quickstart's SFT relevance model), on the
 # quickstart's 3,000-product catalogue with 24 steps per stage (MAX_PRODUCTS=0 for the whole catalogue).
-# Needs the quickstart's data and relevance model. About 25 minutes on 2 cores.
+# Needs the quickstart's data and relevance model. Measured: 42 minutes for the table plus ~8 for the exclusivity
+# run, on 2 cores shared with another job (less alone).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 D=${DATA:-runs/quickstart/data/chorus}
