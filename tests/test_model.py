@@ -103,3 +103,26 @@ def test_minilm_tokenizer_round_trips_the_completion_grammar():
     parsed = parse_completion(tok.decode(tok(c, add_special_tokens=False)["input_ids"]))
     assert parsed.format_errors == [] and parsed.grade == 3 and parsed.verdicts["verdict"] == "L3"
     assert is_consistent(parsed.grade, parsed.verdicts)
+
+
+def test_trimmed_tokenizer_keeps_corpus_tokenization_and_spells_the_rest(tmp_path):
+    from searchrl.relevance.model import load_tokenizer, minilm_qwen2, trim_minilm_tokenizer
+    base = minilm_tokenizer()
+    tok = trim_minilm_tokenizer(PROMPTS, tmp_path / "tok")
+    assert len(tok) < 2500 < len(base)  # the corpus' tokens, single characters and their ## forms
+    for p in PROMPTS:  # exactly the same pieces as MiniLM's full vocabulary
+        assert tok.tokenize(p) == base.tokenize(p)
+    unseen = tok.tokenize("zyzzyva headphones")
+    assert tok.unk_token not in unseen and "".join(t.removeprefix("##") for t in unseen) == "zyzzyvaheadphones"
+    again = load_tokenizer(str(tmp_path / "tok"))  # saved as a BertTokenizer; eos and the line grammar survive
+    assert again.tokenize(PROMPTS[2]) == tok.tokenize(PROMPTS[2]) and again.eos_token == "[SEP]"
+    assert again("a\nb => c")["input_ids"] == tok("a\nb => c")["input_ids"]
+    # the kept rows start from MiniLM's embeddings, whichever id a token has now
+    add_grade_tokens(tok)
+    add_grade_tokens(base)
+    trimmed, full = minilm_qwen2(tok), minilm_qwen2(base)
+    a = trimmed.get_input_embeddings().weight[tok.convert_tokens_to_ids("laptop")]
+    b = full.get_input_embeddings().weight[base.convert_tokens_to_ids("laptop")]
+    assert tok.convert_tokens_to_ids("laptop") != base.convert_tokens_to_ids("laptop")
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
+    assert trimmed.get_input_embeddings().weight.shape[0] == len(tok)

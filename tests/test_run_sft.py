@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from searchrl.cli import main
 from searchrl.eval.metrics import read_metrics_json
+from searchrl.relevance.model import load_relevance_model
 
 TINY_SET = ["model=tiny-qwen2", "device=cpu", "progress=false", "lr=3e-3", "max_length=256",
             "prompt.instruction=Grade it.", "prompt.max_note_chars=20", "warmup_ratio=0"]
@@ -17,11 +18,12 @@ TINY_SET = ["model=tiny-qwen2", "device=cpu", "progress=false", "lr=3e-3", "max_
 
 def test_train_sft_then_eval_relevance(tiny_data, tmp_path, capsys):
     out = tmp_path / "sft"
-    args = ["train", "sft"] + [x for kv in TINY_SET + [f"data_dir={tiny_data}", f"output_dir={out}", "max_steps=3",
-                                                       "batch_size=4"] for x in ("--set", kv)]
-    assert main(args) == 0
+    extra = [f"data_dir={tiny_data}", f"output_dir={out}", "max_steps=3", "batch_size=4", "trim_vocab=true"]
+    assert main(["train", "sft"] + [x for kv in TINY_SET + extra for x in ("--set", kv)]) == 0
     final = out / "final"
     assert (final / "model.safetensors").exists() and (final / "relevance_config.json").exists()
+    _, tok = load_relevance_model(str(final))  # the trimmed vocabulary is the saved model's
+    assert len(tok) < 3000 and tok.tokenize("laptop bag") == ["laptop", "bag"]
     report = json.loads((final / "teacher_report.json").read_text())
     assert report["total"] == report["agreed"] + report["conditioned"] + report["dropped"] > 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
@@ -36,7 +38,7 @@ def test_train_sft_then_eval_relevance(tiny_data, tmp_path, capsys):
 
 def test_torchrun_two_processes_equal_one_process_with_accumulation(tiny_data, tmp_path):
     """2 ranks x batch 2 == 1 process x batch 2 x grad_accum 2: the same data, the same normalisation."""
-    common = TINY_SET + [f"data_dir={tiny_data}", "max_steps=3", "batch_size=2"]
+    common = TINY_SET + [f"data_dir={tiny_data}", "max_steps=3", "batch_size=2", "trim_vocab=true"]
 
     def sets(extra):
         return [x for kv in common + extra for x in ("--set", kv)]

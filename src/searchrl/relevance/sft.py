@@ -62,6 +62,8 @@ class SFTConfig:
     #   "tiny-qwen2" (random Qwen2), "minilm-qwen2" (Qwen2 with MiniLM's embeddings), "minilm-decoder" (MiniLM as BERT decoder)
     tiny: TinyModel = dataclasses.field(default_factory=TinyModel)  # Qwen2 sizes for tiny-qwen2 / minilm-qwen2
     tokenizer: str = ""  # tokenizer directory; "" = the model's own (MiniLM's for tiny-qwen2)
+    trim_vocab: bool = False  # tiny-qwen2 / minilm-qwen2 / minilm-decoder only: cut MiniLM's 30k-token vocabulary to the tokens
+    #   the catalogue and the train completions use (model.trim_minilm_tokenizer): a ~4x smaller LM head
     dtype: str = "float32"  # float32 | bfloat16 | float16: weights' dtype (optimizer states follow it)
     lora: LoraSettings | None = None  # None = full fine-tuning; set any lora.* key to train LoRA adapters instead
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
@@ -77,6 +79,9 @@ class SFTConfig:
     on_disagree: str = "condition"  # teacher grade != human grade: "condition" the CoT on the gold grade | "drop"
     chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
     max_length: int = 1024  # prompt + completion tokens; longer examples are dropped and counted
+    synthetic_queries: int = 0  # add rule-graded pairs for this many queries written from the catalogue
+    #   (relevance/synthetic.py; never a valid/test query or a product judged for them); 0 = human pairs only
+    synthetic_per_query: int = 8  # candidates per synthetic query: BM25 hits, a quarter random products
     max_train_examples: int = 0  # train on a seeded random subset of this size; 0 = all
     max_eval_examples: int = 512  # evaluate on a seeded random subset of this size; 0 = all
     # --- optimisation
@@ -111,6 +116,10 @@ class SFTConfig:
     def __post_init__(self):
         check_choices(self, teacher=("rule", "llm"), on_disagree=("condition", "drop"), schedule=SCHEDULES,
                       dtype=DTYPES)
+        builds = ("tiny-qwen2", "minilm-qwen2", "minilm-decoder")  # the models built here over MiniLM's vocabulary
+        if self.trim_vocab and (self.model not in builds or self.tokenizer):
+            raise ValueError(f"trim_vocab builds the tokenizer of a new {' / '.join(builds)} model; "
+                             f"it cannot be used with model={self.model!r}, tokenizer={self.tokenizer!r}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
 
