@@ -324,5 +324,5 @@ def minilm_qwen2(tokenizer, tiny: TinyModel | None = None, seed: int = 0):
     elif t.hidden > src.shape[1]:
         raise ValueError(f"minilm-qwen2 hidden must be <= 384, got {t.hidden}")
     emb = model.get_input_embeddings().weight  # [V, hidden], tied to the LM head
-    _copy_minilm_rows(emb, tokenizer, src, float(emb.std() / src.std()))
+    _copy_minilm_rows(emb, tokenizer, src, float(emb.detach().std() / src.std()))
     return model
