@@ -6,8 +6,8 @@ listing, and grades unseen queries near the majority grade. The catalogue has
 ~19k unlabeled products, and the rule knowledge base names their product types,
 brands, lines and features, so we write queries the way shoppers do from those
 names ("laptop", "garmin", "hp laptop", "wireless mouse", "iphone") and let the
-rule teacher grade BM25 candidates for them -- the TaoSR1 recipe of distilling a
-teacher on unlabeled (query, item) pairs, with the rule engine as the teacher.
+rule teacher grade BM25 candidates for them: teacher distillation on unlabeled
+(query, item) pairs, with the rule engine as the teacher.
 
 What keeps this honest: queries whose normalised text equals a query of an
 excluded split (valid, test by default) are never written, and products judged
