@@ -9,6 +9,7 @@ import pytest
 from searchrl.eval.metrics import (
     classification_metrics,
     format_table,
+    good_auc,
     print_table,
     read_metrics_json,
     retrieval_metrics,
@@ -20,6 +21,21 @@ L5 = math.log2(5)
 
 
 # ---------------------------------------------------------------- classification
+
+def test_good_auc_pooled_vs_per_query_by_hand():
+    # query a: mostly Good and scored high, query b: mostly not Good and scored low, but within each
+    # query the order is reversed: per-query AUC is 0, pooled AUC is not
+    grades = [4, 4, 1, 1, 1, 4]
+    score = [0.8, 0.9, 0.95, 0.1, 0.2, 0.05]
+    qids = ["a", "a", "a", "b", "b", "b"]
+    out = good_auc(grades, score, qids)
+    assert out["x_good_auc_per_query"] == 0.0 and out["x_auc_queries"] == 2
+    assert out["x_good_auc"] == pytest.approx(4 / 9)  # 9 (Good, not-Good) pairs, 4 ordered right
+    one_class = good_auc([4, 4, 1], [0.1, 0.2, 0.3], ["a", "a", "b"])  # no query has both classes
+    assert one_class["x_auc_queries"] == 0 and math.isnan(one_class["x_good_auc_per_query"])
+    with pytest.raises(ValueError, match="differ in length"):
+        good_auc([4, 1], [0.5], ["a", "a"])
+
 
 def test_classification_by_hand():
     y_true = [1, 1, 2, 3, 4, 4]

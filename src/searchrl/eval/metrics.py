@@ -25,7 +25,7 @@ from pathlib import Path
 import ir_measures
 import numpy as np
 from ir_measures import RR, R, nDCG
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 from searchrl.data.schema import GOOD_MIN_GRADE, GRADES
 
@@ -68,6 +68,24 @@ def classification_metrics(y_true, y_pred) -> dict:
         "confusion": confusion_matrix(t, p, labels=LABELS).astype(int).tolist(),
     }
     return out
+
+
+def good_auc(y_true, p_good, query_ids) -> dict:
+    """How well a score (e.g. P(L3)+P(L4)) ranks Good pairs: ROC AUC over all pairs, and the mean
+    AUC within one query's candidates (over queries that have both Good and not-Good pairs).
+
+    The two differ when a model knows which queries have mostly relevant candidates (pooled
+    AUC) but cannot tell the candidates of one query apart (per-query AUC).
+    """
+    good = _grades(y_true, "y_true") >= GOOD_MIN_GRADE
+    score, qids = np.asarray(p_good, dtype=float), np.asarray(query_ids)
+    if not len(good) == len(score) == len(qids):
+        raise ValueError(f"y_true, p_good and query_ids differ in length: {len(good)}, {len(score)}, {len(qids)}")
+    per_query = [roc_auc_score(good[m], score[m]) for m in (qids == q for q in dict.fromkeys(qids.tolist()))
+                 if 0 < good[m].sum() < m.sum()]
+    return {"x_good_auc": float(roc_auc_score(good, score)) if 0 < good.sum() < len(good) else float("nan"),
+            "x_good_auc_per_query": float(np.mean(per_query)) if per_query else float("nan"),
+            "x_auc_queries": len(per_query)}
 
 
 # ---------------------------------------------------------------- retrieval

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.schema import SPLITS, Dataset
-from ..eval.metrics import classification_metrics
+from ..eval.metrics import classification_metrics, good_auc
 from .model import encode_prompt, left_pad
 from .parser import is_consistent, parse_completion
 from .rules import RuleEngine
@@ -108,6 +108,8 @@ def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", deco
                  **classification_metrics(gold, tiered_grades(probs, cfg.beta).tolist())},
                 {"system": f"{name} thresholds ({'/'.join(f'{t:g}' for t in thresholds)}{tuned})",
                  **classification_metrics(gold, threshold_grades(probs, thresholds).tolist())}]
+        # split_probs keeps the pairs' order, so the split's query ids line up with probs
+        rows[0].update(good_auc(gold, probs[:, 2:].sum(1), ds.split(split).pairs()["query_id"].tolist()))
     if parsed:
         ok = [p for p in parsed if p.grade is not None and len(p.verdicts) == 5]
         consistent = [is_consistent(p.grade, p.verdicts) for p in ok]
