@@ -155,9 +155,13 @@ def test_length_grouped_batches_cover_the_epoch_with_less_padding():
     assert [again(m) for m in (30, 3)] == [grouped(30), grouped(3)]  # a function of (seed, m): exact resume
 
 
-def test_trim_vocab_only_for_the_models_built_over_minilm():
+def test_trim_vocab_and_synthetic_settings_are_checked():
     assert SFTConfig(model="minilm-qwen2", trim_vocab=True).trim_vocab
     with pytest.raises(ValueError, match="trim_vocab"):
         SFTConfig(model="/some/hf/model", trim_vocab=True)
     with pytest.raises(ValueError, match="trim_vocab"):
         SFTConfig(model="tiny-qwen2", tokenizer="/some/tokenizer", trim_vocab=True)
+    with pytest.raises(ValueError, match="synthetic_queries"):
+        SFTConfig(synthetic_queries=-1)
+    with pytest.raises(ValueError, match="synthetic_per_query"):
+        SFTConfig(synthetic_per_query=0)

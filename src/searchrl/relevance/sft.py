@@ -120,6 +120,9 @@ class SFTConfig:
         if self.trim_vocab and (self.model not in builds or self.tokenizer):
             raise ValueError(f"trim_vocab builds the tokenizer of a new {' / '.join(builds)} model; "
                              f"it cannot be used with model={self.model!r}, tokenizer={self.tokenizer!r}")
+        if self.synthetic_queries < 0 or self.synthetic_per_query < 1:
+            raise ValueError(f"synthetic_queries must be >= 0 and synthetic_per_query >= 1, got "
+                             f"{self.synthetic_queries}, {self.synthetic_per_query}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
 
