@@ -22,7 +22,7 @@ L5 = math.log2(5)
 
 # ---------------------------------------------------------------- classification
 
-def test_good_auc_pooled_vs_per_query_by_hand():
+def test_good_auc_pooled_vs_per_query_by_hand(tmp_path):
     # query a: mostly Good and scored high, query b: mostly not Good and scored low, but within each
     # query the order is reversed: per-query AUC is 0, pooled AUC is not
     grades = [4, 4, 1, 1, 1, 4]
@@ -32,7 +32,9 @@ def test_good_auc_pooled_vs_per_query_by_hand():
     assert out["x_good_auc_per_query"] == 0.0 and out["x_auc_queries"] == 2
     assert out["x_good_auc"] == pytest.approx(4 / 9)  # 9 (Good, not-Good) pairs, 4 ordered right
     one_class = good_auc([4, 4, 1], [0.1, 0.2, 0.3], ["a", "a", "b"])  # no query has both classes
-    assert one_class["x_auc_queries"] == 0 and math.isnan(one_class["x_good_auc_per_query"])
+    assert one_class == {"x_auc_queries": 0, "x_good_auc": 0.0}  # undefined AUCs are left out: JSON has no NaN
+    write_metrics_json(tmp_path / "m.json", "relevance", "d", "test",
+                       [{"system": "s", **classification_metrics([4, 4, 1], [4, 1, 1]), **one_class}])
     with pytest.raises(ValueError, match="differ in length"):
         good_auc([4, 1], [0.5], ["a", "a"])
 

@@ -78,3 +78,20 @@ def test_train_sft_adds_the_synthetic_pairs(dataset, tmp_path, capsys):
     assert main(["train", "sft"] + [x for kv in sets for x in ("--set", kv)]) == 0
     out = capsys.readouterr().out
     assert "sft: 2 train examples" in out and "15 rule-graded pairs for 5 synthetic queries" in out
+
+
+def test_data_synthetic_writes_a_dataset_that_eval_reads(dataset, tmp_path, capsys):
+    from searchrl.cli import main
+    from searchrl.data.schema import load_dataset, write_dataset
+    write_dataset(dataset, tmp_path / "ds")
+    assert main(["data", "synthetic", "--data", str(tmp_path / "ds"), "--queries", "4", "--per-query", "3",
+                 "--seed", "5", "--out", str(tmp_path / "syn")]) == 0
+    syn = load_dataset(tmp_path / "syn")
+    pairs = syn.split("test").pairs()
+    assert len(pairs) == 12 and set(syn.queries["split"]) == {"test"} and syn.queries["query_id"].nunique() == 4
+    expected = synthetic_pairs(dataset, RuleEngine.from_yaml(), 4, 3, seed=5, progress=False)
+    assert pairs["grade"].tolist() == expected["grade"].tolist()  # the rules' grades, as training gets them
+    assert (syn.judgments["label"] == syn.judgments["grade"] - 1).all()
+    assert main(["data", "synthetic", "--data", str(tmp_path / "ds"), "--queries", "0", "--out",
+                 str(tmp_path / "none")]) == 2
+    assert "--queries and --per-query must be >= 1" in capsys.readouterr().err

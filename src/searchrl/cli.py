@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .commands import (cmd_baseline_relevance, cmd_baseline_retrieval, cmd_data_import, cmd_data_prepare,
-                       cmd_data_stats, cmd_eval_relevance, cmd_eval_retrieval, cmd_export, cmd_plot, cmd_quickstart,
+                       cmd_data_stats, cmd_data_synthetic, cmd_eval_relevance, cmd_eval_retrieval, cmd_export, cmd_plot, cmd_quickstart,
                        cmd_sample, cmd_score, cmd_search, cmd_serve, cmd_teacher_agreement, cmd_train_dpo,
                        cmd_train_grpo, cmd_train_retriever, cmd_train_sft, cmd_tune_tiering)
 
@@ -72,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="output directory")
     _split_args(i)
     i.set_defaults(func=cmd_data_import)
+
+    sy = dsub.add_parser("synthetic", help="rule-graded pairs for queries written from a dataset's catalogue, "
+                                            "as a dataset (what `train sft --set synthetic_queries=N` adds)")
+    sy.add_argument("--data", required=True, help="prepared dataset directory (its catalogue and held-out queries)")
+    sy.add_argument("--queries", type=int, default=150, help="synthetic queries to write")
+    sy.add_argument("--per-query", type=int, default=8, help="candidates per query")
+    sy.add_argument("--seed", type=int, default=999, help="a seed other than training's (0) gives unseen queries")
+    sy.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split of every query")
+    sy.add_argument("--rules", default="", help="rule YAML (default: the packaged rules.yaml)")
+    sy.add_argument("--out", required=True, help="output dataset directory")
+    sy.set_defaults(func=cmd_data_synthetic)
 
     s = dsub.add_parser("stats", help="counts, grade distribution per split, judgments per query")
     s.add_argument("dir")

@@ -50,6 +50,20 @@ def _print_report(ds, out) -> None:
         print(f"dropped {rep['unjudged_queries_dropped']} quer(ies) without judgments")
 
 
+def cmd_data_synthetic(a) -> None:
+    from .data.prepare import stats_table
+    from .data.schema import load_dataset, write_dataset
+    from .relevance.rules import RuleEngine
+    from .relevance.synthetic import synthetic_dataset
+    if a.queries < 1 or a.per_query < 1:
+        raise ValueError(f"--queries and --per-query must be >= 1, got {a.queries}, {a.per_query}")
+    ds = synthetic_dataset(load_dataset(a.data), RuleEngine.from_yaml(a.rules or None), a.queries, a.per_query,
+                           a.seed, a.split)
+    write_dataset(ds, a.out)
+    print(f"wrote {a.out}")
+    print(stats_table(ds))
+
+
 def cmd_data_stats(a) -> None:
     from .data.prepare import stats_table
     from .data.schema import load_dataset

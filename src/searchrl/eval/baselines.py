@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from ..data.schema import GRADES, Dataset, product_text
 from ..retrieval.bm25 import BM25Index
 from ..retrieval.dense import FaissIndex, encode, load_encoder, model_tag
-from .metrics import classification_metrics, retrieval_metrics
+from .metrics import classification_metrics, good_auc, retrieval_metrics
 
 _WORD = re.compile(r"\w+")
 
@@ -88,7 +88,8 @@ def relevance_baselines(ds: Dataset, split: str = "test", bm25: BM25Index | None
     majority = int(pd.Series(y_tr).mode().iloc[0])
     rows.append({"system": "majority", **classification_metrics(y_te, np.full(len(y_te), majority))})
     t = fit_thresholds(f_tr[:, 1], y_tr)
-    rows.append({"system": "bm25-thresholds", **classification_metrics(y_te, apply_thresholds(f_te[:, 1], t))})
+    rows.append({"system": "bm25-thresholds", **classification_metrics(y_te, apply_thresholds(f_te[:, 1], t)),
+                 **good_auc(y_te, f_te[:, 1], test["query_id"].tolist())})  # how BM25 itself ranks Good pairs
     clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
     clf.fit(f_tr, y_tr)
     rows.append({"system": "lexical-logreg", **classification_metrics(y_te, clf.predict(f_te))})

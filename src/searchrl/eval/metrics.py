@@ -72,7 +72,8 @@ def classification_metrics(y_true, y_pred) -> dict:
 
 def good_auc(y_true, p_good, query_ids) -> dict:
     """How well a score (e.g. P(L3)+P(L4)) ranks Good pairs: ROC AUC over all pairs, and the mean
-    AUC within one query's candidates (over queries that have both Good and not-Good pairs).
+    AUC within one query's candidates (over queries that have both Good and not-Good pairs), and how
+    many such queries there are.
 
     The two differ when a model knows which queries have mostly relevant candidates (pooled
     AUC) but cannot tell the candidates of one query apart (per-query AUC).
@@ -83,9 +84,12 @@ def good_auc(y_true, p_good, query_ids) -> dict:
         raise ValueError(f"y_true, p_good and query_ids differ in length: {len(good)}, {len(score)}, {len(qids)}")
     per_query = [roc_auc_score(good[m], score[m]) for m in (qids == q for q in dict.fromkeys(qids.tolist()))
                  if 0 < good[m].sum() < m.sum()]
-    return {"x_good_auc": float(roc_auc_score(good, score)) if 0 < good.sum() < len(good) else float("nan"),
-            "x_good_auc_per_query": float(np.mean(per_query)) if per_query else float("nan"),
-            "x_auc_queries": len(per_query)}
+    out = {"x_auc_queries": len(per_query)}  # an AUC that is undefined (one class only) is left out, not NaN
+    if 0 < good.sum() < len(good):
+        out["x_good_auc"] = float(roc_auc_score(good, score))
+    if per_query:
+        out["x_good_auc_per_query"] = float(np.mean(per_query))
+    return out
 
 
 # ---------------------------------------------------------------- retrieval

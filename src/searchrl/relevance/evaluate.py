@@ -49,7 +49,8 @@ def rule_agreement(ds: Dataset, engine: RuleEngine | None = None, splits=SPLITS)
         if pairs.empty:
             continue
         pred = [engine.judge(q, p).grade for q, p in zip(pairs["text"], pair_products(pairs))]
-        rows.append({"system": f"rules ({split})", **classification_metrics(pairs["grade"].tolist(), pred)})
+        rows.append({"system": f"rules ({split})", **classification_metrics(pairs["grade"].tolist(), pred),
+                     **good_auc(pairs["grade"].tolist(), pred, pairs["query_id"].tolist())})
     return rows
 
 

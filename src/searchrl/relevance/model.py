@@ -70,7 +70,7 @@ def trim_minilm_tokenizer(texts, out_dir: str | Path):
     """MiniLM's tokenizer cut to the WordPiece tokens that `texts` use, saved to out_dir (and returned).
 
     A small model's cost is dominated by its LM head: at 256 wide, the 30k-token
-    softmax over the completion is ~60% of an SFT step on this CPU. A catalogue uses a
+    softmax over the completion is most of an SFT step on a CPU. A catalogue uses a
     few thousand of MiniLM's tokens, so the rest are dropped. Every single character
     (and its ``##`` continuation) stays, so any text still tokenizes: a word outside
     `texts` falls back to smaller pieces instead of [UNK]. Words inside `texts`
