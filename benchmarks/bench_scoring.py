@@ -45,7 +45,7 @@ from searchrl.relevance.prompt import PromptConfig
 from searchrl.relevance.rules import RuleEngine
 from searchrl.relevance.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
 from searchrl.relevance.teacher import RuleTeacher, build_sft_examples
-from searchrl.serve.scorer import RelevanceScorer
+from searchrl.relevance.scorer import RelevanceScorer
 
 SHORT_PROMPT = PromptConfig(instruction="Grade:", max_description_chars=0, max_attributes=2, max_note_chars=0)
 

@@ -10,7 +10,7 @@ from searchrl.retrieval.evaluate import Retriever, evaluate_retrieval
 
 
 def test_evaluate_metrics_and_cache(tiny_data, tiny_model_dir, isolated_cache):
-    from searchrl.serve.scorer import RelevanceScorer
+    from searchrl.relevance.scorer import RelevanceScorer
     ds = load_dataset(tiny_data)
     retriever = Retriever(None, ds.products, progress=False)  # zero-shot all-MiniLM-L6-v2
     assert len(list((isolated_cache / "embeddings").glob("*.npy"))) == 1  # corpus embeddings cached

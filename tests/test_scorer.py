@@ -10,7 +10,7 @@ from searchrl.cli import main
 from searchrl.data.schema import DataError
 from searchrl.relevance.model import grade_probs
 from searchrl.relevance.tiering import tiered_grades
-from searchrl.serve.scorer import RelevanceScorer, read_pairs
+from searchrl.relevance.scorer import RelevanceScorer, read_pairs
 
 PRODUCTS = [{"title": "Dell XPS 13 laptop", "brand": "Dell", "product_id": "p1"},
             {"title": "Targus laptop bag 15.6", "brand": "Targus", "product_id": "p2",

@@ -157,7 +157,7 @@ def cmd_tune_tiering(a) -> None:
 
 
 def cmd_score(a) -> None:
-    from .serve.scorer import score_file
+    from .relevance.scorer import score_file
     r = score_file(a.model, a.input, a.output, on_error=a.on_error, batch_size=a.batch_size)
     print(f"scored {r['pairs']} pairs of {r['queries']} queries in {r['seconds']:.1f}s "
           f"({r['pairs_per_s']:.1f} pairs/s, {r['threads']} threads) -> {a.output}")
@@ -166,7 +166,7 @@ def cmd_score(a) -> None:
 
 
 def cmd_export(a) -> None:
-    from .serve.export import export_model
+    from .relevance.export import export_model
     out = export_model(a.model, a.output, overwrite=a.overwrite)
     print(f"exported {a.model} -> {out} (safetensors, tokenizer, relevance_config.json)")
 
@@ -225,7 +225,7 @@ def _retriever_stages(a) -> None:
 def _relevance_scorer(model_dir):
     if not model_dir:
         return None
-    from .serve.scorer import RelevanceScorer
+    from .relevance.scorer import RelevanceScorer
     return RelevanceScorer.load(model_dir)
 
 

@@ -90,7 +90,7 @@ def split_probs(scorer, ds: Dataset, split: str) -> tuple[np.ndarray, list[int],
 def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", decode: bool = False,
                    batch_size: int = 16, max_new_tokens: int = 160, system: str | None = None) -> list[dict]:
     """Metrics rows for ``model_dir`` on ``split``: argmax, tiered (beta) and per-grade thresholds."""
-    from ..serve.scorer import RelevanceScorer
+    from ..relevance.scorer import RelevanceScorer
     scorer = RelevanceScorer.load(model_dir, batch_size=batch_size)
     cfg, name = scorer.config, system or Path(model_dir).name
     probs, gold, prompts = split_probs(scorer, ds, split)
@@ -124,7 +124,7 @@ def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", deco
 
 def tune_tiering(model_dir: str | Path, ds: Dataset, split: str = "valid", batch_size: int = 32) -> dict:
     """Fit beta and the per-grade thresholds for macro-F1 on ``split``; store both in the scorer config."""
-    from ..serve.scorer import RelevanceScorer
+    from ..relevance.scorer import RelevanceScorer
     scorer = RelevanceScorer.load(model_dir, batch_size=batch_size)
     if scorer.config.prompt.order == "cot_first":
         raise ValueError(f"{model_dir}: a cot-first model's grade is decoded, not read from probabilities; "

@@ -84,7 +84,7 @@ def run_retriever_stages(base: RetrieverConfig, ds: Dataset, out: str | Path, sp
     sub = catalogue_subset(ds, base.max_products, base.seed)
     scorer = None
     if relevance_model:
-        from ..serve.scorer import RelevanceScorer
+        from ..relevance.scorer import RelevanceScorer
         scorer = RelevanceScorer.load(relevance_model)
     bm25 = BM25Index(sub.products)
     rows = [evaluate_retrieval(bm25, sub, split, ks, scorer, bm25=bm25, system="bm25")]

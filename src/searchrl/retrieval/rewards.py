@@ -2,7 +2,7 @@
 
 reward = w_rel * relevance + w_q * quality + w_x * exclusivity, each term in [0, 1]:
 
-- relevance: the deployment relevance scorer (serve.scorer.RelevanceScorer) on the pair:
+- relevance: the deployment relevance scorer (relevance.scorer.RelevanceScorer) on the pair:
   P(Good) = P(L3) + P(L4) (default), or the expected grade rescaled, (E[grade] - 1) / 3.
   Cached per (query text, product id), so a product retrieved again costs nothing; the
   cache can be saved and reloaded (JSON lines).

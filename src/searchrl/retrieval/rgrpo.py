@@ -115,7 +115,7 @@ def train_rgrpo(cfg: RetrieverConfig, reward: RetrievalReward | None = None):
     if reward is None:
         scorer = None
         if cfg.reward.w_rel:
-            from ..serve.scorer import RelevanceScorer
+            from ..relevance.scorer import RelevanceScorer
             scorer = RelevanceScorer.load(cfg.reward.relevance_model, device=str(loop.device),
                                           batch_size=cfg.reward.scorer_batch_size)
         reward = RetrievalReward(cfg.reward, data.products, scorer)

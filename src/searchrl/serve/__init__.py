@@ -1,1 +1,1 @@
-"""Serving the relevance model: prefill-only scoring, export, and the HTTP service."""
+"""The HTTP service: FastAPI app, micro-batcher and /v1/search (the scorer itself lives in relevance/)."""

@@ -215,7 +215,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, cfg:
     """Load the model (and the retriever, encoding its catalogue once) and run uvicorn until interrupted."""
     import torch
     import uvicorn
-    from .scorer import RelevanceScorer
+    from ..relevance.scorer import RelevanceScorer
     cfg = cfg or ServerConfig()
     if threads:
         torch.set_num_threads(threads)

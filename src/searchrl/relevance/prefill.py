@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..relevance.model import encode_prompt, grade_token_ids, left_pad
+from .model import encode_prompt, grade_token_ids, left_pad
 
 
 def common_prefix_len(seqs: list[list[int]]) -> int:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..relevance.model import load_relevance_model
-from ..relevance.scorer_config import check_safetensors, load_scorer_config, save_scorer_config
+from .model import load_relevance_model
+from .scorer_config import check_safetensors, load_scorer_config, save_scorer_config
 
 CHECK_PAIRS = [("usb c charging cable", {"title": "Anker USB-C to USB-C cable 1 m", "brand": "Anker"}),
                ("usb c charging cable", {"title": "Logitech wireless mouse", "brand": "Logitech"})]

@@ -27,10 +27,10 @@ import torch
 
 from ..data.schema import ErrorPolicy
 from ..data.tables import read_rows
-from ..relevance.model import load_relevance_model, render_prompt
-from ..relevance.prompt import build_prompt
-from ..relevance.scorer_config import ScorerConfig, check_safetensors, load_scorer_config
-from ..relevance.tiering import tiered_grades
+from .model import load_relevance_model, render_prompt
+from .prompt import build_prompt
+from .scorer_config import ScorerConfig, check_safetensors, load_scorer_config
+from .tiering import tiered_grades
 from .prefill import shared_prefix_grade_probs
 
 PRODUCT_FIELDS = ("title", "brand", "category", "description", "attributes")
@@ -64,7 +64,7 @@ class RelevanceScorer:
         if self.shared_prefix:
             return shared_prefix_grade_probs(self.model, self.tokenizer, groups, self.batch_size, progress)
         # plain batched prefill: every prompt whole (the baseline of benchmarks/bench_scoring.py)
-        from ..relevance.model import grade_probs
+        from .model import grade_probs
         flat = grade_probs(self.model, self.tokenizer, [p for g in groups for p in g], self.batch_size)
         if progress is not None:
             progress(len(flat))
