@@ -46,17 +46,21 @@ def build(model_dir: Path, data: str | None, n_prompts: int) -> list[dict]:
     save_scorer_config(model_dir, ScorerConfig(prompt=PromptConfig(), chat_template=False))
     requests, pairs = chorus_requests(data, 40)
     pairs = pairs.head(n_prompts)
-    from searchrl.relevance.evaluate import pair_products
+    from searchrl.data.schema import pair_products
     return [{"prompt": build_prompt(q, p, PromptConfig()), "grade": int(g)}
             for q, p, g in zip(pairs["text"], pair_products(pairs), pairs["grade"])]
 
 
 def run_ours(model_dir: str, prompts: list[dict], a, out: str) -> list[float]:
+    from searchrl.config import config_from_dict
     from searchrl.relevance.grpo import GRPOConfig, train_grpo
-    cfg = GRPOConfig(model=model_dir, output_dir=out, device="cpu", group_size=a.group_size,
-                     prompts_per_step=a.prompts_per_step, max_new_tokens=a.completion_len, temperature=1.0,
-                     lr=1e-6, beta=0.0, num_iterations=1, loss_type="dapo", dynamic_sampling=False,
-                     class_balance=False, max_steps=a.steps, progress=False, seed=0, chat_template=False)
+    cfg = config_from_dict(GRPOConfig, {
+        "model": model_dir, "beta": 0.0, "num_iterations": 1, "loss_type": "dapo", "chat_template": False,
+        "rollout": {"group_size": a.group_size, "prompts_per_step": a.prompts_per_step,
+                    "max_new_tokens": a.completion_len, "temperature": 1.0, "dynamic_sampling": False,
+                    "class_balance": False},
+        "optim": {"lr": 1e-6, "max_steps": a.steps},
+        "run": {"output_dir": out, "device": "cpu", "progress": False, "seed": 0}})
     train_grpo(cfg, prompts, eval_examples=[])
     rows = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
     return [r["step_seconds"] for r in rows]
@@ -66,6 +70,7 @@ def run_trl(model_dir: str, prompts: list[dict], a, out: str) -> list[float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
+
     from searchrl.relevance.model import load_tokenizer
     from searchrl.relevance.rewards import GradeReward
     tok = load_tokenizer(model_dir)

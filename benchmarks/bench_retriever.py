@@ -141,16 +141,16 @@ def pipelines(ds: Dataset, p: SimpleNamespace, relevance_model: str | None, work
 
     def cfg(stage: str, *extra: str) -> RetrieverConfig:
         return load_config(RetrieverConfig, None, [
-            f"stage={stage}", f"data_dir={data_dir}", f"output_dir={work / stage}", f"max_seq_length={p.seq}",
-            f"batch_size={p.batch}", f"global_negatives={p.neg}", f"hard_negatives={p.hard}", "device=cpu",
-            "progress=false", "seed=0", *extra])
+            f"stage={stage}", f"data_dir={data_dir}", f"run.output_dir={work / stage}", f"max_seq_length={p.seq}",
+            f"batch_size={p.batch}", f"global_negatives={p.neg}", f"hard_negatives={p.hard}", "run.device=cpu",
+            "run.progress=false", "run.seed=0", *extra])
 
     f = {"relevance_reward": int(bool(relevance_model)), "train_products": len(sub.products),
          "train_queries": int((sub.queries["split"] == "train").sum()),
          "valid_queries": int((sub.queries["split"] == "valid").sum()), "steps": p.steps, "batch_size": p.batch}
     t0 = time.perf_counter()
     if p.sft_steps:
-        train_contrastive(cfg("sft", f"max_steps={p.sft_steps}"))
+        train_contrastive(cfg("sft", f"optim.max_steps={p.sft_steps}"))
         start = work / "sft" / "final"
     else:  # the zero-shot encoder, saved with its config so that evaluation encodes at the same seq length
         start = save_encoder(build_encoder(None, max_seq_length=p.seq), work / "start")
@@ -161,7 +161,7 @@ def pipelines(ds: Dataset, p: SimpleNamespace, relevance_model: str | None, work
     # encoding that A's mining left in the cache, and B's time would lack its counterpart of mining
     t0 = time.perf_counter()
     with env("SEARCHRL_HOME", str(work / "home_hardneg")):
-        train_contrastive(cfg("hardneg", f"encoder={start}", f"max_steps={p.steps}"))
+        train_contrastive(cfg("hardneg", f"encoder={start}", f"optim.max_steps={p.steps}"))
     f["hardneg_wall_s"] = time.perf_counter() - t0
     mining = json.loads((work / "hardneg" / "mining.json").read_text())
     hn_steps = [r["seconds"] for r in read_metrics(work / "hardneg")]
@@ -169,8 +169,8 @@ def pipelines(ds: Dataset, p: SimpleNamespace, relevance_model: str | None, work
     f["hardneg_step_s"] = float(np.mean(hn_steps))
     f["hardneg_time_s"] = mining["mining_seconds"] + float(np.sum(hn_steps))
 
-    b_cfg = cfg("rgrpo", f"encoder={start}", f"max_steps={p.steps}", f"group_size={p.k}",
-                f"rebuild_every={p.rebuild}", f"save_every={p.save_every}", *reward)
+    b_cfg = cfg("rgrpo", f"encoder={start}", f"optim.max_steps={p.steps}", f"group_size={p.k}",
+                f"rebuild_every={p.rebuild}", f"run.save_every={p.save_every}", *reward)
     t0 = time.perf_counter()
     with env("SEARCHRL_HOME", str(work / "home_rgrpo")):
         train_rgrpo(b_cfg)

@@ -37,15 +37,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from searchrl.data.schema import load_dataset
-from searchrl.relevance.evaluate import decode_completions, pair_products
+from searchrl.data.schema import load_dataset, pair_products
+from searchrl.relevance.evaluate import decode_completions
+from searchrl.relevance.examples import build_examples
 from searchrl.relevance.model import MINILM_QWEN2, encode_prompt, load_relevance_model
 from searchrl.relevance.parser import parse_completion
 from searchrl.relevance.prompt import PromptConfig
 from searchrl.relevance.rules import RuleEngine
-from searchrl.relevance.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
-from searchrl.relevance.teacher import RuleTeacher, build_sft_examples
 from searchrl.relevance.scorer import RelevanceScorer
+from searchrl.relevance.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
+from searchrl.relevance.teacher import RuleTeacher
 
 SHORT_PROMPT = PromptConfig(instruction="Grade:", max_description_chars=0, max_attributes=2, max_note_chars=0)
 
@@ -91,7 +92,7 @@ def counted_flops(fn) -> int:
 def decode_pairs_per_s(scorer: RelevanceScorer, pairs_df, n: int) -> tuple[float, float]:
     """(pairs/s, mean new tokens) decoding the teacher-length CoT for the first n pairs and parsing the grade."""
     cfg = scorer.config.prompt
-    examples, _ = build_sft_examples(pairs_df.head(n), RuleTeacher(RuleEngine.from_yaml(), cfg), cfg)
+    examples, _ = build_examples(pairs_df.head(n), RuleTeacher(RuleEngine.from_yaml(), cfg), cfg)
     tok = scorer.tokenizer
     lengths = np.array([len(tok(e["completion"], add_special_tokens=False)["input_ids"]) + 1 for e in examples])
     prompts = [scorer.prompt(str(q), p) for q, p in zip(pairs_df.head(n)["text"], pair_products(pairs_df.head(n)))]

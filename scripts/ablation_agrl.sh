@@ -14,8 +14,8 @@ S=".venv/bin/searchrl"
 [ -f "$RL/grpo.json" ] || DATA="$D" SFT="$SFT" OUT="$RL" bash scripts/ablation_rl.sh
 mkdir -p "$O"
 G="$S train grpo --config src/searchrl/configs/grpo_chorus.yaml --set model=$RL/dpo/final --set data_dir=$D"
-$G --set output_dir="$O/grpo_shaping" --set reward=rule_aware
-$G --set output_dir="$O/grpo_shaping_replay" --set reward=rule_aware --set replay.enabled=true
+$G --set run.output_dir="$O/grpo_shaping" --set reward.kind=rule_aware
+$G --set run.output_dir="$O/grpo_shaping_replay" --set reward.kind=rule_aware --set replay.enabled=true
 for run in grpo_shaping grpo_shaping_replay; do
   [ -f "$O/$run.json" ] || $S eval relevance --model "$O/$run/final" --data "$D" --split test --decode --json "$O/$run.json"
 done

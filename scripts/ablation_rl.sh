@@ -12,11 +12,11 @@ mkdir -p "$O"
 [ -f "$O/pairs.jsonl" ] || $S sample --model "$SFT" --data "$D" --n 4 --max-prompts 512 --max-new-tokens 48 \
   --prompts-per-batch 16 --out "$O/pairs.jsonl" --json "$O/pass_at_n.json"
 $S train dpo --config src/searchrl/configs/dpo_chorus.yaml --set model="$SFT" --set pairs="$O/pairs.jsonl" \
-  --set data_dir="$D" --set output_dir="$O/dpo"
+  --set data_dir="$D" --set run.output_dir="$O/dpo"
 G="$S train grpo --config src/searchrl/configs/grpo_chorus.yaml --set model=$O/dpo/final --set data_dir=$D"
-$G --set output_dir="$O/grpo"
-$G --set output_dir="$O/grpo_no_dynamic_sampling" --set dynamic_sampling=false
-$G --set output_dir="$O/grpo_no_class_balance" --set class_balance=false
+$G --set run.output_dir="$O/grpo"
+$G --set run.output_dir="$O/grpo_no_dynamic_sampling" --set rollout.dynamic_sampling=false
+$G --set run.output_dir="$O/grpo_no_class_balance" --set rollout.class_balance=false
 for run in sft dpo grpo grpo_no_dynamic_sampling grpo_no_class_balance; do
   model="$O/$run/final"; [ "$run" = sft ] && model="$SFT"
   $S eval relevance --model "$model" --data "$D" --split test --decode --json "$O/$run.json"

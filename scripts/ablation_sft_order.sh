@@ -6,7 +6,7 @@ D=${DATA:-runs/quickstart/data/chorus}
 [ -d "$D" ] || .venv/bin/searchrl data prepare chorus --out "$D"
 for order in label_first cot_first; do
   .venv/bin/searchrl train sft --config src/searchrl/configs/sft_chorus.yaml --set data_dir="$D" \
-    --set output_dir=runs/ablation_sft/$order --set prompt.order=$order "$@"
+    --set run.output_dir=runs/ablation_sft/$order --set prompt.order=$order "$@"
   .venv/bin/searchrl eval relevance --model runs/ablation_sft/$order/final --data "$D" --split test --decode \
     --json runs/ablation_sft/$order.json
 done

@@ -10,16 +10,16 @@ D=${DATA:-runs/quickstart/data/chorus}
 REL=${REL:-runs/quickstart/sft/final}
 O=${OUT:-runs/retriever_chorus}
 .venv/bin/searchrl train retriever --stage all --ablations --config src/searchrl/configs/retriever_quickstart.yaml \
-  --set data_dir="$D" --set max_products="${MAX_PRODUCTS:-3000}" --set max_steps="${STEPS:-24}" --set rebuild_every=8 \
-  --set save_every=8 --relevance-model "$REL" --out "$O"
+  --set data_dir="$D" --set max_products="${MAX_PRODUCTS:-3000}" --set optim.max_steps="${STEPS:-24}" --set rebuild_every=8 \
+  --set run.save_every=8 --relevance-model "$REL" --out "$O"
 # The exclusivity check: R-GRPO with exclusivity weight 1 against weight 0 (the table's "without exclusivity"
 # run), everything else equal; the BM25 overlap of the top 10 should drop.
 S=".venv/bin/searchrl"
 [ -f "$O/ret_rgrpo_exclusivity_1/final/retriever_config.yaml" ] || $S train retriever \
   --config src/searchrl/configs/retriever_quickstart.yaml --set stage=rgrpo --set data_dir="$D" \
-  --set max_products="${MAX_PRODUCTS:-3000}" --set max_steps="${STEPS:-24}" --set rebuild_every=8 --set save_every=8 \
+  --set max_products="${MAX_PRODUCTS:-3000}" --set optim.max_steps="${STEPS:-24}" --set rebuild_every=8 --set run.save_every=8 \
   --set encoder="$O/ret_sft/final" --set reward.relevance_model="$REL" --set reward.w_x=1.0 \
-  --set output_dir="$O/ret_rgrpo_exclusivity_1"
+  --set run.output_dir="$O/ret_rgrpo_exclusivity_1"
 $S eval retrieval --retriever "$O/ret_rgrpo_exclusivity_1/final" --data "$D" --split test --max-products \
   "${MAX_PRODUCTS:-3000}" --relevance-model "$REL" --name "sft+rgrpo exclusivity weight 1" \
   --json "$O/exclusivity_1.json"

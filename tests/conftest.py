@@ -58,6 +58,7 @@ TINY_JUDGMENTS = {  # query -> {product: grade}
 def tiny_data(tmp_path_factory):
     """A 10-query, 8-product dataset in canonical form (through the importer, as a user would)."""
     import csv
+
     from searchrl.data.importer import import_dataset, parse_mapping
     d = tmp_path_factory.mktemp("tiny_data")
     with open(d / "products.csv", "w", newline="") as f:
@@ -85,6 +86,17 @@ def tiny_model_dir(tmp_path_factory):
     tok.save_pretrained(d)
     save_scorer_config(d, ScorerConfig())
     return d
+
+
+def retriever_config(**flat):
+    """A RetrieverConfig from flat test keywords: the optim and run ones go into their sections."""
+    from searchrl.config import config_from_dict
+    from searchrl.retrieval.config import RetrieverConfig
+    optim_keys = ("lr", "warmup_ratio", "schedule", "max_steps", "epochs")
+    run_keys = ("output_dir", "progress", "seed", "stop_at_step", "resume", "save_every")
+    return config_from_dict(RetrieverConfig, {
+        **{k: v for k, v in flat.items() if k not in optim_keys + run_keys},
+        "optim": {k: flat[k] for k in optim_keys if k in flat}, "run": {k: flat[k] for k in run_keys if k in flat}})
 
 
 @pytest.fixture

@@ -48,3 +48,17 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     p.write_text("optim: {lr: 1, warmup: 3}\n")
     with pytest.raises(ConfigError, match=r"c.yaml: optim: unknown key\(s\) \['warmup'\]"):
         load_config(Train, p)
+
+
+def test_a_section_given_in_part_keeps_its_owners_defaults():
+    """SFT's optim section defaults (cosine, warmup 0.03) survive --set optim.lr=...; GRPO's differ from SFT's."""
+    from searchrl.relevance.grpo import GRPOConfig
+    from searchrl.relevance.sft import SFTConfig
+    sft = load_config(SFTConfig, None, ["optim.lr=1e-3"])
+    assert sft.optim.lr == 1e-3 and sft.optim.schedule == "cosine" and sft.optim.warmup_ratio == 0.03
+    grpo = load_config(GRPOConfig, None, ["optim.lr=1e-3", "rollout.group_size=4"])
+    assert grpo.optim.schedule == "constant_with_warmup" and grpo.optim.max_steps == 100
+    assert grpo.rollout.group_size == 4 and grpo.rollout.prompts_per_step == 8
+    assert grpo.run.output_dir == "runs/grpo" and sft.run.output_dir == "runs/sft"
+    with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \['lrr'\]"):
+        load_config(SFTConfig, None, ["optim.lrr=1"])

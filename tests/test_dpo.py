@@ -10,11 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from searchrl.cli import main
+from searchrl.config import config_from_dict
 from searchrl.relevance.dpo import DPOConfig, encode_pair, pair_logps, train_dpo
+from searchrl.relevance.examples import IGNORE, collate
 from searchrl.relevance.model import load_relevance_model
 from searchrl.relevance.prompt import build_completion
 from searchrl.relevance.sample import write_pairs
-from searchrl.relevance.sft import IGNORE, collate
 
 VERDICTS = {
     4: {"query": "cable", "item": "cable", "category": "match", "attribute": "match"},
@@ -36,11 +37,12 @@ def make_pairs(n: int) -> list[dict]:
     return rows
 
 
-def small_cfg(tmp_path, model_dir, pairs, **kw) -> DPOConfig:
+def small_cfg(tmp_path, model_dir, pairs, optim=None, run=None, **kw) -> DPOConfig:
     path = write_pairs(tmp_path / "pairs.jsonl", pairs)
-    base = dict(model=str(model_dir), pairs=str(path), output_dir=str(tmp_path / "out"), device="cpu",
-                progress=False, lr=1e-3, warmup_ratio=0.0, batch_size=4, max_length=256, seed=0)
-    return DPOConfig(**{**base, **kw})
+    return config_from_dict(DPOConfig, {
+        "model": str(model_dir), "pairs": str(path), "batch_size": 4, "max_length": 256, **kw,
+        "optim": {"lr": 1e-3, "warmup_ratio": 0.0, **(optim or {})},
+        "run": {"output_dir": str(tmp_path / "out"), "device": "cpu", "progress": False, "seed": 0, **(run or {})}})
 
 
 def log_ratio_margins(policy, reference, tok, pairs) -> torch.Tensor:
@@ -70,7 +72,8 @@ def test_dpo_learns_the_preferences_and_the_reference_stays_frozen(tiny_model_di
     weights = tiny_model_dir / "model.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     pairs = make_pairs(4)
-    res = train_dpo(small_cfg(tmp_path, tiny_model_dir, pairs, max_steps=16, lr=5e-4, schedule="constant_with_warmup"))
+    res = train_dpo(small_cfg(tmp_path, tiny_model_dir, pairs,
+                              optim={"max_steps": 16, "lr": 5e-4, "schedule": "constant_with_warmup"}))
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 17))
     # step 1 scores the untouched policy: it equals the reference, so the margin is 0 and the loss log 2
@@ -93,13 +96,14 @@ def test_dpo_learns_the_preferences_and_the_reference_stays_frozen(tiny_model_di
 
 def test_stop_and_resume_equals_an_uninterrupted_run(tiny_model_dir, tmp_path):
     pairs = make_pairs(3)  # batch 1, accumulation 2: 3 micro-batches per epoch, so steps straddle epochs
-    kw = dict(max_steps=4, batch_size=1, grad_accum=2, schedule="cosine", warmup_ratio=0.25, weight_decay=0.01)
+    kw = dict(batch_size=1, grad_accum=2, optim={"max_steps": 4, "schedule": "cosine", "warmup_ratio": 0.25,
+                                                 "weight_decay": 0.01})
     full = train_dpo(small_cfg(tmp_path / "full", tiny_model_dir, pairs, **kw))
-    part = train_dpo(small_cfg(tmp_path / "part", tiny_model_dir, pairs, stop_at_step=2, **kw))
+    part = train_dpo(small_cfg(tmp_path / "part", tiny_model_dir, pairs, run={"stop_at_step": 2}, **kw))
     assert part.step == 2 and part.final_dir is None
     assert (tmp_path / "part" / "out" / "checkpoint-2" / "trainer_state.pt").exists()
     torch.manual_seed(123)  # disturb the global RNG: resume must restore it
-    resumed = train_dpo(small_cfg(tmp_path / "part", tiny_model_dir, pairs, resume=True, **kw))
+    resumed = train_dpo(small_cfg(tmp_path / "part", tiny_model_dir, pairs, run={"resume": True}, **kw))
     assert resumed.step == 4
     a = load_file(full.final_dir / "model.safetensors")
     b = load_file(resumed.final_dir / "model.safetensors")
@@ -115,11 +119,11 @@ def test_sample_then_train_dpo_cli(tiny_model_dir, tiny_data, tmp_path, capsys):
     assert main(["sample", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--n", "2",
                  "--max-new-tokens", "12", "--max-prompts", "4", "--out", str(pairs)]) == 0
     config = tmp_path / "dpo.yaml"
-    config.write_text(f"model: {tiny_model_dir}\npairs: {pairs}\ndata_dir: {tiny_data}\ndevice: cpu\n"
-                      f"progress: false\nlr: 1.0e-4\nbatch_size: 2\n")
+    config.write_text(f"model: {tiny_model_dir}\npairs: {pairs}\ndata_dir: {tiny_data}\n"
+                      f"run: {{device: cpu, progress: false}}\noptim: {{lr: 1.0e-4}}\nbatch_size: 2\n")
     out = tmp_path / "dpo"
-    assert main(["train", "dpo", "--config", str(config), "--set", f"output_dir={out}", "--set", "max_steps=2",
-                 "--set", "eval_every=1", "--set", "max_length=512"]) == 0
+    assert main(["train", "dpo", "--config", str(config), "--set", f"run.output_dir={out}", "--set",
+                 "optim.max_steps=2", "--set", "eval.every=1", "--set", "max_length=512"]) == 0
     assert "dpo: saved" in capsys.readouterr().out
     final = out / "final"
     assert (final / "model.safetensors").exists() and json.loads((final / "dpo_config.json").read_text())["beta"] == 0.1

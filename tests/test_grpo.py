@@ -1,6 +1,7 @@
 """GRPO on the relevance model: the reward, class-balanced draws, learning a controlled task (with and without
 dynamic sampling), the reference model only when beta > 0, exact resume, and torchrun with two processes."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,9 +11,10 @@ from collections import Counter
 import pytest
 import torch
 
-from searchrl.relevance import grpo as grpo_mod
+from searchrl.config import config_from_dict
+from searchrl.relevance import model as model_mod
 from searchrl.relevance.grpo import GRPOConfig, train_grpo
-from searchrl.relevance.grpo_rollouts import PromptSampler
+from searchrl.relevance.grpo_rollouts import PromptSampler, RolloutConfig
 from searchrl.relevance.prompt import PromptConfig, build_prompt
 from searchrl.relevance.rewards import GradeReward
 from searchrl.relevance.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
@@ -37,18 +39,29 @@ def format_model(tmp_path_factory):
     (each prompt is trained on all four grades): it knows the format, not the task."""
     d = tmp_path_factory.mktemp("grpo_sft")
     ex = [{"prompt": p["prompt"], "completion": f"<L{g}>", "grade": g} for p in colour_prompts() for g in (1, 2, 3, 4)]
-    res = train_sft(SFTConfig(model="tiny-qwen2", prompt=PC, output_dir=str(d), device="cpu", batch_size=16,
-                              lr=3e-3, warmup_ratio=0.0, max_steps=SFT_STEPS, progress=False,
-                              schedule="constant_with_warmup"), ex)
+    res = train_sft(config_from_dict(SFTConfig, {
+        "model": "tiny-qwen2", "prompt": PC, "batch_size": 16,
+        "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "max_steps": SFT_STEPS, "schedule": "constant_with_warmup"},
+        "run": {"output_dir": str(d), "device": "cpu", "progress": False}}), ex)
     save_scorer_config(res.final_dir, ScorerConfig(prompt=PC))
     return res.final_dir
 
 
 
+ROLLOUT_KEYS = {f.name for f in dataclasses.fields(RolloutConfig)}
+
+
 def grpo_cfg(model, out, **kw) -> GRPOConfig:
-    base = dict(model=str(model), output_dir=str(out), device="cpu", group_size=8, prompts_per_step=8,
-                max_new_tokens=1, lr=3e-3, max_steps=4, oversample=1.0, progress=False, seed=0)
-    return GRPOConfig(**{**base, **kw})
+    """A GRPOConfig for the tests: rollout keys go to the rollout section, lr / max_steps / schedule to optim,
+    save_every / stop_at_step / resume to run, reward to reward.kind, rule_reward to reward.rule_aware."""
+    rollout = {"group_size": 8, "prompts_per_step": 8, "max_new_tokens": 1, "oversample": 1.0,
+               **{k: kw.pop(k) for k in list(kw) if k in ROLLOUT_KEYS}}
+    optim = {"lr": 3e-3, "max_steps": 4, **{k: kw.pop(k) for k in ("lr", "max_steps", "schedule") if k in kw}}
+    run = {"output_dir": str(out), "device": "cpu", "progress": False, "seed": 0,
+           **{k: kw.pop(k) for k in ("save_every", "stop_at_step", "resume") if k in kw}}
+    reward = {"kind": kw.pop("reward", "grade"), **({"rule_aware": kw.pop("rule_reward")} if "rule_reward" in kw else {})}
+    return config_from_dict(GRPOConfig, {"model": str(model), "rollout": rollout, "optim": optim, "run": run,
+                                         "reward": reward, **kw})
 
 
 def rows(out) -> list[dict]:
@@ -90,8 +103,9 @@ def test_class_balanced_sampler_draws_equal_grades_and_restores_its_state():
 
 def test_beta_zero_loads_no_reference_and_beta_positive_logs_kl(format_model, tmp_path, monkeypatch):
     loads = []
-    real = grpo_mod.load_relevance_model
-    monkeypatch.setattr(grpo_mod, "load_relevance_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    real = model_mod.load_relevance_model
+    monkeypatch.setattr(model_mod, "load_relevance_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr("searchrl.relevance.grpo.load_relevance_model", model_mod.load_relevance_model)
     p = colour_prompts()
     r0 = train_grpo(grpo_cfg(format_model, tmp_path / "b0", max_steps=2, beta=0.0), p,
                     reward_fn=GradeReward(format_weight=0))
@@ -136,9 +150,10 @@ def test_resume_reproduces_uninterrupted_run(format_model, tmp_path):
 
 def test_torchrun_two_processes_cli(tiny_data, tmp_path):
     out = tmp_path / "ddp"
-    sets = ["model=tiny-qwen2", "device=cpu", "progress=false", f"data_dir={tiny_data}", f"output_dir={out}",
-            "prompt.instruction=Grade it.", "max_new_tokens=3", "group_size=2", "prompts_per_step=4",
-            "max_steps=2", "dynamic_sampling=false", "save_every=1", "max_eval_examples=4", "lr=1e-3"]
+    sets = ["model=tiny-qwen2", "run.device=cpu", "run.progress=false", f"data_dir={tiny_data}",
+            f"run.output_dir={out}", "prompt.instruction=Grade it.", "rollout.max_new_tokens=3",
+            "rollout.group_size=2", "rollout.prompts_per_step=4", "optim.max_steps=2",
+            "rollout.dynamic_sampling=false", "run.save_every=1", "eval.max_examples=4", "optim.lr=1e-3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "searchrl.cli", "train", "grpo"] + [x for kv in sets for x in ("--set", kv)]
@@ -153,8 +168,8 @@ def test_torchrun_two_processes_cli(tiny_data, tmp_path):
     assert "valid_macro_f1" in log[-1]
     # both ranks' sampling states are in the checkpoint, so a resumed run can continue each stream
     state = torch.load(out / "checkpoint-2" / "trainer_state.pt", weights_only=False)
-    assert len(state["samplers"]) == len(state["generators"]) == 2
-    assert state["samplers"][0] != state["samplers"][1]
+    assert len(state["ranks"]) == 2 and all("sampler" in r and "generator" in r for r in state["ranks"])
+    assert state["ranks"][0]["sampler"] != state["ranks"][1]["sampler"]
 
 
 # ---------------------------------------------------------------- learning
@@ -208,19 +223,19 @@ def test_dynamic_sampling_looks_at_grade_correctness_not_the_format_bonus():
     assert dynamic_sampling_mask(ds_signal(scored, rewards, "reward"), 4).tolist() == [True]  # kept on the bonus
     assert dynamic_sampling_mask(ds_signal(scored, rewards, "grade"), 4).tolist() == [False]  # all right: dropped
     with pytest.raises(ValueError, match="ds_signal"):
-        GRPOConfig(ds_signal="vibes")
+        RolloutConfig(ds_signal="vibes")
 
 
 # ---------------------------------------------------------------- rule-aware reward and non-finite loss
 
 def test_reward_rule_aware_is_picked_from_the_config_and_its_components_logged(tmp_path):
     from searchrl.relevance.prompt import build_completion
-    from searchrl.relevance.rule_reward import RuleRewardConfig
+    from searchrl.relevance.rewards import RuleRewardConfig
     ref = build_completion(3, {"query": "shirt", "item": "shirt", "category": "match", "attribute": "partial"})
     p = [{**x, "completion": ref} for x in colour_prompts()]
     with pytest.raises(ValueError):
-        GRPOConfig(reward="rules")
-    assert GRPOConfig().reward == "grade"  # default unchanged: GradeReward
+        config_from_dict(GRPOConfig, {"reward": {"kind": "rules"}})
+    assert GRPOConfig().reward.kind == "grade"  # default unchanged: GradeReward
     train_grpo(grpo_cfg("tiny-qwen2", tmp_path, max_steps=1, reward="rule_aware", dynamic_sampling=False,
                         rule_reward=RuleRewardConfig(combine="normalize_then_sum")), p)
     row = rows(tmp_path)[-1]
@@ -232,8 +247,8 @@ def test_non_finite_loss_stops_the_step_before_the_weights_change(tmp_path, monk
     """Step 1 is fine and checkpointed; step 2's rewards are NaN: the error names the step and the culprit, and
     the policy's weights are still those of checkpoint-1."""
     models = []
-    real = grpo_mod.load_relevance_model
-    monkeypatch.setattr(grpo_mod, "load_relevance_model", lambda *a, **k: models.append(real(*a, **k)) or models[-1])
+    real = model_mod.load_relevance_model
+    monkeypatch.setattr(model_mod, "load_relevance_model", lambda *a, **k: models.append(real(*a, **k)) or models[-1])
     calls = []
 
     def reward(texts, infos):

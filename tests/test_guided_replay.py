@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from searchrl.config import config_from_dict
 from searchrl.relevance.grpo import GRPOConfig, train_grpo
-from searchrl.relevance.grpo_rollouts import PromptSampler
-from searchrl.relevance.guided_replay import (GuidedReplay, GuidedReplayConfig, HardPromptBuffer, guided_old_logps,
-                                              hint_text, hinted_prompt)
+from searchrl.relevance.grpo_rollouts import PromptSampler, RolloutConfig
+from searchrl.relevance.guided_replay import (
+    GuidedReplay,
+    GuidedReplayConfig,
+    HardPromptBuffer,
+    guided_old_logps,
+    hint_text,
+    hinted_prompt,
+)
 from searchrl.relevance.model import grade_probs, render_prompt
 from searchrl.relevance.prompt import PromptConfig, build_completion, build_prompt
 from searchrl.relevance.rewards import GradeReward, RewardOutput
@@ -48,7 +55,7 @@ def test_guided_rows_get_the_clipped_ratio_against_the_behaviour_and_its_gradien
     logp = torch.log(torch.tensor([[0.5, 0.5], [0.01, 0.5], [0.9, 0.5]])).requires_grad_()  # [3, 2]
     behaviour = torch.log(torch.tensor([[1.0, 1.0], [0.99, 0.5], [0.5, 0.5]]))
     ro = Rollout(torch.zeros(3, 1), torch.ones(3, 1), torch.zeros(3, 2), torch.ones(3, 2), 3,
-                 guided=torch.tensor([False, True, True]), behaviour_logp=behaviour)
+                 {"guided": torch.tensor([False, True, True]), "behaviour_logp": behaviour})
     old = guided_old_logps(logp, None, ro, ratio_min=0.2, ratio_max=1.28)
     w = torch.exp(logp - old)
     assert w[0].tolist() == pytest.approx([1.0, 1.0])  # unguided: on-policy
@@ -65,12 +72,14 @@ def test_guided_rows_get_the_clipped_ratio_against_the_behaviour_and_its_gradien
 def test_concat_rollouts_repads_prompts_left_and_completions_right():
     a = Rollout(torch.tensor([[5, 6]]), torch.tensor([[1, 1]]), torch.tensor([[7]]), torch.tensor([[1]]), 1)
     b = Rollout(torch.tensor([[4, 5, 6]]), torch.tensor([[1, 1, 1]]), torch.tensor([[8, 9]]), torch.tensor([[1, 1]]),
-                1, guided=torch.tensor([True]), behaviour_logp=torch.tensor([[-0.1, -0.2]]))
+                1, {"guided": torch.tensor([True]), "behaviour_logp": torch.tensor([[-0.1, -0.2]])})
     c = concat_rollouts([a, b], pad_id=0, group_size=2)
     assert c.prompt_ids.tolist() == [[0, 5, 6], [4, 5, 6]] and c.prompt_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
     assert c.completion_ids.tolist() == [[7, 0], [8, 9]] and c.completion_mask.tolist() == [[1, 0], [1, 1]]
-    assert c.guided.tolist() == [False, True] and c.behaviour_logp[1].tolist() == pytest.approx([-0.1, -0.2])
-    assert c.take(torch.tensor([1])).guided.tolist() == [True]
+    assert c.extras["guided"].tolist() == [False, True]
+    assert c.extras["behaviour_logp"][1].tolist() == pytest.approx([-0.1, -0.2])
+    assert c.extras["behaviour_logp"][0].tolist() == [0.0, 0.0]  # a part without the extra contributes zeros
+    assert c.take(torch.tensor([1])).extras["guided"].tolist() == [True]
 
 
 def test_hard_prompt_buffer_admits_failures_revisits_them_and_lets_them_go():
@@ -115,9 +124,8 @@ def _guide(mode: str):
     mod_texts = Rollout.texts
     Rollout.texts = lambda self, tok: ["<L1>"] * len(self.completion_ids)
     try:
-        gcfg = GRPOConfig(max_new_tokens=1, prompt=PC)
-        parts = gr.guide(None, ro, [0, 1], [prompts[0]] * 4 + [prompts[1]] * 4, scored,
-                         [False] * 4 + [True] * 4, GradeReward(format_weight=0), gcfg, None, None)
+        parts = gr.guide(None, ro, [0, 1], [prompts[0]] * 4 + [prompts[1]] * 4, scored, [False] * 4 + [True] * 4,
+                         GradeReward(format_weight=0), RolloutConfig(max_new_tokens=1), PC.order, None, None)
     finally:
         mod.sample_groups, Rollout.texts = real, mod_texts
     return gr, parts
@@ -128,7 +136,7 @@ def test_replace_swaps_the_lowest_rewards_and_join_grows_the_group():
     (ro, scored), = parts
     assert ro.group_size == 4 and ro.completion_ids[:, 0].tolist() == [12, 13, 50, 51, 14, 15, 16, 17]
     assert scored.rewards == [0.2, 0.3, 1.0, 1.0, 1, 1, 1, 1] and scored.components["grade"][2:4] == [1.0, 1.0]
-    assert ro.guided.tolist() == [False, False, True, True] + [False] * 4
+    assert ro.extras["guided"].tolist() == [False, False, True, True] + [False] * 4
     assert ro.prompt_ids[2].tolist() == [9, 9]  # hinted mode: trained under the hinted prompt
     assert gr.stats == {"guided_groups": 1, "guided_rollouts": 2, "guided_correct": 2, "buffer_draws": 0}
     assert list(gr.buffer.items) == [0]
@@ -149,9 +157,10 @@ def stuck_model(tmp_path_factory):
           for p in colour_prompts()] * 4
     ex += [{"prompt": hinted_prompt(p["prompt"], hint_text({"grade": g})), "completion": f"<L{g}>", "grade": g}
            for p in colour_prompts() for g in (1, 2, 3, 4)]
-    res = train_sft(SFTConfig(model="tiny-qwen2", prompt=PC, output_dir=str(d), device="cpu", batch_size=16,
-                              lr=3e-3, warmup_ratio=0.0, max_steps=120, progress=False,
-                              schedule="constant_with_warmup"), ex)
+    res = train_sft(config_from_dict(SFTConfig, {
+        "model": "tiny-qwen2", "prompt": PC, "batch_size": 16,
+        "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "max_steps": 120, "schedule": "constant_with_warmup"},
+        "run": {"output_dir": str(d), "device": "cpu", "progress": False}}), ex)
     save_scorer_config(res.final_dir, ScorerConfig(prompt=PC))
     return res.final_dir
 
@@ -169,9 +178,11 @@ def test_stuck_class_recovers_with_guided_replay_and_not_without(stuck_model, tm
     assert start < 0.02  # stuck: L1 almost never sampled for black
 
     def run(name, **replay):
-        cfg = GRPOConfig(model=str(stuck_model), output_dir=str(tmp_path / name), device="cpu", group_size=8,
-                         prompts_per_step=8, max_new_tokens=1, lr=3e-3, max_steps=12, oversample=1.0,
-                         progress=False, seed=0, replay=GuidedReplayConfig(**replay))
+        cfg = config_from_dict(GRPOConfig, {
+            "model": str(stuck_model), "replay": GuidedReplayConfig(**replay),
+            "rollout": {"group_size": 8, "prompts_per_step": 8, "max_new_tokens": 1, "oversample": 1.0},
+            "optim": {"lr": 3e-3, "max_steps": 12},
+            "run": {"output_dir": str(tmp_path / name), "device": "cpu", "progress": False, "seed": 0}})
         res = train_grpo(cfg, p, reward_fn=GradeReward(format_weight=0))
         rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         return p_black_l1(res.model, tok), rows
@@ -188,15 +199,17 @@ def test_stuck_class_recovers_with_guided_replay_and_not_without(stuck_model, tm
 def test_resume_with_guided_replay_and_join_reproduces_the_uninterrupted_run(stuck_model, tmp_path, one_thread):
     """The hard-prompt buffer rides along in checkpoints; join mode (mixed group sizes) trains end to end."""
     p = colour_prompts()
-    kw = dict(model=str(stuck_model), device="cpu", group_size=4, prompts_per_step=4, max_new_tokens=1, lr=3e-3,
-              max_steps=4, progress=False, seed=0, replay=GuidedReplayConfig(enabled=True, mode="join",
-                                                                               revisit_prob=0.5))
-    full = train_grpo(GRPOConfig(output_dir=str(tmp_path / "full"), **kw), p, reward_fn=GradeReward(format_weight=0))
-    part = train_grpo(GRPOConfig(output_dir=str(tmp_path / "part"), stop_at_step=2, **kw), p,
-                      reward_fn=GradeReward(format_weight=0))
+    def cfg(out, **run):
+        return config_from_dict(GRPOConfig, {
+            "model": str(stuck_model), "replay": GuidedReplayConfig(enabled=True, mode="join", revisit_prob=0.5),
+            "rollout": {"group_size": 4, "prompts_per_step": 4, "max_new_tokens": 1},
+            "optim": {"lr": 3e-3, "max_steps": 4},
+            "run": {"output_dir": str(out), "device": "cpu", "progress": False, "seed": 0, **run}})
+
+    full = train_grpo(cfg(tmp_path / "full"), p, reward_fn=GradeReward(format_weight=0))
+    part = train_grpo(cfg(tmp_path / "part", stop_at_step=2), p, reward_fn=GradeReward(format_weight=0))
     assert part.final_dir is None
-    resumed = train_grpo(GRPOConfig(output_dir=str(tmp_path / "part"), resume=True, **kw), p,
-                         reward_fn=GradeReward(format_weight=0))
+    resumed = train_grpo(cfg(tmp_path / "part", resume=True), p, reward_fn=GradeReward(format_weight=0))
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]

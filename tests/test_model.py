@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from searchrl.relevance.model import (TINY, LoraSettings, add_grade_tokens, encode_prompt, grade_probs,
-                                      grade_token_ids, load_relevance_model, minilm_tokenizer, render_prompt,
-                                      tiny_qwen2)
+from searchrl.relevance.model import (
+    TINY,
+    LoraSettings,
+    add_grade_tokens,
+    encode_prompt,
+    grade_probs,
+    grade_token_ids,
+    load_relevance_model,
+    minilm_tokenizer,
+    render_prompt,
+    tiny_qwen2,
+)
 from searchrl.relevance.prompt import GRADE_TOKENS, PromptConfig, build_prompt
 
 PROMPTS = [

@@ -5,8 +5,14 @@ import random
 
 import pytest
 
-from searchrl.relevance.parser import (RULE_TABLE, ParsedCompletion, allowed_grades, grade_implied_by_verdicts,
-                                       is_consistent, parse_completion)
+from searchrl.relevance.parser import (
+    RULE_TABLE,
+    ParsedCompletion,
+    allowed_grades,
+    grade_implied_by_verdicts,
+    is_consistent,
+    parse_completion,
+)
 from searchrl.relevance.prompt import ATTRIBUTE_VALUES, CATEGORY_VALUES, PromptConfig, build_completion
 
 ORDERS = ("label_first", "cot_first")

@@ -5,8 +5,17 @@ import math
 
 import pytest
 
-from searchrl.relevance.prompt import (GRADE_TOKENS, STEPS, PromptConfig, apply_template, build_completion,
-                                       build_messages, build_prompt, clean_note, key_attributes)
+from searchrl.relevance.prompt import (
+    GRADE_TOKENS,
+    STEPS,
+    PromptConfig,
+    apply_template,
+    build_completion,
+    build_messages,
+    build_prompt,
+    clean_note,
+    key_attributes,
+)
 
 LAPTOP = {
     "title": 'HP Pavilion dv7-1211ea Notebook Silver 43.2 cm (17") 4 GB DDR2-SDRAM 250 GB HDD',

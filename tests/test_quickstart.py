@@ -8,9 +8,9 @@ from searchrl.eval.metrics import read_metrics_json
 def test_quickstart_end_to_end(mirror, tmp_path, capsys):
     """The README's main command: prepare Chorus, baselines, SFT, tiering, print and save both tables."""
     # the SFT stage cut to a few steps here; the README's command runs the full config
-    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--mirror", str(mirror), "--set", "max_steps=2",
-                 "--set", "eval_every=0", "--set", "max_eval_examples=16", "--retriever-set", "max_steps=2",
-                 "--retriever-set", "save_every=0"]) == 0
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--mirror", str(mirror), "--set", "optim.max_steps=2",
+                 "--set", "eval.every=0", "--set", "eval.max_examples=16", "--retriever-set", "optim.max_steps=2",
+                 "--retriever-set", "run.save_every=0"]) == 0
     out = capsys.readouterr().out
     assert "Relevance, Chorus test" in out and "Retrieval, Chorus test" in out
     rel = read_metrics_json(tmp_path / "qs" / "relevance.json")

@@ -5,6 +5,7 @@ import pytest
 
 from searchrl.data import registry
 from searchrl.data.registry import ChecksumError, fetch
+from searchrl.errors import UserError
 
 
 def test_fetch_from_mirror_verifies_and_fills_cache(mirror, isolated_cache):
@@ -82,5 +83,5 @@ def test_download_path_verifies(monkeypatch, tmp_path, isolated_cache):
 
 
 def test_unknown_dataset():
-    with pytest.raises(KeyError, match="known"):
+    with pytest.raises(UserError, match="known"):
         fetch("nope")

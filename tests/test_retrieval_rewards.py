@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from searchrl.data.schema import load_dataset
-from searchrl.retrieval.rewards import RewardConfig, RetrievalReward, product_quality, term_overlap
+from searchrl.retrieval.rewards import RetrievalReward, RewardConfig, product_quality, term_overlap
 
 
 def test_quality_column_wins_else_completeness():

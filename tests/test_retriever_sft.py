@@ -1,14 +1,15 @@
 """Contrastive stages: InfoNCE with masking, SFT learning on tiny data, hard-negative mining, data helpers."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
+from conftest import retriever_config
 
-from searchrl.retrieval.config import RetrieverConfig
 from searchrl.retrieval.encoder import build_encoder, embed
+from searchrl.retrieval.stage import generated_pairs, load_training_data, read_query_file
 from searchrl.retrieval.train_sft import info_nce, mine_hard_negatives, train_contrastive
-from searchrl.retrieval.trainer import generated_pairs, load_training_data, read_query_file
 
 
 def _cfg(tmp_path, data_dir, **kw):
@@ -16,7 +17,8 @@ def _cfg(tmp_path, data_dir, **kw):
                 global_negatives=4, max_seq_length=24, lr=1e-4, warmup_ratio=0.0, schedule="constant",
                 progress=False)
     base.update(kw)
-    return RetrieverConfig(**base)
+    return retriever_config(**base)
+
 
 
 def test_info_nce_masks_known_positives():
@@ -73,13 +75,14 @@ def test_sft_raises_positive_margin_and_hardneg_mines_non_positives(tiny_data, t
     good = {q: g for q, _, g in data.pairs}
     assert all(len(v) == 2 and not set(v) & good[q] for q, v in mined.items())
     assert stats["mining_seconds"] > 0 and stats["mining_queries"] == len(good)
-    step, _ = train_contrastive(RetrieverConfig(**{**hn.__dict__, "max_steps": 1}))
+    step, _ = train_contrastive(dataclasses.replace(hn, optim=dataclasses.replace(hn.optim, max_steps=1)))
     assert step == 1 and json.loads((tmp_path / "hn/out/mining.json").read_text())["mined_negatives"] > 0
 
 
 def test_subset_products_keeps_every_judged_product_and_a_seeded_fill():
     import pandas as pd
-    from searchrl.retrieval.trainer import subset_products
+
+    from searchrl.retrieval.stage import subset_products
     products = pd.DataFrame({"product_id": [f"p{i}" for i in range(20)], "title": ["t"] * 20})
     a = subset_products(products, {"p3", "p17"}, limit=6, seed=0)
     assert len(a) == 6 and {"p3", "p17"} <= set(a["product_id"])

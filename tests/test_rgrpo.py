@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import retriever_config
 
 from searchrl.data.schema import load_dataset, write_dataset
 from searchrl.retrieval.config import RetrieverConfig
 from searchrl.retrieval.encoder import build_encoder, embed
-from searchrl.retrieval.rgrpo import rgrpo_loss, train_rgrpo
 from searchrl.retrieval.rewards import RewardConfig
-from searchrl.retrieval.trainer import load_training_data
+from searchrl.retrieval.rgrpo import rgrpo_loss, train_rgrpo
+from searchrl.retrieval.stage import load_training_data
 
 
 def _cfg(tmp_path, data_dir, **kw) -> RetrieverConfig:
@@ -17,7 +18,7 @@ def _cfg(tmp_path, data_dir, **kw) -> RetrieverConfig:
                 batch_size=6, rebuild_every=1, max_seq_length=24, lr=1e-4, warmup_ratio=0.0,
                 schedule="constant", beta=0.0, progress=False, seed=0)
     base.update(kw)
-    return RetrieverConfig(**base)
+    return retriever_config(**base)
 
 
 def _top_k(model_dir, data, k: int) -> list[list[str]]:
@@ -117,9 +118,10 @@ def test_torchrun_two_processes_equal_one_process_with_the_double_batch(tiny_dat
     import sys
     qfile = tmp_path / "queries.txt"
     qfile.write_text("\n".join(f"laptop bag {i}" for i in range(8)) + "\n")
-    common = ["stage=rgrpo", f"data_dir={tiny_data}", f"query_files=[{qfile}]", "group_size=3", "max_steps=2",
-              "max_seq_length=24", "lr=1e-4", "warmup_ratio=0", "schedule=constant", "beta=0.02", "rebuild_every=1",
-              "progress=false", "reward.w_rel=0", "reward.w_q=0.5", "reward.w_x=1", "reward.exclusivity=overlap"]
+    common = ["stage=rgrpo", f"data_dir={tiny_data}", f"query_files=[{qfile}]", "group_size=3", "optim.max_steps=2",
+              "max_seq_length=24", "optim.lr=1e-4", "optim.warmup_ratio=0", "optim.schedule=constant", "beta=0.02",
+              "rebuild_every=1", "run.progress=false", "reward.w_rel=0", "reward.w_q=0.5", "reward.w_x=1",
+              "reward.exclusivity=overlap"]
 
     def run(launcher, extra):
         sets = [x for kv in common + extra for x in ("--set", kv)]
@@ -128,8 +130,8 @@ def test_torchrun_two_processes_equal_one_process_with_the_double_batch(tiny_dat
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-        [f"output_dir={tmp_path / 'ddp'}", "batch_size=2"])
-    run([sys.executable], [f"output_dir={tmp_path / 'one'}", "batch_size=4"])
+        [f"run.output_dir={tmp_path / 'ddp'}", "batch_size=2"])
+    run([sys.executable], [f"run.output_dir={tmp_path / 'one'}", "batch_size=4"])
     a, b = build_encoder(str(tmp_path / "ddp" / "final")), build_encoder(str(tmp_path / "one" / "final"))
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4, msg=name)

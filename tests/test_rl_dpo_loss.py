@@ -12,9 +12,9 @@ import math
 
 import pytest
 import torch
+from test_rl_grpo_loss import call_capturing_locals, tiny_qwen2, tiny_tokenizer
 
 from searchrl.rl.dpo_loss import dpo_sigmoid_loss, sequence_logps
-from test_rl_grpo_loss import call_capturing_locals, tiny_qwen2, tiny_tokenizer
 
 
 def dpo_batch():

@@ -17,8 +17,14 @@ import sys
 import pytest
 import torch
 
-from searchrl.rl.grpo_loss import (aggregate, clipped_surrogate, dynamic_sampling_mask, group_advantages, k3_kl,
-                                   token_logps)
+from searchrl.rl.grpo_loss import (
+    aggregate,
+    clipped_surrogate,
+    dynamic_sampling_mask,
+    group_advantages,
+    k3_kl,
+    token_logps,
+)
 
 G = 4  # samples per prompt
 EPS_LOW, EPS_HIGH = 0.2, 0.28  # clip-higher, so the two bounds are told apart

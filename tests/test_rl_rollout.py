@@ -2,8 +2,8 @@
 
 import torch
 
-from searchrl.relevance.model import TINY, encode_prompt, left_pad, load_relevance_model
-from searchrl.rl.rollout import sample_groups, top_p_filter
+from searchrl.relevance.model import TINY, encode_prompt, load_relevance_model
+from searchrl.rl.rollout import left_pad, sample_groups, top_p_filter
 
 PROMPTS = ["Query: laptop\nTitle: Dell XPS 13\nAnswer:\n", "Query: usb c cable for a phone\nTitle: Anker cable\n"]
 

@@ -12,13 +12,13 @@ from searchrl.cli import main
 from searchrl.eval.metrics import read_metrics_json
 from searchrl.relevance.model import load_relevance_model
 
-TINY_SET = ["model=tiny-qwen2", "device=cpu", "progress=false", "lr=3e-3", "max_length=256",
-            "prompt.instruction=Grade it.", "prompt.max_note_chars=20", "warmup_ratio=0"]
+TINY_SET = ["model=tiny-qwen2", "run.device=cpu", "run.progress=false", "optim.lr=3e-3", "max_length=256",
+            "prompt.instruction=Grade it.", "prompt.max_note_chars=20", "optim.warmup_ratio=0"]
 
 
 def test_train_sft_then_eval_relevance(tiny_data, tmp_path, capsys):
     out = tmp_path / "sft"
-    extra = [f"data_dir={tiny_data}", f"output_dir={out}", "max_steps=3", "batch_size=4", "trim_vocab=true"]
+    extra = [f"data_dir={tiny_data}", f"run.output_dir={out}", "optim.max_steps=3", "batch_size=4", "trim_vocab=true"]
     assert main(["train", "sft"] + [x for kv in TINY_SET + extra for x in ("--set", kv)]) == 0
     final = out / "final"
     assert (final / "model.safetensors").exists() and (final / "relevance_config.json").exists()
@@ -38,18 +38,18 @@ def test_train_sft_then_eval_relevance(tiny_data, tmp_path, capsys):
 
 def test_torchrun_two_processes_equal_one_process_with_accumulation(tiny_data, tmp_path):
     """2 ranks x batch 2 == 1 process x batch 2 x grad_accum 2: the same data, the same normalisation."""
-    common = TINY_SET + [f"data_dir={tiny_data}", "max_steps=3", "batch_size=2", "trim_vocab=true"]
+    common = TINY_SET + [f"data_dir={tiny_data}", "optim.max_steps=3", "batch_size=2", "trim_vocab=true"]
 
     def sets(extra):
         return [x for kv in common + extra for x in ("--set", kv)]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "searchrl.cli", "train", "sft"] + sets([f"output_dir={tmp_path / 'ddp'}"]),
+                          "-m", "searchrl.cli", "train", "sft"] + sets([f"run.output_dir={tmp_path / 'ddp'}"]),
                          env=env, capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = subprocess.run([sys.executable, "-m", "searchrl.cli", "train", "sft"]
-                            + sets([f"output_dir={tmp_path / 'one'}", "grad_accum=2"]),
+                            + sets([f"run.output_dir={tmp_path / 'one'}", "grad_accum=2"]),
                             env=env, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     a = load_file(tmp_path / "ddp" / "final" / "model.safetensors")
@@ -66,11 +66,11 @@ def test_resume_after_killing_a_real_training_process(tiny_data, tmp_path):
     """SIGKILL a training process after its second checkpoint; --set resume=true reaches the same weights."""
     import signal
     import time
-    common = TINY_SET + [f"data_dir={tiny_data}", "max_steps=6", "batch_size=2", "save_every=1"]
+    common = TINY_SET + [f"data_dir={tiny_data}", "optim.max_steps=6", "batch_size=2", "run.save_every=1"]
 
     def cmd(out, extra=()):
         return [sys.executable, "-m", "searchrl.cli", "train", "sft"] + [
-            x for kv in common + [f"output_dir={out}", *extra] for x in ("--set", kv)]
+            x for kv in common + [f"run.output_dir={out}", *extra] for x in ("--set", kv)]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full = subprocess.run(cmd(tmp_path / "full"), env=env, capture_output=True, text=True, timeout=600)
@@ -83,7 +83,7 @@ def test_resume_after_killing_a_real_training_process(tiny_data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "final").exists()  # it really died mid-run
-    resumed = subprocess.run(cmd(tmp_path / "killed", ["resume=true"]), env=env, capture_output=True, text=True,
+    resumed = subprocess.run(cmd(tmp_path / "killed", ["run.resume=true"]), env=env, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout + resumed.stderr

@@ -8,12 +8,12 @@ import torch
 
 from searchrl.cli import main
 from searchrl.data.schema import load_dataset
+from searchrl.relevance.examples import encode_example
 from searchrl.relevance.model import encode_prompt, load_relevance_model
 from searchrl.relevance.parser import parse_completion
 from searchrl.relevance.prompt import PromptConfig, build_completion
 from searchrl.relevance.rules import RuleEngine
 from searchrl.relevance.sample import build_pairs, pass_at_k, sample_preferences, summarize
-from searchrl.relevance.sft import encode_example
 from searchrl.relevance.teacher import RuleTeacher
 from searchrl.rl.rollout import Rollout
 
@@ -142,15 +142,15 @@ def test_sample_cli_writes_trl_pairs_and_table(tiny_model_dir, tiny_data, tmp_pa
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()
 
 
-def test_read_pairs_names_the_bad_line(tmp_path):
-    from searchrl.relevance.sample import read_pairs
+def test_read_preference_pairs_names_the_bad_line(tmp_path):
+    from searchrl.relevance.sample import read_preference_pairs
     good = '{"prompt": "p", "chosen": "<L4>", "rejected": "<L1>"}'
     path = tmp_path / "pairs.jsonl"
     path.write_text(f"{good}\n\n{{broken\n")
     with pytest.raises(ValueError, match=r"pairs.jsonl:line 3: malformed JSON"):
-        read_pairs(path)
+        read_preference_pairs(path)
     path.write_text(f'{good}\n{{"prompt": "p", "chosen": "<L4>"}}\n')
     with pytest.raises(ValueError, match=r"pairs.jsonl:line 2: .*\['rejected'\]"):
-        read_pairs(path)
+        read_preference_pairs(path)
     path.write_text(f"{good}\n\n{good}\n")
-    assert len(read_pairs(path)) == 2
+    assert len(read_preference_pairs(path)) == 2

@@ -9,8 +9,8 @@ import pytest
 from searchrl.cli import main
 from searchrl.data.schema import DataError
 from searchrl.relevance.model import grade_probs
+from searchrl.relevance.scorer import RelevanceScorer, read_scoring_requests
 from searchrl.relevance.tiering import tiered_grades
-from searchrl.relevance.scorer import RelevanceScorer, read_pairs
 
 PRODUCTS = [{"title": "Dell XPS 13 laptop", "brand": "Dell", "product_id": "p1"},
             {"title": "Targus laptop bag 15.6", "brand": "Targus", "product_id": "p2",
@@ -56,8 +56,8 @@ def test_bad_rows_are_located_or_skipped_and_counted(tiny_model_dir, tmp_path, c
     src.write_text('{"query": "laptop", "title": "Dell XPS"}\n{"query": "laptop"}\nnot json\n'
                    '{"query": "laptop", "title": "bag", "attributes": "{broken"}\n{"query": 5, "title": "x"}\n')
     with pytest.raises(DataError, match=r"pairs.jsonl:line 2: title: missing"):
-        read_pairs(src)
-    requests, policy = read_pairs(src, on_error="skip")
+        read_scoring_requests(src)
+    requests, policy = read_scoring_requests(src, on_error="skip")
     assert requests == [("laptop", [{"title": "Dell XPS", "product_id": ""}])]
     assert policy.total_skipped == 4
     assert main(["score", "--model", str(tiny_model_dir), "--input", str(src), "--output",

@@ -7,8 +7,14 @@ import torch
 
 from searchrl.relevance.model import load_relevance_model
 from searchrl.relevance.prompt import PromptConfig
-from searchrl.relevance.scorer_config import (TEMPLATE_VERSION, ScorerConfig, check_safetensors, load_scorer_config,
-                                              save_scorer_config, update_scorer_config)
+from searchrl.relevance.scorer_config import (
+    TEMPLATE_VERSION,
+    ScorerConfig,
+    check_safetensors,
+    load_scorer_config,
+    save_scorer_config,
+    update_scorer_config,
+)
 
 
 def test_roundtrip_update_and_defaults_for_older_files(tmp_path):

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-from searchrl.config import load_config
+from searchrl.checkpoint import checkpoints
+from searchrl.config import config_from_dict, load_config
+from searchrl.relevance.examples import IGNORE, collate, encode_example
 from searchrl.relevance.model import TINY, LoraSettings, load_relevance_model
 from searchrl.relevance.prompt import PromptConfig, build_completion, build_prompt
+from searchrl.relevance.sft import SFTConfig, train_sft
 from searchrl.training import epoch_order
-from searchrl.relevance.sft import (IGNORE, SFTConfig, checkpoints, collate, encode_example,
-                                    train_sft)
 
 VERDICTS = {  # simple step verdicts per grade (the rule teacher is not needed to test the trainer)
     4: {"query": "cable", "item": "cable", "category": "match", "attribute": "match"},
@@ -32,10 +33,11 @@ def make_examples(n: int, order: str = "label_first") -> list[dict]:
     return out
 
 
-def small_cfg(tmp_path, order="label_first", **kw) -> SFTConfig:
-    base = dict(prompt=PromptConfig(order=order), model=TINY, output_dir=str(tmp_path), device="cpu", batch_size=4, lr=3e-3, warmup_ratio=0.1,
-                max_length=256, progress=False, seed=0)
-    return SFTConfig(**{**base, **kw})
+def small_cfg(tmp_path, order="label_first", optim=None, run=None, eval=None, **kw) -> SFTConfig:
+    return config_from_dict(SFTConfig, {
+        "prompt": PromptConfig(order=order), "model": TINY, "batch_size": 4, "max_length": 256, **kw,
+        "optim": {"lr": 3e-3, "warmup_ratio": 0.1, **(optim or {})}, "eval": eval or {},
+        "run": {"output_dir": str(tmp_path), "device": "cpu", "progress": False, "seed": 0, **(run or {})}})
 
 
 def test_labels_mask_prompt_and_padding():
@@ -66,7 +68,8 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
 
 def test_loss_falls_and_logs(tmp_path):
     train, valid = make_examples(8), make_examples(8)
-    cfg = small_cfg(tmp_path, max_steps=30, batch_size=8, eval_every=15, save_every=15, save_total_limit=1)
+    cfg = small_cfg(tmp_path, batch_size=8, optim={"max_steps": 30}, eval={"every": 15},
+                    run={"save_every": 15, "save_total_limit": 1})
     res = train_sft(cfg, train, valid)
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows]
@@ -89,9 +92,9 @@ def test_loss_falls_and_logs(tmp_path):
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     train = make_examples(12)  # 3 micro-batches per epoch: steps cross epoch boundaries mid-accumulation
-    kw = dict(max_steps=8, grad_accum=2, schedule="cosine", weight_decay=0.01)
+    kw = dict(grad_accum=2, optim={"max_steps": 8, "schedule": "cosine", "weight_decay": 0.01})
     full = train_sft(small_cfg(tmp_path / "full", **kw), train)
-    part = train_sft(small_cfg(tmp_path / "part", stop_at_step=3, **kw), train)
+    part = train_sft(small_cfg(tmp_path / "part", run={"stop_at_step": 3}, **kw), train)
     assert part.step == 3 and part.final_dir is None
     assert [p.name for p in checkpoints(tmp_path / "part")] == ["checkpoint-3"]
     torch.manual_seed(999)  # disturb the global RNG: resume must restore it
@@ -107,9 +110,9 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
 
 def test_lora_sft_trains_and_resumes(tmp_path):
     train = make_examples(8)
-    kw = dict(max_steps=4, lora=LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"]))
+    kw = dict(optim={"max_steps": 4}, lora=LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"]))
     full = train_sft(small_cfg(tmp_path / "full", **kw), train)
-    train_sft(small_cfg(tmp_path / "part", stop_at_step=2, **kw), train)
+    train_sft(small_cfg(tmp_path / "part", run={"stop_at_step": 2}, **kw), train)
     resumed = train_sft(small_cfg(tmp_path / "part", **kw), train, resume=True)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for k in a:
@@ -125,21 +128,22 @@ def test_lora_sft_trains_and_resumes(tmp_path):
 
 def test_cot_first_eval_and_order_check(tmp_path):
     with pytest.raises(ValueError, match="order"):
-        train_sft(small_cfg(tmp_path / "bad", max_steps=1, order="cot_first"), make_examples(4))
-    cfg = small_cfg(tmp_path / "cot", max_steps=2, order="cot_first", eval_max_new_tokens=8)
+        train_sft(small_cfg(tmp_path / "bad", optim={"max_steps": 1}, order="cot_first"), make_examples(4))
+    cfg = small_cfg(tmp_path / "cot", optim={"max_steps": 2}, order="cot_first", eval={"max_new_tokens": 8})
     res = train_sft(cfg, make_examples(4, "cot_first"), make_examples(4, "cot_first"))
     assert set(res.last_eval) == {"valid_macro_f1", "valid_accuracy", "valid_good_f1"}
 
 
 def test_config_from_overrides():
-    cfg = load_config(SFTConfig, None, ["lora.r=8", "lr=2e-5", "schedule=linear"])
-    assert cfg.lora == LoraSettings(r=8) and cfg.lr == 2e-5 and cfg.schedule == "linear"
+    cfg = load_config(SFTConfig, None, ["lora.r=8", "optim.lr=2e-5", "optim.schedule=linear"])
+    assert cfg.lora == LoraSettings(r=8) and cfg.optim.lr == 2e-5 and cfg.optim.schedule == "linear"
     with pytest.raises(ValueError):
         SFTConfig(prompt=PromptConfig(order="think_first"))
 
 
 def test_length_grouped_batches_cover_the_epoch_with_less_padding():
     import numpy as np
+
     from searchrl.training import BatchStream
     lengths = np.random.default_rng(0).integers(20, 200, size=203).tolist()
     plain, grouped = BatchStream(list(range(203)), 8, 0), BatchStream(list(range(203)), 8, 0, lengths, window=5)

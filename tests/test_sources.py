@@ -2,12 +2,11 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import FIXTURES, MIRROR
 
 from searchrl.data.registry import fetch
 from searchrl.data.schema import DataError, ErrorPolicy
 from searchrl.data.sources import load_chorus, load_esci, load_wands
-
-from conftest import FIXTURES, MIRROR
 
 
 def test_chorus_full_mirror(mirror):

@@ -11,11 +11,12 @@ import urllib.request
 import pandas as pd
 import pytest
 
+from searchrl.relevance.examples import build_examples
 from searchrl.relevance.llm_teacher import LLMError, LLMTeacher, LLMTeacherConfig
 from searchrl.relevance.parser import RULE_TABLE, is_consistent, parse_completion
 from searchrl.relevance.prompt import PromptConfig
 from searchrl.relevance.rules import RuleEngine
-from searchrl.relevance.teacher import RuleTeacher, TeacherReport, build_sft_examples, condition_verdicts
+from searchrl.relevance.teacher import RuleTeacher, TeacherReport, condition_verdicts
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +83,20 @@ def pairs_frame():
     return pd.DataFrame([{"query_id": q, "product_id": p, "text": t, "grade": g, **prod} for q, p, t, prod, g in rows])
 
 
-def test_build_sft_examples(engine):
+def test_build_examples(engine):
     df = pairs_frame()
-    examples, report = build_sft_examples(df, RuleTeacher(engine), PromptConfig())
+    examples, report = build_examples(df, RuleTeacher(engine), PromptConfig())
     assert len(examples) == 5 and report.agreed == 4 and report.conditioned == 1 and report.dropped == 0
     assert report.by_gold[2] == {"agreed": 0, "conditioned": 1, "dropped": 0}
-    assert set(examples[0]) == {"prompt", "completion", "grade", "query_id", "product_id"}
+    assert set(examples[0]) == {"prompt", "completion", "grade", "query", "product", "query_id", "product_id"}
     for ex, row in zip(examples, df.itertuples()):
         assert f"Query: {row.text}" in ex["prompt"] and ex["prompt"].endswith("Answer:\n")
         assert (ex["query_id"], ex["product_id"], ex["grade"]) == (row.query_id, row.product_id, row.grade)
         check(ex["completion"], row.grade)
-    examples, report = build_sft_examples(df, RuleTeacher(engine, on_disagree="drop"))
+    examples, report = build_examples(df, RuleTeacher(engine, on_disagree="drop"))
     assert len(examples) == 4 and report.dropped == 1 and report.as_dict()["agreement"] == 0.8
     with pytest.raises(ValueError, match="grade"):
-        build_sft_examples(df.drop(columns=["grade"]), RuleTeacher(engine))
+        build_examples(df.drop(columns=["grade"]), RuleTeacher(engine))
 
 
 def test_report_counts():
@@ -243,7 +244,7 @@ def test_llm_teacher_write_many_and_sft(server, tmp_path):
     assert time.perf_counter() - start < 10
     assert [parse_completion(o.completion).grade for o in outs] == [1, 2, 3, 4] * 2
     assert teacher.stats["cache_hits"] + teacher.stats["llm_written"] >= 8
-    examples, report = build_sft_examples(pairs_frame(), teacher)
+    examples, report = build_examples(pairs_frame(), teacher)
     assert len(examples) == 5 and report.dropped == 0 and report.total == 5
     for ex in examples:
         check(ex["completion"], ex["grade"])

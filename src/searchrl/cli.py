@@ -9,11 +9,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import (cmd_baseline_relevance, cmd_baseline_retrieval, cmd_data_import, cmd_data_prepare,
-                       cmd_data_stats, cmd_data_synthetic, cmd_eval_relevance, cmd_eval_retrieval, cmd_export, cmd_plot, cmd_quickstart,
-                       cmd_sample, cmd_score, cmd_search, cmd_serve, cmd_teacher_agreement, cmd_train_dpo,
-                       cmd_train_grpo, cmd_train_retriever, cmd_train_sft, cmd_tune_tiering)
-
+from .commands import (
+    cmd_baseline_relevance,
+    cmd_baseline_retrieval,
+    cmd_data_import,
+    cmd_data_prepare,
+    cmd_data_stats,
+    cmd_data_synthetic,
+    cmd_eval_relevance,
+    cmd_eval_retrieval,
+    cmd_export,
+    cmd_plot,
+    cmd_quickstart,
+    cmd_sample,
+    cmd_score,
+    cmd_search,
+    cmd_serve,
+    cmd_teacher_agreement,
+    cmd_train_dpo,
+    cmd_train_grpo,
+    cmd_train_retriever,
+    cmd_train_sft,
+    cmd_tune_tiering,
+)
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -243,14 +261,14 @@ def _leaf_commands(action, prefix=""):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a UserError (bad config, data, checksum, model) prints ``error: ...`` and returns 2.
+    Anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    from .data.registry import ChecksumError
-    from .data.schema import DataError
+    from .errors import UserError
     try:
         args.func(args)
-    except (DataError, ChecksumError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 
+from .errors import ConfigError
+
 
 def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
     out = {}
     for item in items or []:
         k, sep, v = item.partition("=")
         if not sep or not k:
-            raise SystemExit(f"error: {flag} {item!r}: expected KEY=VALUE")
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
         out[k] = v
     return out
 
@@ -56,7 +58,7 @@ def cmd_data_synthetic(a) -> None:
     from .relevance.rules import RuleEngine
     from .relevance.synthetic import synthetic_dataset
     if a.queries < 1 or a.per_query < 1:
-        raise ValueError(f"--queries and --per-query must be >= 1, got {a.queries}, {a.per_query}")
+        raise ConfigError(f"--queries and --per-query must be >= 1, got {a.queries}, {a.per_query}")
     ds = synthetic_dataset(load_dataset(a.data), RuleEngine.from_yaml(a.rules or None), a.queries, a.per_query,
                            a.seed, a.split)
     write_dataset(ds, a.out)
@@ -95,8 +97,7 @@ def cmd_baseline_retrieval(a) -> None:
 
 def cmd_train_sft(a) -> None:
     from .config import load_config
-    from .relevance.run_sft import run_sft
-    from .relevance.sft import SFTConfig
+    from .relevance.sft import SFTConfig, run_sft
     result = run_sft(load_config(SFTConfig, a.config, a.set))
     if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"sft: saved {result.final_dir} after {result.step} steps; last eval {result.last_eval}")
@@ -104,6 +105,7 @@ def cmd_train_sft(a) -> None:
 
 def cmd_sample(a) -> None:
     import json
+
     from .data.schema import load_dataset
     from .relevance.sample import format_table, sample_preferences, write_pairs
     rows, table = sample_preferences(a.model, load_dataset(a.data), a.n, a.split, a.temperature, a.top_p,
@@ -205,7 +207,7 @@ def cmd_train_retriever(a) -> None:
         from .retrieval.train_sft import train_contrastive
         step, final = train_contrastive(cfg)
     if final is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(f"retriever {cfg.stage}: saved {final} after {step} steps (metrics in {cfg.output_dir}/metrics.jsonl)")
+        print(f"retriever {cfg.stage}: saved {final} after {step} steps (metrics in {cfg.run.output_dir}/metrics.jsonl)")
 
 
 def _retriever_stages(a) -> None:
@@ -215,7 +217,7 @@ def _retriever_stages(a) -> None:
     from .retrieval.config import RetrieverConfig
     from .retrieval.pipeline import run_retriever_stages
     cfg = load_config(RetrieverConfig, a.config, a.set)
-    out = a.out or cfg.output_dir
+    out = a.out or cfg.run.output_dir
     ds = load_dataset(cfg.data_dir)
     rows = run_retriever_stages(cfg, ds, out, a.split, a.relevance_model, ablations=a.ablations)
     print_table(rows, title=f"retriever stages on {a.split}, {cfg.max_products or 'all'} products")

@@ -1,10 +1,18 @@
-"""Config dataclasses from YAML plus ``--set key=value`` overrides.
+"""Config dataclasses from YAML plus ``--set key=value`` overrides, and the sections every trainer shares.
 
 Every trainer has one dataclass whose fields are documented where they are
-declared. ``load_config(Cls, path, overrides)`` reads YAML, applies overrides
-(dotted keys reach nested dataclasses: ``--set optim.lr=1e-5``), converts values to
-the declared field types and rejects unknown keys with the path of the key, so a
-typo never silently trains with a default.
+declared; what several trainers share is a section of its own, documented once:
+
+- :class:`OptimConfig` (``optim.*``): AdamW, gradient clipping, the warmup/decay schedule and its length;
+- :class:`RunConfig` (``run.*``): output directory, seed, device, logging / checkpoint cadence, resume,
+  stop_at_step, progress bar -- what the run loop in training.py owns;
+- :class:`EvalConfig` (``eval.*``): the in-training evaluation of the relevance trainers.
+
+Each trainer's config sets its own defaults for these sections (DPO's learning rate is not SFT's).
+``load_config(Cls, path, overrides)`` reads YAML, applies overrides (dotted keys reach
+sections: ``--set optim.lr=1e-5``), converts values to the declared field types and
+rejects unknown keys with the path of the key, so a typo never silently trains with a
+default. ``config_from_dict(Cls, mapping)`` does the same from a nested dict.
 """
 
 from __future__ import annotations
@@ -12,26 +20,30 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .errors import ConfigError
 
-class ConfigError(ValueError):
-    pass
+SCHEDULES = ("cosine", "linear", "constant_with_warmup", "constant")
 
 
-def _convert(value, tp, where: str):
+def _convert(value, tp, where: str, default=None):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
-        return _convert(value, args[0], where)
+        return _convert(value, args[0], where, default)
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # already built (config_from_dict given an instance)
+            return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, where)
+        # a section's keys go on top of the owner's defaults for it (SFT's optim is not DPO's optim)
+        return _build(tp, value, where, default if isinstance(default, tp) else None)
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (str,)
         if isinstance(value, str):
@@ -62,14 +74,32 @@ def _convert(value, tp, where: str):
     return value
 
 
-def _build(cls, data: dict, where: str = ""):
+def _field_default(f: dataclasses.Field):
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _build(cls, data: dict, where: str = "", base=None):
+    """cls from ``data``; fields it leaves out keep ``base``'s values (when given) or their defaults."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    start = {n: getattr(base, n) for n in fields} if base is not None else {}
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k,
+                          start[k] if base is not None else _field_default(fields[k])) for k, v in data.items()}
+    kwargs = {**{n: v for n, v in start.items() if fields[n].init}, **kwargs}
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a __post_init__ check: say which section it is about
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def config_from_dict(cls, data: dict):
+    """``cls`` built from a nested mapping (sections as sub-mappings), with the same checks as load_config."""
+    return _build(cls, data)
 
 
 def _set_dotted(tree: dict, key: str, value) -> None:
@@ -108,12 +138,62 @@ def save_config(cfg, path: str | Path) -> None:
 
 
 def check_choices(cfg, **choices) -> None:
-    """Raise ValueError naming the field when ``cfg.<field>`` is not one of its allowed values.
+    """Raise ConfigError naming the field when ``cfg.<field>`` is not one of its allowed values.
 
     For config ``__post_init__`` checks: ``check_choices(self, schedule=SCHEDULES, dtype=DTYPES)``.
     """
     for name, allowed in choices.items():
         value = getattr(cfg, name)
         if value not in allowed:
-            raise ValueError(f"{name} must be one of {sorted(allowed) if isinstance(allowed, dict) else list(allowed)}, "
+            raise ConfigError(f"{name} must be one of {sorted(allowed) if isinstance(allowed, dict) else list(allowed)}, "
                              f"got {value!r}")
+
+
+# ---------------------------------------------------------------- shared sections
+
+@dataclass
+class OptimConfig:
+    """AdamW over the trainable parameters and its learning-rate schedule (training.build_optimizer)."""
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices (not on biases / norms)
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW (beta1, beta2)
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this; 0 = no clipping (the norm is still logged)
+    schedule: str = "cosine"  # cosine | linear | constant_with_warmup | constant: decay after warmup (to 0 at the end)
+    warmup_ratio: float = 0.0  # share of the optimizer steps with linear warmup from 0 to lr
+    max_steps: int = 0  # optimizer steps to run; 0 = derive from epochs
+    epochs: float = 1.0  # passes over the training data, used when max_steps is 0
+
+    def __post_init__(self):
+        check_choices(self, schedule=SCHEDULES)
+        if self.lr < 0 or self.max_steps < 0 or self.epochs <= 0 or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"need lr >= 0, max_steps >= 0, epochs > 0 and warmup_ratio in [0, 1), got "
+                              f"lr={self.lr}, max_steps={self.max_steps}, epochs={self.epochs}, "
+                              f"warmup_ratio={self.warmup_ratio}")
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and when; the run loop (training.RunLoop) reads nothing else from a config."""
+    output_dir: str = "runs/out"  # metrics.jsonl, checkpoint-STEP/ and final/ are written here
+    seed: int = 0  # seeds python, numpy and torch at start: data order, subsets, model init, dropout, sampling
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    log_every: int = 1  # write a metrics line every this many steps (and at the last)
+    save_every: int = 0  # checkpoint every this many steps; 0 = none besides final/
+    save_total_limit: int = 0  # keep only the newest this many checkpoints; 0 = keep all
+    stop_at_step: int = 0  # checkpoint and stop at this step without changing the schedule (time-boxed jobs)
+    resume: bool = False  # continue from the newest valid output_dir/checkpoint-*/ (fresh start when there is none)
+    progress: bool = True  # show the tqdm progress bar
+
+    def __post_init__(self):
+        if self.log_every < 1 or self.save_every < 0 or self.save_total_limit < 0 or self.stop_at_step < 0:
+            raise ConfigError("log_every must be >= 1 and save_every, save_total_limit, stop_at_step >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation a relevance trainer runs on a held-out split while it trains."""
+    split: str = "valid"  # split the eval examples come from; also the prefix of eval metric names
+    every: int = 0  # evaluate every this many steps; 0 = only at the end
+    max_examples: int = 512  # evaluate on a seeded random subset of this size; 0 = all
+    batch_size: int = 16  # prompts per scoring batch
+    max_new_tokens: int = 160  # cot_first only: greedy tokens generated to reach the grade token

@@ -26,14 +26,13 @@ from pathlib import Path
 from .config import load_config
 from .data.prepare import prepare, stats_table
 from .data.schema import load_dataset
+from .eval.baselines import relevance_baselines
+from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
+from .relevance.evaluate import evaluate_model, rule_agreement, tune_tiering
+from .relevance.sft import SFTConfig, run_sft
 from .retrieval.bm25 import BM25Index
 from .retrieval.config import RetrieverConfig
 from .retrieval.pipeline import run_retriever_stages
-from .relevance.evaluate import evaluate_model, rule_agreement, tune_tiering
-from .relevance.run_sft import run_sft
-from .relevance.sft import SFTConfig
-from .eval.baselines import relevance_baselines
-from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
 
 SFT_CONFIG = Path(__file__).parent / "configs" / "sft_chorus.yaml"
 RETRIEVER_CONFIG = Path(__file__).parent / "configs" / "retriever_quickstart.yaml"
@@ -62,14 +61,14 @@ def run_quickstart(out: str | Path = "runs/quickstart", mirror: str | None = Non
 
     print("\n[quickstart] label-first SFT of the default relevance model on Chorus train")
     t_sft = time.time()
-    cfg = load_config(SFTConfig, SFT_CONFIG, [f"data_dir={data_dir}", f"output_dir={out / 'sft'}",
+    cfg = load_config(SFTConfig, SFT_CONFIG, [f"data_dir={data_dir}", f"run.output_dir={out / 'sft'}",
                                               *(sft_overrides or [])])
     final = out / "sft" / "final"
     stored = final / "sft_config.json"
     if stored.exists() and json.loads(stored.read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg))):
         print(f"[quickstart] reusing {final} (same config)")
     else:
-        final = run_sft(cfg).final_dir  # resume=true in the config: a killed run continues from its checkpoint
+        final = run_sft(cfg).final_dir  # run.resume=true in the config: a killed run continues from its checkpoint
     tiering = tune_tiering(final, ds, "valid")  # beta (and per-grade thresholds) for macro-F1 on valid
     print(f"[quickstart] tiering tuned on valid: beta={tiering['beta']:g} (macro-F1 {tiering['macro_f1_tiered']:.4f} "
           f"vs argmax {tiering['macro_f1_argmax']:.4f})")

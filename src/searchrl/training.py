@@ -1,92 +1,57 @@
-"""What every trainer needs besides its loss: checkpoints, exact resume, torchrun.
+"""The one run loop every trainer runs on, and what it needs: verified checkpoints, exact resume, torchrun.
 
-- :func:`save_checkpoint` / :func:`checkpoints`: ``checkpoint-STEP/`` holds the model
-  in Hugging Face format (``save_pretrained``: safetensors; adapters only under LoRA),
-  the tokenizer and ``trainer_state.pt`` (optimizer, scheduler, step, data position,
-  RNG states, config), written aside and renamed so a crash never leaves half of one.
-- :func:`trim_metrics`: drops metric lines logged after the checkpoint being resumed.
-- :func:`init_distributed` / :func:`all_reduce_sum` / :func:`barrier`: the few
-  collective operations a data-parallel loop under torchrun needs (gloo on CPU).
-- :class:`BatchStream` / :func:`build_optimizer`: the seeded micro-batch stream that
-  makes resume exact, and AdamW + warmup/decay schedule, shared by every trainer.
+A trainer (relevance SFT, DPO, GRPO; the retriever stages) builds its model, data and
+optimizer, then hands :meth:`RunLoop.fit` a *step*: ``step(step_index) -> metrics``,
+which does one optimizer step (forward, backward, ``optimizer_step``) and returns the
+all-rank means to log. The loop owns the rest, once:
+
+- seeding (python, numpy, torch), device choice and ``torch.distributed`` set-up under
+  torchrun (gloo on CPU, nccl on GPU); :meth:`RunLoop.wrap` puts a model in DDP;
+- resume: the newest *valid* ``checkpoint-STEP/`` (see below) gives the weights (loaded by
+  the trainer from ``loop.checkpoint``), the optimizer, scheduler and RNG states, the step,
+  and each rank's own extra state (``loop.rank_state``: GRPO's samplers, R-GRPO's index);
+  metric lines logged after that checkpoint are dropped, so none appears twice;
+- the tqdm bar, ``metrics.jsonl`` (rank 0), the eval and save cadence, ``stop_at_step``
+  (checkpoint and stop without changing the schedule), and ``final/``.
+
+Checkpoints (checkpoint.py) are verified before use: a damaged one is skipped with a
+warning naming the file, and the previous one is used; ``final/`` is written aside and
+renamed like them.
+
+Also here: :class:`BatchStream` (the seeded micro-batch stream that makes resume exact)
+and :func:`build_optimizer` (AdamW + warmup/decay, shared by every trainer).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-# ---------------------------------------------------------------- checkpoints
+from .checkpoint import latest_valid_checkpoint, load_trainer_state, save_checkpoint, set_rng_state, trim_metrics
+from .config import OptimConfig, RunConfig, save_config
+from .errors import UserError
 
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+# ---------------------------------------------------------------- seeding, device, torchrun
 
-
-def set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
-def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, step: int, cfg,
-                    extra: dict | None = None) -> Path:
-    """HF-format weights (safetensors; adapters only under LoRA) + tokenizer + trainer_state.pt.
+def resolve_device(name: str) -> torch.device:
+    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    With ``cfg.save_total_limit`` > 0, older checkpoints beyond that many are removed afterwards.
-
-    ``extra`` adds trainer-specific entries to trainer_state.pt (GRPO: its sampling generators' states).
-    """
-    tmp = path.with_name(path.name + ".tmp")  # written aside, then renamed: a crash never leaves half a checkpoint
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "micro_batch": step * getattr(cfg, "grad_accum", 1),  # position in the (seed, epoch)-ordered data
-                "rng": rng_state(), "config": dataclasses.asdict(cfg), **(extra or {})}, tmp / "trainer_state.pt")
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    keep = getattr(cfg, "save_total_limit", 0)
-    if keep:  # only the newest `keep` complete checkpoints stay; the one just written is among them
-        for old in checkpoints(path.parent)[:-keep]:
-            shutil.rmtree(old)
-    return path
-
-
-def restore_checkpoint(path: Path, optimizer, scheduler) -> int:
-    """Load optimizer, scheduler and RNG states from path/trainer_state.pt (the weights are the caller's); the step."""
-    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
-
-
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints in output_dir, oldest first."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.pt").exists()
-             and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def trim_metrics(path: Path, step: int) -> None:
-    # lines written after the checkpoint we resume from would otherwise appear twice
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
-
-
-# ---------------------------------------------------------------- torchrun
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """(world size, rank) from torchrun's environment; initialises the process group once."""
@@ -107,6 +72,15 @@ def all_reduce_sum(value: float, world: int, device) -> float:
 def barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
+
+
+def gather_objects(obj, world: int) -> list:
+    """Every rank's ``obj``, in rank order (a collective: all ranks must call it)."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 # ---------------------------------------------------------------- data order and optimizer
@@ -151,15 +125,154 @@ class BatchStream:
         return [self.data[j] for j in self._order[1][i]]
 
 
-def build_optimizer(model, cfg, total: int):
-    """(AdamW, scheduler) over the trainable parameters: no weight decay on biases / norms; warmup, then decay
-    to 0 at step `total`. cfg needs lr, weight_decay, adam_betas, schedule, warmup_ratio (SFTConfig, DPOConfig)."""
+def total_steps(optim: OptimConfig, batches_per_epoch: int, batches_per_step: int = 1) -> int:
+    """optim.max_steps, or the optimizer steps that optim.epochs passes over the data take."""
+    return optim.max_steps or max(1, math.ceil(optim.epochs * batches_per_epoch / batches_per_step))
+
+
+def build_optimizer(model, optim: OptimConfig, total: int):
+    """(AdamW, scheduler) over the trainable parameters: no weight decay on biases / norms; warmup, then the
+    schedule to step `total`."""
+    from transformers import get_scheduler
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
-                                  betas=tuple(cfg.adam_betas))
-    from transformers import get_scheduler
-    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total),
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr,
+                                  betas=tuple(optim.adam_betas))
+    scheduler = get_scheduler(optim.schedule, optimizer, num_warmup_steps=math.ceil(optim.warmup_ratio * total),
                               num_training_steps=total)
     return optimizer, scheduler
+
+
+def optimizer_step(optimizer, scheduler, max_grad_norm: float, where: str = "") -> tuple[float, float]:
+    """Clip (0 = measure only), step, schedule, zero the gradients; (gradient norm, lr used).
+
+    A non-finite gradient norm raises FloatingPointError before optimizer.step(): the weights (and so every
+    later checkpoint) never see a NaN."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    # with DDP the norm is of the all-reduced gradients, the same on every rank
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf")))
+    if not math.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise FloatingPointError(f"non-finite gradient norm ({norm}){' at ' + where if where else ''}; "
+                                 "optimizer.step() skipped, weights unchanged")
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, lr
+
+
+# ---------------------------------------------------------------- the run loop
+
+@dataclass
+class FitResult:
+    step: int  # optimizer steps done
+    final_dir: Path | None  # output_dir/final, or None when stopped early by stop_at_step
+    last_eval: dict  # the last eval metrics ({} when there was none)
+
+
+class RunLoop:
+    """One training run of trainer ``name`` under ``run``; see the module docstring.
+
+    After construction: ``device``, ``world``, ``rank``, ``out``, ``checkpoint`` (the valid checkpoint to
+    resume from, or None: load the weights from it) and ``rank_state`` (this rank's extras saved with it)."""
+
+    def __init__(self, name: str, run: RunConfig, config=None):
+        self.name, self.run = name, run
+        self.out = Path(run.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        seed_everything(run.seed)
+        self.device = resolve_device(run.device)
+        self.world, self.rank = init_distributed(self.device)
+        self.config = config
+        if config is not None and self.rank == 0:
+            save_config(config, self.out / f"{name}_config.yaml")
+        self.checkpoint = latest_valid_checkpoint(self.out) if run.resume else None
+        self.state = load_trainer_state(self.checkpoint) if self.checkpoint else {}
+        ranks = self.state.get("ranks")
+        if ranks is not None and len(ranks) != self.world:
+            raise UserError(f"{self.checkpoint}: saved by {len(ranks)} process(es), resumed with {self.world}; "
+                            "resume with the same --nproc_per_node")
+        self.rank_state = ranks[self.rank] if ranks else {}
+        self.metrics_path = self.out / "metrics.jsonl"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        """The model in DistributedDataParallel under torchrun, else the model itself."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model)
+
+    def all_reduce_grads(self, model) -> None:
+        """Average gradients over ranks by hand (for a model that runs several forwards per backward, no DDP)."""
+        if self.world == 1:
+            return
+        for p in model.parameters():
+            if p.requires_grad:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def sum(self, value: float) -> float:
+        return all_reduce_sum(value, self.world, self.device)
+
+    def print(self, msg: str) -> None:
+        if self.main:
+            print(f"{self.name}: {msg}", flush=True)
+
+    def fit(self, step: Callable[[int], dict], total: int, optimizer, scheduler, save_weights: Callable[[Path], None],
+            *, evaluate: Callable[[], dict] | None = None, eval_every: int = 0,
+            save_final: Callable[[Path], None] | None = None, rank_state: Callable[[], dict] | None = None,
+            postfix: tuple[str, ...] = ("loss",)) -> FitResult:
+        """Run ``step(i)`` for i = start..total-1 (see the module docstring); ``save_final(path)`` writes final/."""
+        run, done, last_eval = self.run, 0, {}
+        if self.checkpoint is not None:
+            optimizer.load_state_dict(self.state["optimizer"])
+            scheduler.load_state_dict(self.state["scheduler"])
+            set_rng_state(self.state["rng"])
+            done = int(self.state["step"])
+            if self.main:
+                trim_metrics(self.metrics_path, done)
+            self.print(f"resumed from {self.checkpoint} at step {done}")
+        elif self.metrics_path.exists() and self.main:
+            self.metrics_path.unlink()  # a fresh run starts a fresh log
+        stop = run.stop_at_step if 0 < run.stop_at_step < total else total
+        bar = tqdm(total=total, initial=done, disable=not run.progress or not self.main, desc=self.name)
+        while done < stop:
+            metrics = step(done)
+            done += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{metrics[k]:.4g}" for k in postfix if isinstance(metrics.get(k), (int, float))})
+            row = {"step": done, **metrics} if done % run.log_every == 0 or done == total else {}
+            if self.main and evaluate is not None and ((eval_every and done % eval_every == 0) or done == total):
+                last_eval = evaluate()
+                row = {"step": done, **row, **last_eval}
+            if row and self.main:
+                with self.metrics_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if (run.save_every and done % run.save_every == 0) or done == stop < total:
+                extras = gather_objects(rank_state(), self.world) if rank_state else None  # collective
+                if self.main:
+                    save_checkpoint(self.out / f"checkpoint-{done}", save_weights, optimizer, scheduler, done,
+                                    self.config, {"ranks": extras} if extras else None, run.save_total_limit)
+            barrier(self.world)  # ranks wait for rank 0's eval / checkpoint before the next step
+        bar.close()
+        if done < total:
+            return FitResult(done, None, last_eval)
+        final = self.out / "final"
+        if self.main and save_final is not None:  # written aside and renamed, as a checkpoint
+            tmp = self.out / "final.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            save_final(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        barrier(self.world)
+        return FitResult(done, final, last_eval)
+

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import ConfigError
 from .prepare import DEFAULT_FRACTIONS, build_dataset
 from .schema import Dataset, ErrorPolicy, write_dataset
 from .sources import QueryIds, map_label
 from .tables import TableBuilder, columns_of, read_rows, require_columns
 
-PRODUCT_FIELDS = ("product_id", "title", "brand", "description", "category", "price", "quality")
-TABLES = {"products": PRODUCT_FIELDS, "queries": ("query_id", "text"),
+MAPPABLE_PRODUCT_FIELDS = ("product_id", "title", "brand", "description", "category", "price", "quality")
+TABLES = {"products": MAPPABLE_PRODUCT_FIELDS, "queries": ("query_id", "text"),
           "judgments": ("query_id", "query", "product_id", "label")}
 IDENTITY_LABELS = {str(g): g for g in (1, 2, 3, 4)}
 
@@ -39,13 +40,13 @@ def parse_mapping(yaml_path: str | None = None, flags: list[str] | None = None,
     m = m or {}
     unknown = set(m) - set(TABLES) - {"labels"}
     if unknown:
-        raise ValueError(f"{yaml_path}: unknown key(s) {sorted(unknown)}; expected {sorted(TABLES)} and labels")
+        raise ConfigError(f"{yaml_path}: unknown key(s) {sorted(unknown)}; expected {sorted(TABLES)} and labels")
     for table, spec in m.items():
         if table == "labels":
             continue
         bad = set(spec or {}) - {"file", "columns", "attributes", "format"}
         if bad:
-            raise ValueError(f"{yaml_path}: {table}: unknown key(s) {sorted(bad)}")
+            raise ConfigError(f"{yaml_path}: {table}: unknown key(s) {sorted(bad)}")
     for table, path in (files or {}).items():
         if path:
             m.setdefault(table, {})["file"] = path
@@ -53,23 +54,26 @@ def parse_mapping(yaml_path: str | None = None, flags: list[str] | None = None,
         key, sep, column = flag.partition("=")
         table, dot, field = key.partition(".")
         if not (sep and dot) or table not in TABLES:
-            raise ValueError(f"--map {flag!r}: expected TABLE.FIELD=COLUMN with TABLE in {sorted(TABLES)}")
+            raise ConfigError(f"--map {flag!r}: expected TABLE.FIELD=COLUMN with TABLE in {sorted(TABLES)}")
         m.setdefault(table, {}).setdefault("columns", {})[field] = column
     if labels:
         m["labels"] = {}
         for part in labels.split(","):
             k, sep, v = part.partition("=")
             if not sep or not v.strip().isdigit():
-                raise ValueError(f"--labels {labels!r}: expected LABEL=GRADE pairs, e.g. Exact=4,Partial=3")
+                raise ConfigError(f"--labels {labels!r}: expected LABEL=GRADE pairs, e.g. Exact=4,Partial=3")
             m["labels"][k.strip()] = int(v)
     for table, spec in m.items():
         if table != "labels":
             bad = set((spec or {}).get("columns", {})) - set(TABLES[table])
             if bad:
-                raise ValueError(f"mapping for {table}: unknown field(s) {sorted(bad)}; "
+                raise ConfigError(f"mapping for {table}: unknown field(s) {sorted(bad)}; "
                                  f"canonical fields are {list(TABLES[table])}")
     if "judgments" not in m or "file" not in m["judgments"]:
-        raise ValueError("a judgments file is required (--judgments FILE or judgments.file in the mapping)")
+        raise ConfigError("a judgments file is required (--judgments FILE or judgments.file in the mapping)")
+    if "queries" in m and "file" not in (m["queries"] or {}):
+        raise ConfigError("a queries mapping is given but no queries file (--queries FILE or queries.file); "
+                          "without one, the judgments carry the query text: map it with --map judgments.query=COLUMN")
     return m
 
 
@@ -80,7 +84,7 @@ def import_dataset(mapping: dict, out: str | Path, *, name: str = "custom", seed
     labels = {str(k): int(v) for k, v in (mapping.get("labels") or IDENTITY_LABELS).items()}
     bad = {k: v for k, v in labels.items() if v not in (1, 2, 3, 4)}
     if bad:
-        raise ValueError(f"label map: grades must be 1-4, got {bad}")
+        raise ConfigError(f"label map: grades must be 1-4, got {bad}")
 
     def col(table, field):
         return mapping.get(table, {}).get("columns", {}).get(field, field)
@@ -92,7 +96,8 @@ def import_dataset(mapping: dict, out: str | Path, *, name: str = "custom", seed
                       attributes={c: row[c] for c in attrs_cols if row.get(c) not in (None, "")},
                       price=row.get(col("products", "price")), quality=row.get(col("products", "quality")))
 
-    prod = mapping.get("products")
+    # a products mapping without a file names the product columns of the judgments rows
+    prod = mapping.get("products") if (mapping.get("products") or {}).get("file") else None
     if prod:
         path = Path(prod["file"])
         fmt = prod.get("format")
@@ -128,7 +133,7 @@ def import_dataset(mapping: dict, out: str | Path, *, name: str = "custom", seed
             add_product(path, where, row, mapping.get("products", {}).get("attributes", []))
         b.add_judgment(path, where, qid, row[col("judgments", "product_id")], grade, row[col("judgments", "label")])
 
-    provenance = {"imported_from": {t: str(mapping[t]["file"]) for t in TABLES if t in mapping},
+    provenance = {"imported_from": {t: str(mapping[t]["file"]) for t in TABLES if (mapping.get(t) or {}).get("file")},
                   "mapping": {t: mapping[t].get("columns", {}) for t in TABLES if t in mapping}}
     ds = build_dataset(b, policy, name=name, label_map=labels, seed=seed, fractions=fractions,
                        provenance=provenance)

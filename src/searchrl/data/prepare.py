@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import ConfigError, InputError
 from . import registry
 from .schema import GRADE_NAMES, GRADES, SPLITS, Dataset, ErrorPolicy, write_dataset
 from .sources import CHORUS_LABELS, ESCI_LABELS, WANDS_LABELS, load_chorus, load_esci, load_wands
@@ -26,7 +27,7 @@ def assign_splits(query_ids, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> dict
     """Map each query id to train/valid/test. Deterministic in (ids, seed, fractions)."""
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     ids = sorted(set(map(str, query_ids)))
     order = np.random.default_rng(seed).permutation(len(ids))
     n_test = int(round(fractions[2] * len(ids)))
@@ -41,7 +42,7 @@ def build_dataset(builder: TableBuilder, policy: ErrorPolicy, *, name: str, labe
                   fractions, provenance: dict) -> Dataset:
     products, queries, judgments = builder.finish()
     if judgments.empty:
-        raise ValueError(f"{name}: no judgments left after loading (skipped: {policy.skipped})")
+        raise InputError(f"{name}: no judgments left after loading (skipped: {policy.skipped})")
     # Queries without any judgment carry no signal for any stage; keep only judged ones, and say so.
     judged = set(judgments["query_id"])
     unjudged = int((~queries["query_id"].isin(judged)).sum())
@@ -82,7 +83,7 @@ def prepare(name: str, out: str | Path, mirror: str | Path | None = None, *, see
         label_map = label_map or WANDS_LABELS
         builder = load_wands(files["product.csv"], files["query.csv"], files["label.csv"], policy, label_map)
     else:
-        raise KeyError(f"no loader for {name!r}")
+        raise InputError(f"no loader for {name!r}")
     spec = registry.DATASETS[name]
     provenance = {"description": spec.description, "licence": spec.licence, "options": options,
                   "files": [{"name": f.name, "url": f.url, "sha256": f.sha256 or (pins or {}).get(f.name)}

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError, InputError, MissingFileError, UserError
+
 CHORUS_COMMIT = "96edf8b536e521be06cab910e0f6a9b25e3016fc"
 ESCI_COMMIT = "7e0e3073f5ca36c0b5ff79e847cf99a74597645d"
 WANDS_COMMIT = "3b74dcf4ba29ab8ff3e6a50b5b09fc627cb882b5"
@@ -111,8 +113,8 @@ DATASETS: dict[str, DatasetSpec] = {
 _MIRROR_ALIASES = {"wands/query.csv": "fixtures/wands/query.csv"}
 
 
-class ChecksumError(ValueError):
-    pass
+class ChecksumError(UserError, ValueError):
+    """A file's sha256 differs from the pinned one: its bytes are never used."""
 
 
 def cache_dir() -> Path:
@@ -170,12 +172,12 @@ def fetch(name: str, mirror: str | Path | None = None, download: bool = True,
     ``pins`` supplies sums for files the registry cannot pin (WANDS product/label).
     """
     if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     mirror = mirror or os.environ.get("SEARCHRL_DATA_MIRROR") or None
     pins = pins or {}
     unknown = set(pins) - {f.name for f in DATASETS[name].files}
     if unknown:
-        raise KeyError(f"--pin names files not in {name}: {sorted(unknown)}")
+        raise ConfigError(f"--pin names files not in {name}: {sorted(unknown)}")
     for f in DATASETS[name].files:  # refuse before fetching anything
         if (f.sha256 or pins.get(f.name)) is None:
             raise ChecksumError(
@@ -192,10 +194,10 @@ def fetch(name: str, mirror: str | Path | None = None, download: bool = True,
             _atomic_copy(src, dst)
         elif download:
             if f.url.endswith(".zst") and not f.name.endswith(".zst"):
-                raise FileNotFoundError(f"{name}/{f.name}: only available from a mirror (upstream is compressed)")
+                raise MissingFileError(f"{name}/{f.name}: only available from a mirror (upstream is compressed)")
             _download(f.url, dst, expected)
         else:
-            raise FileNotFoundError(f"{name}/{f.name}: not in cache {dst.parent} nor mirror {mirror}, "
+            raise MissingFileError(f"{name}/{f.name}: not in cache {dst.parent} nor mirror {mirror}, "
                                     "and downloads are off")
         out[f.name] = dst
     return out

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import ConfigError, InputError, MissingFileError, UserError
+
 GRADES = (1, 2, 3, 4)
 GRADE_NAMES = {1: "L1 Irrelevant", 2: "L2 Mismatch", 3: "L3 Related", 4: "L4 Excellent"}
 GOOD_MIN_GRADE = 3  # "Good" = L3 or L4
@@ -33,9 +35,10 @@ SPLITS = ("train", "valid", "test")
 PRODUCT_COLUMNS = ["product_id", "title", "brand", "description", "category", "attributes", "price", "quality"]
 QUERY_COLUMNS = ["query_id", "text", "split"]
 JUDGMENT_COLUMNS = ["query_id", "product_id", "grade", "label", "raters", "agreement"]
+PRODUCT_FIELDS = ("title", "brand", "category", "description", "attributes")  # what a relevance prompt shows
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input, located: ``file:line: field: message``."""
 
     def __init__(self, file: str | Path, where: str | None, field: str | None, message: str):
@@ -54,7 +57,7 @@ class ErrorPolicy:
 
     def __post_init__(self):
         if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
 
     def bad(self, file, where, field, message, reason: str | None = None) -> None:
         err = DataError(file, where, field, message)
@@ -82,7 +85,7 @@ class Dataset:
     def split(self, name: str) -> "Dataset":
         """Queries of one split and their judgments; the catalogue stays whole."""
         if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+            raise InputError(f"unknown split {name!r}; expected one of {SPLITS}")
         q = self.queries[self.queries["split"] == name]
         j = self.judgments[self.judgments["query_id"].isin(q["query_id"])]
         return Dataset(self.products, q.reset_index(drop=True), j.reset_index(drop=True), self.card)
@@ -91,6 +94,14 @@ class Dataset:
         """Judgments joined with query text and product fields (one row per pair)."""
         out = self.judgments.merge(self.queries[["query_id", "text", "split"]], on="query_id", how="left")
         return out.merge(self.products, on="product_id", how="left")
+
+
+def pair_products(pairs: pd.DataFrame) -> list[dict]:
+    """One {field: text} per row of ``pairs`` (Dataset.pairs()) for PRODUCT_FIELDS; a missing value is ""."""
+    def text(value) -> str:
+        return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+    cols = [c for c in PRODUCT_FIELDS if c in pairs.columns]
+    return [{c: text(r.get(c)) for c in PRODUCT_FIELDS} for r in pairs[cols].to_dict("records")]
 
 
 def product_attributes(value) -> dict:
@@ -122,12 +133,12 @@ def load_dataset(data_dir: str | Path) -> Dataset:
     """Read a prepared dataset directory, checking that it is complete."""
     d = Path(data_dir)
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: no such dataset directory (run `searchrl data prepare NAME --out {d}`)")
+        raise MissingFileError(f"{d}: no such dataset directory (run `searchrl data prepare NAME --out {d}`)")
     tables = {}
     for name, cols in (("products", PRODUCT_COLUMNS), ("queries", QUERY_COLUMNS), ("judgments", JUDGMENT_COLUMNS)):
         path = d / f"{name}.parquet"
         if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; {d} is not a prepared dataset")
+            raise MissingFileError(f"{path}: missing; {d} is not a prepared dataset")
         df = pd.read_parquet(path)
         missing = [c for c in cols if c not in df.columns]
         if missing:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..errors import ConfigError
 from .schema import ErrorPolicy
 from .tables import TableBuilder, columns_of, read_rows, require_columns, require_fields
 
@@ -107,7 +108,7 @@ def load_esci(examples: Path, products: Path, policy: ErrorPolicy, label_map: di
     reduced set), "large" or "all"; ``locale``: "us", "es", "jp" or None for all, in
     which case product ids become ``locale/ASIN`` (an ASIN recurs across locales)."""
     if version not in ("small", "large", "all"):
-        raise ValueError(f"esci version must be small, large or all, got {version!r}")
+        raise ConfigError(f"esci version must be small, large or all, got {version!r}")
     label_map = label_map or ESCI_LABELS
     b = TableBuilder(policy)
     cols = ["query_id", "query", "product_id", "product_locale", "esci_label"]

@@ -20,6 +20,7 @@ from typing import Iterator
 import pandas as pd
 import pyarrow.parquet as pq
 
+from ..errors import MissingFileError
 from .schema import GRADES, JUDGMENT_COLUMNS, PRODUCT_COLUMNS, DataError, ErrorPolicy
 
 csv.field_size_limit(sys.maxsize)  # WANDS descriptions exceed csv's 128 KiB default
@@ -39,7 +40,7 @@ def read_rows(path: str | Path, policy: ErrorPolicy, fmt: str | None = None,
     """Yield ``(location, row dict)``; malformed rows are reported to ``policy``."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     fmt = fmt or detect_format(path)
     if fmt in ("csv", "tsv"):
         yield from _read_delimited(path, policy, delimiter or ("\t" if fmt == "tsv" else ","))

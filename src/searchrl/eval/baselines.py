@@ -25,7 +25,8 @@ from sklearn.preprocessing import StandardScaler
 
 from ..data.schema import GRADES, Dataset, product_text
 from ..retrieval.bm25 import BM25Index
-from ..retrieval.dense import FaissIndex, encode, load_encoder, model_tag
+from ..retrieval.encoder import build_encoder, encode, encoder_tag
+from ..retrieval.index import FaissIndex
 from .metrics import classification_metrics, good_auc, retrieval_metrics
 
 _WORD = re.compile(r"\w+")
@@ -108,9 +109,9 @@ def retrieval_baselines(ds: Dataset, split: str = "test", ks=(10, 100), encoder:
     bm25 = bm25 or BM25Index(ds.products)
     run = {q: [p for p, _ in hits] for q, hits in zip(qids, bm25.search(texts, k=kmax))}
     rows.append({"system": "bm25", **retrieval_metrics(run, qrels, ks)})
-    model = load_encoder(encoder)
+    model = build_encoder(encoder, max_seq_length=None)  # the model's own length, as sentence-transformers loads it
     corpus = [product_text(r) for r in ds.products.to_dict("records")]
-    emb = encode(model, corpus, batch_size=batch_size, cache_tag=model_tag(encoder), progress=progress)
+    emb = encode(model, corpus, batch_size=batch_size, cache_tag=encoder_tag(encoder), progress=progress)
     index = FaissIndex(emb, ds.products["product_id"].astype(str).tolist())
     hits = index.search(encode(model, texts, batch_size=batch_size, progress=False), kmax)
     run = {q: [p for p, _ in h] for q, h in zip(qids, hits)}

@@ -29,6 +29,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_
 
 from searchrl.data.schema import GOOD_MIN_GRADE, GRADES
 
+from ..data.schema import DataError
+
 LABELS = list(GRADES)
 TASKS = ("relevance", "retrieval")
 # The columns every relevance table prints, in this order.
@@ -70,6 +72,21 @@ def classification_metrics(y_true, y_pred) -> dict:
     return out
 
 
+def per_query_auc(y_true, score, query_ids) -> dict:
+    """{query id: ROC AUC of ``score`` for Good (L3/L4) within that query's pairs}, for the queries that have both
+    Good and not-Good pairs (the AUC of the others is undefined and left out)."""
+    good = _grades(y_true, "y_true") >= GOOD_MIN_GRADE
+    score, qids = np.asarray(score, dtype=float), np.asarray(query_ids)
+    if not len(good) == len(score) == len(qids):
+        raise ValueError(f"y_true, score and query_ids differ in length: {len(good)}, {len(score)}, {len(qids)}")
+    out = {}
+    for q in dict.fromkeys(qids.tolist()):
+        m = qids == q
+        if 0 < good[m].sum() < m.sum():
+            out[q] = float(roc_auc_score(good[m], score[m]))
+    return out
+
+
 def good_auc(y_true, p_good, query_ids) -> dict:
     """How well a score (e.g. P(L3)+P(L4)) ranks Good pairs: ROC AUC over all pairs, and the mean
     AUC within one query's candidates (over queries that have both Good and not-Good pairs), and how
@@ -78,12 +95,8 @@ def good_auc(y_true, p_good, query_ids) -> dict:
     The two differ when a model knows which queries have mostly relevant candidates (pooled
     AUC) but cannot tell the candidates of one query apart (per-query AUC).
     """
-    good = _grades(y_true, "y_true") >= GOOD_MIN_GRADE
-    score, qids = np.asarray(p_good, dtype=float), np.asarray(query_ids)
-    if not len(good) == len(score) == len(qids):
-        raise ValueError(f"y_true, p_good and query_ids differ in length: {len(good)}, {len(score)}, {len(qids)}")
-    per_query = [roc_auc_score(good[m], score[m]) for m in (qids == q for q in dict.fromkeys(qids.tolist()))
-                 if 0 < good[m].sum() < m.sum()]
+    per_query = list(per_query_auc(y_true, p_good, query_ids).values())
+    good, score = _grades(y_true, "y_true") >= GOOD_MIN_GRADE, np.asarray(p_good, dtype=float)
     out = {"x_auc_queries": len(per_query)}  # an AUC that is undefined (one class only) is left out, not NaN
     if 0 < good.sum() < len(good):
         out["x_good_auc"] = float(roc_auc_score(good, score))
@@ -179,7 +192,7 @@ def retrieval_metrics(run, qrels, ks=(10, 100)) -> dict:
 
 def _check(doc, path) -> dict:
     def bad(field: str, msg: str):
-        raise ValueError(f"{path}: {field}: {msg}")
+        raise DataError(path, None, field, msg)
 
     if not isinstance(doc, dict):
         bad("<root>", "expected a JSON object")
@@ -234,7 +247,7 @@ def read_metrics_json(path) -> dict:
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: <root>: not valid JSON ({e})") from e
+        raise DataError(path, None, "<root>", f"not valid JSON ({e})") from e
     return _check(doc, path)
 
 

@@ -38,6 +38,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # Figure + savefig uses Agg with no pyplot global state
 
+from ..data.schema import DataError
+from ..errors import ConfigError, InputError, MissingFileError
+
 
 def _metrics_file(path: Path | str) -> Path:
     p = Path(path)
@@ -48,7 +51,7 @@ def read_metrics(path: Path | str) -> list[dict]:
     """The rows of a run directory's (or a file's) metrics.jsonl, in file order."""
     file = _metrics_file(path)
     if not file.exists():
-        raise FileNotFoundError(f"no metrics file: {file}")
+        raise MissingFileError(f"no metrics file: {file}")
     lines = file.read_text().splitlines()
     last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     rows = []
@@ -61,9 +64,9 @@ def read_metrics(path: Path | str) -> list[dict]:
             if i == last:  # a run killed mid-write leaves half a line at the end; the rest is good
                 print(f"note: {file}:{i + 1}: skipping truncated last line", file=sys.stderr)
                 break
-            raise ValueError(f"{file}:{i + 1}: malformed JSON line: {e}") from None
+            raise DataError(file, str(i + 1), None, f"malformed JSON line: {e}") from None
         if not isinstance(row, dict) or not _is_number(row.get("step")):
-            raise ValueError(f"{file}:{i + 1}: expected a JSON object with a numeric 'step'")
+            raise DataError(file, str(i + 1), None, "expected a JSON object with a numeric 'step'")
         rows.append(row)
     return rows
 
@@ -83,7 +86,7 @@ def series(rows: Sequence[Mapping], key: str) -> tuple[list[float], list[float]]
 def moving_average(values: Sequence[float], window: int) -> list[float]:
     """Trailing mean over the last `window` values; the first ones average what exists so far."""
     if window < 1:
-        raise ValueError(f"smoothing window must be >= 1, got {window}")
+        raise ConfigError(f"smoothing window must be >= 1, got {window}")
     out, total = [], 0.0
     for i, v in enumerate(values):
         total += v
@@ -101,18 +104,18 @@ def plot_runs(runs: Mapping[str, Path | str], keys: Sequence[str], out: Path | s
               title: str | None = None) -> list[Path]:
     """Write OUT/<key>.png per key, one line per run labelled by its runs key; the written paths."""
     if not runs:
-        raise ValueError("no runs to plot")
+        raise ConfigError("no runs to plot")
     if not keys:
-        raise ValueError("no metric keys to plot")
+        raise ConfigError("no metric keys to plot")
     if smooth < 1:
-        raise ValueError(f"smooth must be >= 1, got {smooth}")
+        raise ConfigError(f"smooth must be >= 1, got {smooth}")
     data = {label: read_metrics(p) for label, p in runs.items()}
     # Check every key before drawing, so a typo in the last key leaves no half-written output.
     available = sorted({k for rows in data.values() for r in rows for k, v in r.items()
                         if k != "step" and _is_number(v)})
     for key in keys:
         if key not in available:
-            raise ValueError(f"no run has metric {key!r}; available: {', '.join(available) or '(none)'}")
+            raise InputError(f"no run has metric {key!r}; available: {', '.join(available) or '(none)'}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -160,15 +163,15 @@ def parse_run_args(items: Sequence[str]) -> dict[str, str]:
             label, _, path = item.partition("=")  # first "=" only, so a path may contain "="
             label, path = label.strip(), path.strip()
             if not label or not path:
-                raise ValueError(f"--run {item!r}: expected LABEL=DIR with both parts non-empty")
+                raise ConfigError(f"--run {item!r}: expected LABEL=DIR with both parts non-empty")
         else:
             path = item.strip()
             p = Path(path)
             label = (p.parent if p.name == "metrics.jsonl" else p).resolve().name if path else ""
             if not label:
-                raise ValueError(f"--run {item!r}: cannot take a label from this path; use LABEL=DIR")
+                raise ConfigError(f"--run {item!r}: cannot take a label from this path; use LABEL=DIR")
         if label in runs:
-            raise ValueError(f"--run {item!r}: label {label!r} given twice")
+            raise ConfigError(f"--run {item!r}: label {label!r} given twice")
         runs[label] = path
     return runs
 

@@ -1,98 +1,74 @@
-"""Stage 2b: DPO of the SFT model on the preference pairs that `searchrl sample` writes.
+"""Stage 2b: DPO of the SFT model on the preference pairs that `searchrl sample` writes (``searchrl train dpo``).
 
-The policy starts as the SFT model; the reference is a second, frozen copy loaded from the same directory (eval
-mode, no gradients). A pair is encoded twice, prompt + chosen + EOS and prompt + rejected + EOS, with the prompt
-masked exactly as in SFT (sft.encode_example); chosen and rejected rows of a micro-batch go through one forward
-pass. The loss is rl.dpo_loss.dpo_sigmoid_loss on summed completion log-probabilities (beta 0.1 by default,
-optional cDPO label smoothing), averaged over the pairs of an optimizer step. Logged: loss, reward margin and
-accuracy (implicit reward beta * log-ratio, chosen above rejected), tokens/s; macro-F1 on the eval split every
-eval_every steps (sft.predict_grades).
+The policy starts as the SFT model. The reference is a second, frozen copy loaded from the same directory
+(eval mode, no gradients), or, with LoRA, the policy itself with its adapters disabled (model.frozen_reference:
+no second copy in memory). A pair is encoded twice, prompt + chosen + EOS and prompt + rejected + EOS, with the
+prompt masked exactly as in SFT (examples.encode_example); chosen and rejected rows of a micro-batch go through
+one forward pass. The loss is rl.dpo_loss.dpo_sigmoid_loss on summed completion log-probabilities (beta 0.1 by
+default, optional cDPO label smoothing), averaged over the pairs of an optimizer step. Logged: loss, reward
+margin and accuracy (implicit reward beta * log-ratio, chosen above rejected), tokens/s; macro-F1 on the eval
+split every eval.every steps.
 
-Same conventions as sft.py: config dataclass, metrics.jsonl, tqdm bar, checkpoint-STEP/ with exact resume
-(searchrl.training; data order a function of (seed, epoch)), final/ with safetensors weights, tokenizer, the SFT
-model's relevance_config.json and dpo_config.json. Under torchrun the policy runs data-parallel as in SFT (each
-rank its own micro-batches, the loss normalised by the global pair count); rank 0 logs, evaluates and saves.
+The run loop (training.RunLoop) owns checkpoints, exact resume, logging and torchrun (each rank its own
+micro-batches, the loss normalised by the global pair count). final/ holds the (merged) weights, tokenizer, the
+SFT model's relevance_config.json and dpo_config.json.
 
-Simplifies: full fine-tuning only (no LoRA); reference log-probabilities are recomputed every step rather than
-precomputed once; pairs longer than max_length are dropped and counted, not truncated.
+Simplifies: reference log-probabilities are recomputed every step rather than precomputed once; pairs longer
+than max_length are dropped and counted, not truncated.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from searchrl.config import check_choices, save_config
-from searchrl.eval.metrics import classification_metrics
-from searchrl.relevance.model import load_relevance_model, render_prompt
-from searchrl.relevance.sample import read_pairs
-from searchrl.relevance.scorer_config import load_scorer_config, save_relevance_model
-from searchrl.relevance.sft import DTYPES, IGNORE, SCHEDULES, collate, encode_example, predict_grades
-from searchrl.rl.dpo_loss import dpo_sigmoid_loss, sequence_logps
-from searchrl.training import (BatchStream, all_reduce_sum, barrier, build_optimizer, checkpoints, init_distributed,
-                               restore_checkpoint, save_checkpoint, trim_metrics)
+from ..config import EvalConfig, OptimConfig, RunConfig, check_choices
+from ..errors import ConfigError, InputError
+from ..rl.dpo_loss import dpo_sigmoid_loss, sequence_logps
+from ..training import BatchStream, RunLoop, build_optimizer, optimizer_step, total_steps
+from .evaluate import evaluate_examples
+from .examples import IGNORE, collate, encode_example, split_examples, subset
+from .model import DTYPES, LoraSettings, frozen_reference, load_relevance_model, load_trainable
+from .sample import read_preference_pairs
+from .scorer_config import load_scorer_config, save_relevance_model
 
 
 @dataclass
 class DPOConfig:
     # --- model and data
     model: str = "runs/sft/final"  # the SFT model directory: the policy's start and the frozen reference
+    lora: LoraSettings | None = None  # None = full fine-tuning; with LoRA the reference is the base, adapters off
+    dtype: str = "float32"  # float32 | bfloat16 | float16: weights' dtype (policy and reference)
     pairs: str = "runs/pairs.jsonl"  # preference JSONL (prompt, chosen, rejected), e.g. from `searchrl sample`
     data_dir: str = ""  # prepared dataset directory for the macro-F1 eval; "" = no eval
-    eval_split: str = "valid"  # split the eval comes from; also the prefix of eval metric names
-    max_eval_examples: int = 512  # evaluate on a seeded random subset of this size; 0 = all
     max_length: int = 1024  # prompt + completion tokens; pairs with a longer side are dropped and counted
-    dtype: str = "float32"  # float32 | bfloat16 | float16: weights' dtype (policy and reference)
-    device: str = "auto"  # "auto" = cuda when available, else cpu
-    # --- DPO loss
+    # --- DPO loss and batches
     beta: float = 0.1  # inverse temperature of the implicit reward; larger keeps the policy nearer the reference
     label_smoothing: float = 0.0  # probability a preference is flipped (cDPO); 0 = plain sigmoid DPO
-    # --- optimisation
-    lr: float = 5e-6  # peak learning rate (DPO on a pretrained model wants ~5e-7..5e-6)
-    weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices (not on biases / norms)
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW (beta1, beta2)
-    max_grad_norm: float = 1.0  # clip the global gradient norm to this; 0 = no clipping
     batch_size: int = 4  # pairs per micro-batch (each pair is two sequences)
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum pairs)
-    warmup_ratio: float = 0.1  # share of the steps with linear warmup from 0 to lr
-    schedule: str = "linear"  # cosine | linear | constant_with_warmup: decay after warmup (to 0 at the end)
-    max_steps: int = 0  # optimizer steps to run; 0 = derive from epochs
-    epochs: float = 1.0  # passes over the pairs, used when max_steps is 0
-    seed: int = 0  # seeds data order, eval subset and dropout
-    # --- bookkeeping
-    output_dir: str = "runs/dpo"  # metrics.jsonl, checkpoint-STEP/ and final/ are written here
-    log_every: int = 1  # write a metrics line every this many steps
-    eval_every: int = 0  # evaluate every this many steps; 0 = only at the end
-    eval_batch_size: int = 16  # prompts per scoring batch
-    eval_max_new_tokens: int = 160  # cot_first only: greedy tokens generated to reach the grade token
-    save_every: int = 0  # checkpoint every this many steps; 0 = none besides final/
-    save_total_limit: int = 0  # keep only the newest this many checkpoints; 0 = keep all
-    stop_at_step: int = 0  # checkpoint and stop at this step without changing the schedule (time-boxed jobs)
-    resume: bool = False  # continue from the newest output_dir/checkpoint-*/ (fresh start when there is none)
-    progress: bool = True  # show the tqdm progress bar
+    # --- sections
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-6, warmup_ratio=0.1, schedule="linear"))
+    #   (DPO on a pretrained model wants lr ~5e-7..5e-6)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # in-training eval on eval.split (needs data_dir)
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/dpo"))  # output, cadence, resume
 
     def __post_init__(self):
-        check_choices(self, schedule=SCHEDULES, dtype=DTYPES)
+        check_choices(self, dtype=DTYPES)
         if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("batch_size and grad_accum must be >= 1")
+            raise ConfigError("batch_size and grad_accum must be >= 1")
         if self.beta <= 0 or not 0 <= self.label_smoothing < 0.5:
-            raise ValueError("beta must be > 0 and label_smoothing in [0, 0.5)")
+            raise ConfigError("beta must be > 0 and label_smoothing in [0, 0.5)")
 
 
 @dataclass
 class DPOResult:
     model: object  # the trained policy
-    reference: object  # the frozen reference (the SFT model)
+    reference: object | None  # the frozen reference (the SFT model); None under LoRA (the adapters-off policy)
     tokenizer: object
     step: int  # optimizer steps done
     final_dir: Path | None  # output_dir/final, or None when stopped early by stop_at_step
@@ -101,7 +77,7 @@ class DPOResult:
 
 
 def encode_pair(tokenizer, row: dict, max_length: int) -> dict | None:
-    """{"chosen", "rejected"}: each sft.encode_example of prompt + completion (+ EOS); None if a side is too long."""
+    """{"chosen", "rejected"}: each examples.encode_example of prompt + completion (+ EOS); None if a side is too long."""
     chosen = encode_example(tokenizer, row["prompt"], row["chosen"], max_length)
     rejected = encode_example(tokenizer, row["prompt"], row["rejected"], max_length)
     return None if chosen is None or rejected is None else {"chosen": chosen, "rejected": rejected}
@@ -119,139 +95,78 @@ def pair_logps(model, batch: dict) -> torch.Tensor:
     return sequence_logps(logits[:, :-1], targets, targets != IGNORE)  # [2B]
 
 
-def eval_examples(cfg: DPOConfig, tokenizer) -> list[dict]:
-    """{"prompt" (rendered), "grade"} for the eval split, prompts built as the SFT model was trained."""
-    if not cfg.data_dir:
-        return []
-    from searchrl.data.schema import load_dataset
-    from searchrl.relevance.rules import RuleEngine
-    from searchrl.relevance.teacher import RuleTeacher, build_sft_examples
-    scorer = load_scorer_config(cfg.model)
-    pairs = load_dataset(cfg.data_dir).split(cfg.eval_split).pairs()
-    if 0 < cfg.max_eval_examples < len(pairs):
-        pairs = pairs.iloc[np.sort(np.random.default_rng([cfg.seed, 7]).permutation(len(pairs))[:cfg.max_eval_examples])]
-    # build_sft_examples makes the SFT prompts; the teacher's completions are not used here
-    examples, _ = build_sft_examples(pairs, RuleTeacher(RuleEngine.from_yaml(), scorer.prompt, "condition"),
-                                     scorer.prompt)
-    return [{"prompt": render_prompt(tokenizer, ex["prompt"], scorer.chat_template), "grade": int(ex["grade"])}
-            for ex in examples]
-
-
-def evaluate(model, tokenizer, examples: list[dict], cfg: DPOConfig, order: str) -> dict:
-    """{"<split>_macro_f1", "<split>_accuracy", "<split>_good_f1"} from the grade probabilities (or decoding)."""
-    pred = predict_grades(model, tokenizer, [ex["prompt"] for ex in examples], order, cfg.eval_batch_size,
-                          cfg.eval_max_new_tokens)
-    m = classification_metrics([ex["grade"] for ex in examples], pred.tolist())
-    return {f"{cfg.eval_split}_{k}": m[k] for k in ("macro_f1", "accuracy", "good_f1")}
-
-
 def train_dpo(cfg: DPOConfig) -> DPOResult:
     """DPO from cfg.model on cfg.pairs; see the module docstring."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        save_config(cfg, out / "dpo_config.yaml")
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    world, rank = init_distributed(device)
     scorer = load_scorer_config(cfg.model)  # fails early on a directory that is not a relevance model
-
-    ckpt = checkpoints(out)[-1] if cfg.resume and checkpoints(out) else None
+    loop = RunLoop("dpo", cfg.run, cfg)
     dtype = DTYPES[cfg.dtype]
-    model, tok = load_relevance_model(str(ckpt or cfg.model), dtype)
-    reference, _ = load_relevance_model(cfg.model, dtype)
-    model.to(device).train()
-    reference.to(device).eval().requires_grad_(False)
+    model, tok = load_trainable(cfg.model, dtype, cfg.lora, loop.checkpoint)
+    reference = None
+    if cfg.lora is None:
+        reference, _ = load_relevance_model(cfg.model, dtype)
+        reference.to(loop.device).eval().requires_grad_(False)
+    model.to(loop.device).train()
 
-    encoded = [encode_pair(tok, r, cfg.max_length) for r in read_pairs(cfg.pairs)]
+    encoded = [encode_pair(tok, r, cfg.max_length) for r in read_preference_pairs(cfg.pairs)]
     data = [e for e in encoded if e is not None]
     dropped = len(encoded) - len(data)
     if not data:
-        raise ValueError(f"{cfg.pairs}: no pair fits max_length={cfg.max_length} ({dropped} dropped)")
-    if dropped and rank == 0:
-        print(f"dpo: dropped {dropped} of {len(encoded)} pairs longer than {cfg.max_length} tokens")
-    evals = eval_examples(cfg, tok) if rank == 0 else []
+        raise InputError(f"{cfg.pairs}: no pair fits max_length={cfg.max_length} ({dropped} dropped)")
+    if dropped:
+        loop.print(f"dropped {dropped} of {len(encoded)} pairs longer than {cfg.max_length} tokens")
+    evals = []
+    if cfg.data_dir and loop.main:
+        from ..data.schema import load_dataset
+        evals = subset(split_examples(load_dataset(cfg.data_dir), cfg.eval.split, scorer.prompt),
+                       cfg.eval.max_examples, cfg.run.seed)
 
-    micro_batch = BatchStream(data, cfg.batch_size, cfg.seed)  # micro_batch(m): the m-th micro-batch of the stream
-    per_step = cfg.grad_accum * world  # micro-batches per optimizer step, over all ranks
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_batch.per_epoch / per_step))
-    optimizer, scheduler = build_optimizer(model, cfg, total)
+    stream = BatchStream(data, cfg.batch_size, cfg.run.seed)  # stream(m): the m-th micro-batch
+    per_step = cfg.grad_accum * loop.world  # micro-batches per optimizer step, over all ranks
+    total = total_steps(cfg.optim, stream.per_epoch, per_step)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, total)
+    fwd = loop.wrap(model)
 
-    step = 0
-    metrics_path = out / "metrics.jsonl"
-    if ckpt is not None:
-        step = restore_checkpoint(ckpt, optimizer, scheduler)
-        if rank == 0:
-            trim_metrics(metrics_path, step)
-            print(f"dpo: resumed from {ckpt} at step {step}")
-    elif metrics_path.exists() and rank == 0:
-        metrics_path.unlink()  # a fresh run starts a fresh log
-
-    fwd = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        fwd = DistributedDataParallel(model)
-    last_eval: dict = {}
-    bar = tqdm(total=total, initial=step, disable=not cfg.progress or rank > 0, desc="dpo")
-    stop = cfg.stop_at_step if 0 < cfg.stop_at_step < total else total
-    while step < stop:
+    def step(i: int) -> dict:
         t0 = time.perf_counter()
-        pairs = [micro_batch((step * cfg.grad_accum + j) * world + rank) for j in range(cfg.grad_accum)]
+        pairs = [stream((i * cfg.grad_accum + j) * loop.world + loop.rank) for j in range(cfg.grad_accum)]
         # chosen rows then rejected rows: one forward pass per model per micro-batch
         batches = [collate([p["chosen"] for p in b] + [p["rejected"] for p in b], tok.pad_token_id) for b in pairs]
-        n_pairs = all_reduce_sum(sum(len(b) for b in pairs), world, device)  # the step's pairs over all ranks
+        n_pairs = loop.sum(sum(len(b) for b in pairs))  # the step's pairs over all ranks
         sums = torch.zeros(4, dtype=torch.float64)  # loss, reward margin, reward accuracy, chosen reward (summed)
         n_tokens = 0
         for j, b in enumerate(batches):
-            b = {k: v.to(device) for k, v in b.items()}
+            b = {k: v.to(loop.device) for k, v in b.items()}
             half = b["input_ids"].shape[0] // 2
-            with torch.no_grad():
-                ref = pair_logps(reference, b)  # [2B]
-            sync = world == 1 or j == len(batches) - 1
+            with frozen_reference(model, reference) as ref_model:
+                ref = pair_logps(ref_model, b)  # [2B]
+            sync = loop.world == 1 or j == len(batches) - 1
             with (contextlib.nullcontext() if sync else fwd.no_sync()):
                 pol = pair_logps(fwd, b)  # [2B]
                 losses, r_chosen, r_rejected = dpo_sigmoid_loss(pol[:half], pol[half:], ref[:half], ref[half:],
                                                                 cfg.beta, cfg.label_smoothing)  # [B] each
                 # DDP averages gradients over ranks; x world turns that into the mean over the global pairs
-                (losses.sum() * world / n_pairs).backward()
+                (losses.sum() * loop.world / n_pairs).backward()
             sums += torch.tensor([float(losses.detach().sum()), float((r_chosen - r_rejected).sum()),
                                   float((r_chosen > r_rejected).float().sum()), float(r_chosen.sum())],
                                  dtype=torch.float64)
             n_tokens += int(b["attention_mask"].sum())
-        sums = [all_reduce_sum(float(v), world, device) / n_pairs for v in sums]
-        n_tokens = int(all_reduce_sum(n_tokens, world, device))
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tok_s = n_tokens / max(time.perf_counter() - t0, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{sums[0]:.4f}", margin=f"{sums[1]:.3f}", tok_s=f"{tok_s:.0f}")
-        row = {}
-        if step % cfg.log_every == 0 or step == total:
-            row = {"step": step, "epoch": round(step * per_step / micro_batch.per_epoch, 4), "loss": sums[0],
-                   "reward_margin": sums[1], "reward_accuracy": sums[2], "chosen_reward": sums[3],
-                   "rejected_reward": sums[3] - sums[1], "lr": lr, "tokens_per_s": tok_s}
-        if rank == 0 and evals and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
-            last_eval = evaluate(model, tok, evals, cfg, scorer.prompt.order)
-            row = {"step": step, **row, **last_eval}
-        if row and rank == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-        if rank == 0 and ((cfg.save_every and step % cfg.save_every == 0) or step == stop < total):
-            save_checkpoint(out / f"checkpoint-{step}", model, tok, optimizer, scheduler, step, cfg)
-        barrier(world)  # ranks wait for rank 0's eval / checkpoint before the next step
-    bar.close()
-    if step < total:
-        return DPOResult(model, reference, tok, step, None, dropped, last_eval)
+        loss, margin, accuracy, chosen = [loop.sum(float(v)) / n_pairs for v in sums]
+        n_tokens = loop.sum(n_tokens)
+        _, lr = optimizer_step(optimizer, scheduler, cfg.optim.max_grad_norm, f"dpo step {i + 1}")
+        return {"epoch": round((i + 1) * per_step / stream.per_epoch, 4), "loss": loss, "reward_margin": margin,
+                "reward_accuracy": accuracy, "chosen_reward": chosen, "rejected_reward": chosen - margin, "lr": lr,
+                "tokens_per_s": n_tokens / max(time.perf_counter() - t0, 1e-9)}
 
-    final = out / "final"
-    if rank == 0:
-        save_relevance_model(final, model, tok, scorer, cfg, "dpo_config")  # DPO changed no prompt setting
-    barrier(world)
-    return DPOResult(model, reference, tok, step, final, dropped, last_eval)
+    def save_weights(path: Path) -> None:
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+
+    def save_final(path: Path) -> None:
+        export = model.merge_and_unload() if cfg.lora is not None else model
+        save_relevance_model(path, export, tok, scorer, cfg, "dpo_config")  # DPO changed no prompt setting
+
+    result = loop.fit(step, total, optimizer, scheduler, save_weights, save_final=save_final,
+                      evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, scorer.prompt.order,
+                                                          scorer.chat_template)) if evals else None,
+                      eval_every=cfg.eval.every, postfix=("loss", "reward_margin"))
+    return DPOResult(model, reference, tok, result.step, result.final_dir, dropped, result.last_eval)

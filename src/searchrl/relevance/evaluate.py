@@ -12,6 +12,9 @@
   a split and stores them in the model's scorer config.
 - :func:`rule_agreement`: the rule engine's grade vs the human grade, per split —
   the quality of the teacher's own verdicts, measured.
+- :func:`evaluate_examples`: the quick in-training evaluation of the trainers (macro-F1,
+  accuracy, Good-F1 on an example list), from the grade probabilities or, for a cot-first
+  model, from greedy decoding (:func:`decode_completions`, the one decode loop).
 
 A trained model directory carries ``relevance_config.json`` (scorer_config.py), so
 evaluation builds exactly the training prompts.
@@ -19,25 +22,21 @@ evaluation builds exactly the training prompts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.schema import SPLITS, Dataset
+from ..data.schema import SPLITS, Dataset, pair_products
 from ..eval.metrics import classification_metrics, good_auc
-from .model import encode_prompt, left_pad
+from ..rl.rollout import left_pad
+from .model import encode_prompt, grade_probs, render_prompt
 from .parser import is_consistent, parse_completion
 from .rules import RuleEngine
 from .scorer_config import update_scorer_config
-from .tiering import (argmax_grades, threshold_grades, tiered_grades, tune_beta,
-                      tune_grade_thresholds)
-
-
-def pair_products(pairs) -> list[dict]:
-    cols = ["title", "brand", "description", "category", "attributes"]
-    return [{c: r.get(c) for c in cols} for r in pairs[cols].to_dict("records")]
+from .tiering import argmax_grades, beta_curve, threshold_grades, tiered_grades, tune_beta, tune_grade_thresholds
 
 
 def rule_agreement(ds: Dataset, engine: RuleEngine | None = None, splits=SPLITS) -> list[dict]:
@@ -56,19 +55,42 @@ def rule_agreement(ds: Dataset, engine: RuleEngine | None = None, splits=SPLITS)
 
 @torch.no_grad()
 def decode_completions(model, tokenizer, prompts: list[str], max_new_tokens: int = 160,
-                       batch_size: int = 16) -> list[str]:
-    """Greedy completions (text after the prompt, special grade tokens kept)."""
+                       batch_size: int = 16, progress: bool = True) -> list[str]:
+    """Greedy completions of rendered prompts (text after the prompt, special grade tokens kept)."""
+    device = next(model.parameters()).device
+    was_training = model.training
     model.eval()
     out = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="decode", leave=False):
+    for start in tqdm(range(0, len(prompts), batch_size), desc="decode", leave=False, disable=not progress):
         ids, mask, _ = left_pad([encode_prompt(tokenizer, p) for p in prompts[start:start + batch_size]],
                                 tokenizer.pad_token_id)  # [B, T]
-        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        for row in gen[:, ids.shape[1]:]:  # [new]
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        for row in gen[:, ids.shape[1]:].cpu():  # [new]
             out.append(tokenizer.decode(row, skip_special_tokens=False)
                        .replace(tokenizer.pad_token, "").replace(tokenizer.eos_token, "").strip())
+    model.train(was_training)
     return out
+
+
+def predict_grades(model, tokenizer, prompts: list[str], order: str, batch_size: int = 16,
+                   max_new_tokens: int = 160) -> np.ndarray:
+    """Grades 1..4 of rendered prompts: argmax of the grade probabilities (label_first), or the last grade
+    token greedy decoding writes (cot_first; 1 when it writes none)."""
+    if order == "label_first":
+        return grade_probs(model, tokenizer, prompts, batch_size).argmax(1) + 1
+    texts = decode_completions(model, tokenizer, prompts, max_new_tokens, batch_size, progress=False)
+    return np.array([int(found[-1]) if (found := re.findall(r"<L([1-4])>", t)) else 1 for t in texts])
+
+
+def evaluate_examples(model, tokenizer, examples: list[dict], cfg, order: str, chat_template: bool) -> dict:
+    """{"<split>_macro_f1", "<split>_accuracy", "<split>_good_f1"} on examples ({"prompt", "grade"});
+    ``cfg`` is the trainer's config.EvalConfig."""
+    prompts = [render_prompt(tokenizer, ex["prompt"], chat_template) for ex in examples]
+    pred = predict_grades(model, tokenizer, prompts, order, cfg.batch_size, cfg.max_new_tokens)
+    m = classification_metrics([int(ex["grade"]) for ex in examples], pred.tolist())
+    return {f"{cfg.split}_{k}": m[k] for k in ("macro_f1", "accuracy", "good_f1")}
 
 
 def split_probs(scorer, ds: Dataset, split: str) -> tuple[np.ndarray, list[int], list[str]]:
@@ -90,7 +112,7 @@ def split_probs(scorer, ds: Dataset, split: str) -> tuple[np.ndarray, list[int],
 def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", decode: bool = False,
                    batch_size: int = 16, max_new_tokens: int = 160, system: str | None = None) -> list[dict]:
     """Metrics rows for ``model_dir`` on ``split``: argmax, tiered (beta) and per-grade thresholds."""
-    from ..relevance.scorer import RelevanceScorer
+    from .scorer import RelevanceScorer
     scorer = RelevanceScorer.load(model_dir, batch_size=batch_size)
     cfg, name = scorer.config, system or Path(model_dir).name
     probs, gold, prompts = split_probs(scorer, ds, split)
@@ -124,15 +146,17 @@ def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", deco
 
 def tune_tiering(model_dir: str | Path, ds: Dataset, split: str = "valid", batch_size: int = 32) -> dict:
     """Fit beta and the per-grade thresholds for macro-F1 on ``split``; store both in the scorer config."""
-    from ..relevance.scorer import RelevanceScorer
+    from .scorer import RelevanceScorer
     scorer = RelevanceScorer.load(model_dir, batch_size=batch_size)
     if scorer.config.prompt.order == "cot_first":
         raise ValueError(f"{model_dir}: a cot-first model's grade is decoded, not read from probabilities; "
                          "tiering does not apply")
     probs, gold, _ = split_probs(scorer, ds, split)
+    betas, curve = beta_curve(probs, gold)
     beta, f1_tiered = tune_beta(probs, gold)
     thresholds, f1_thresholds = tune_grade_thresholds(probs, gold)
     update_scorer_config(model_dir, beta=beta, grade_thresholds=thresholds)
     argmax_f1 = classification_metrics(gold, argmax_grades(probs).tolist())["macro_f1"]
     return {"split": split, "n": len(gold), "beta": beta, "macro_f1_tiered": f1_tiered,
-            "grade_thresholds": thresholds, "macro_f1_thresholds": f1_thresholds, "macro_f1_argmax": argmax_f1}
+            "grade_thresholds": thresholds, "macro_f1_thresholds": f1_thresholds, "macro_f1_argmax": argmax_f1,
+            "curve": {"betas": [float(b) for b in betas], "macro_f1": curve}}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import OutputExistsError
 from .model import load_relevance_model
 from .scorer_config import check_safetensors, load_scorer_config, save_scorer_config
 
@@ -30,7 +31,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, overwrite: bool = F
     from .scorer import RelevanceScorer
     src, out = Path(model_dir), Path(out_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{out}: exists (pass overwrite=True / --overwrite to replace it)")
     check_safetensors(src)
     config = load_scorer_config(src)
     model, tok = load_relevance_model(str(src))

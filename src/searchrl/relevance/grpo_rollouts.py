@@ -1,11 +1,10 @@
-"""The data side of relevance GRPO: prompts, prompt sampling, rollouts with dynamic sampling, policy log-probs.
+"""The data side of relevance GRPO: the rollout config, prompt sampling, rollouts with dynamic sampling, log-probs.
 
-- :func:`dataset_prompts`: {prompt, grade, completion, query, product, ...} per
-  judged pair of a split, built exactly as SFT builds its examples (rule teacher,
-  human grade wins); the teacher completion rides along as the reference that
-  rule-aware rewards will compare step verdicts against.
-- :func:`model_scorer_config`: the prompt settings the model was trained with
-  (its relevance_config.json), so GRPO prompts look like the SFT ones.
+Prompts are examples.split_examples of the train split (built exactly as SFT builds its
+examples; the teacher completion rides along as the reference that rule-aware rewards
+compare step verdicts against), rendered with the model's own prompt settings.
+
+- :class:`RolloutConfig` (``rollout.*``): group size, prompts per step, sampling, dynamic sampling.
 - :class:`PromptSampler`: shuffled passes over the prompts; with class balance one
   pass per gold grade, drawn round robin, so every draw has equal numbers per grade
   (+-1). Its state is a plain dict, saved in checkpoints for exact resume.
@@ -26,40 +25,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from searchrl.config import check_choices
+from searchrl.errors import ConfigError
 from searchrl.relevance.parser import parse_completion
-from searchrl.relevance.prompt import PromptConfig
-from searchrl.relevance.scorer_config import CONFIG_FILE, ScorerConfig, load_scorer_config
 from searchrl.rl.grpo_loss import dynamic_sampling_mask, token_logps
 from searchrl.rl.rollout import Rollout, sample_groups
 
 
-# ---------------------------------------------------------------- prompts
+@dataclass
+class RolloutConfig:
+    group_size: int = 8  # G: completions sampled per prompt
+    prompts_per_step: int = 8  # groups trained on per step, over all ranks (divisible by the world size)
+    temperature: float = 1.0  # sampling temperature (> 0); log-probs are scored under the same temperature
+    top_p: float = 1.0  # nucleus sampling; 1 = off
+    max_new_tokens: int = 160  # completion length cap (label-first: the grade is the first token)
+    dynamic_sampling: bool = True  # drop groups with all-equal rewards and draw more prompts (DAPO)
+    oversample: float = 2.0  # with dynamic sampling, draw this many prompts per group still needed
+    max_refill_rounds: int = 3  # cap: at most this many extra sampling rounds per step; train on what was kept
+    ds_std_tol: float = 0.0  # a group is kept only if its reward std is above this (0: rewards not all equal)
+    ds_signal: str = "grade"  # what dynamic sampling tests for spread: "grade" = the reward's grade-correctness
+    #   component (TaoSR1: 0 < #correct < G) when it has one, else the total | "reward" = the total reward
+    class_balance: bool = True  # draw prompts with equal numbers per gold grade (TaoSR1's balanced mix)
 
-def model_scorer_config(model: str, prompt: PromptConfig, chat_template: bool) -> ScorerConfig:
-    """The model directory's scorer config when it has one, else one made of the given prompt settings."""
-    if Path(model).is_dir() and (Path(model) / CONFIG_FILE).exists():
-        return load_scorer_config(model)
-    return ScorerConfig(prompt=prompt, chat_template=chat_template)
-
-
-def dataset_prompts(data_dir: str, split: str, prompt_cfg: PromptConfig, rules: str = "") -> list[dict]:
-    """One {"prompt", "grade", "completion", "query", "product", "query_id", "product_id"} per pair of `split`."""
-    from searchrl.data.schema import load_dataset
-    from searchrl.relevance.rules import RuleEngine
-    from searchrl.relevance.teacher import PRODUCT_FIELDS, RuleTeacher, build_sft_examples
-    from searchrl.relevance.vocab import field_text
-    pairs = load_dataset(data_dir).split(split).pairs()
-    teacher = RuleTeacher(RuleEngine.from_yaml(rules or None), prompt_cfg, "condition")  # "condition" drops nothing
-    examples, _ = build_sft_examples(pairs, teacher, prompt_cfg)
-    for ex, row in zip(examples, pairs.to_dict("records")):
-        ex["query"] = str(row["text"])
-        ex["product"] = {f: field_text(row, f) for f in PRODUCT_FIELDS}
-    return examples
+    def __post_init__(self):
+        check_choices(self, ds_signal=("grade", "reward"))
+        if self.group_size < 2 or self.prompts_per_step < 1:
+            raise ConfigError("group_size must be >= 2 and prompts_per_step >= 1")
+        if self.temperature <= 0 or self.oversample < 1:
+            raise ConfigError("temperature must be > 0 and oversample >= 1")
 
 
 class PromptSampler:
@@ -121,9 +118,11 @@ def ds_signal(scored, rewards: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def collect_groups(model, tok, encoded: list[list[int]], prompts: list[dict], sampler: PromptSampler,
-                   generator: torch.Generator, reward_fn, cfg, target: int, replay=None) -> Groups:
-    """Up to ``target`` groups for this rank; see the module docstring. ``cfg`` is a GRPOConfig; ``replay`` a
-    guided_replay.GuidedReplay (draws through its hard-prompt buffer, guides low-accuracy groups) or None."""
+                   generator: torch.Generator, reward_fn, cfg: RolloutConfig, order: str, target: int,
+                   replay=None) -> Groups:
+    """Up to ``target`` groups for this rank; see the module docstring. ``order`` is the completion order the
+    parser expects; ``replay`` a guided_replay.GuidedReplay (draws through its hard-prompt buffer, guides
+    low-accuracy groups) or None."""
     g = cfg.group_size
     out = Groups([], [], torch.zeros(0))
     drawn, kept = [], 0
@@ -143,13 +142,13 @@ def collect_groups(model, tok, encoded: list[list[int]], prompts: list[dict], sa
         drawn.append(torch.tensor(scored.rewards, dtype=torch.float32))  # [n*G] the policy's own rollouts
         for name, vals in scored.components.items():
             out.components[name] = out.components.get(name, 0.0) + float(sum(vals))
-        correct = [parse_completion(t, cfg.prompt.order).grade == int(i["grade"]) for t, i in zip(texts, infos)]
+        correct = [parse_completion(t, order).grade == int(i["grade"]) for t, i in zip(texts, infos)]
         out.n_correct += sum(correct)
         out.completion_tokens += int(ro.completion_mask.sum())
         out.n_drawn_groups += len(idx)
         parts = [(ro, scored)]
         if replay is not None:  # may regroup (join) and adds guided rows before the filter sees the groups
-            parts = replay.guide(model, ro, idx, infos, scored, correct, reward_fn, cfg, generator,
+            parts = replay.guide(model, ro, idx, infos, scored, correct, reward_fn, cfg, order, generator,
                                  lambda m, r: completion_logps(m, r, next(m.parameters()).device, cfg.temperature)[0])
         for part, part_scored in parts:
             gp = part.group_size

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from searchrl.config import check_choices
+from searchrl.errors import ConfigError
 from searchrl.relevance.model import encode_prompt, render_prompt
 from searchrl.relevance.parser import allowed_grades, parse_completion
 from searchrl.relevance.rewards import RewardOutput
@@ -67,9 +68,9 @@ class GuidedReplayConfig:
     def __post_init__(self):
         check_choices(self, mode=("replace", "join"), train_prompt=("unhinted", "hinted"))
         if self.num_guided < 1 or not 0 < self.ratio_min <= 1 or not 0 <= self.revisit_prob <= 1:
-            raise ValueError("replay: num_guided must be >= 1, ratio_min in (0, 1], revisit_prob in [0, 1]")
+            raise ConfigError("num_guided must be >= 1, ratio_min in (0, 1], revisit_prob in [0, 1]")
         if not 0 < self.accuracy_threshold <= 1 or self.buffer_capacity < 0:
-            raise ValueError("replay: accuracy_threshold must be in (0, 1] and buffer_capacity >= 0")
+            raise ConfigError("accuracy_threshold must be in (0, 1] and buffer_capacity >= 0")
 
 
 def hint_text(info: dict, rules: bool = True) -> str:
@@ -102,13 +103,14 @@ def guided_old_logps(logp: torch.Tensor, old_logp: torch.Tensor | None, rollout:
     behaviour log-probs keep old_logp. clipped_surrogate then sees w = exp(logp - old) = the clipped ratio,
     whose gradient is w * grad log pi (the clip is on the value, not on the gradient's path).
     """
-    if rollout.guided is None or rollout.behaviour_logp is None or not bool(rollout.guided.any()):
+    guided, behaviour = rollout.extras.get("guided"), rollout.extras.get("behaviour_logp")
+    if guided is None or behaviour is None or not bool(guided.any()):
         return old_logp
     cur = logp.detach()
     base = cur if old_logp is None else old_logp
-    b = rollout.behaviour_logp.to(logp.device)  # [N, T]
+    b = behaviour.to(logp.device)  # [N, T]
     w = torch.exp(cur - b).clamp(ratio_min, ratio_max)  # [N, T]
-    guided = rollout.guided.to(logp.device)[:, None]  # [N, 1]
+    guided = guided.to(logp.device)[:, None]  # [N, 1]
     return torch.where(guided, cur - torch.log(w), base)
 
 
@@ -173,12 +175,14 @@ class GuidedReplay:
         return self.encoded[i]
 
     def guide(self, model, ro: Rollout, idx: list[int], infos: list[dict], scored: RewardOutput,
-              correct: list[bool], reward_fn, gcfg, generator, logps_fn) -> list[tuple[Rollout, RewardOutput]]:
+              correct: list[bool], reward_fn, rollout, order: str, generator,
+              logps_fn) -> list[tuple[Rollout, RewardOutput]]:
         """[(rollout, rewards)] after guiding the low-accuracy groups of one scored round: one part (replace, or
         nothing guided), or two (join: the grown groups, size G + M, and the rest, size G; see rollout.group_size).
 
-        ro / infos / scored / correct: the round's B*G rows (G consecutive per prompt idx[b]). gcfg: the
-        GRPOConfig (sampling settings, eps_high). logps_fn(model, rollout) -> [N, T] log-probs (no grad).
+        ro / infos / scored / correct: the round's B*G rows (G consecutive per prompt idx[b]). rollout: the
+        grpo_rollouts.RolloutConfig (sampling settings); order: the completion order the parser expects.
+        logps_fn(model, rollout) -> [N, T] log-probs (no grad).
         """
         cfg, g, m = self.cfg, ro.group_size, self.cfg.num_guided
         acc = torch.tensor(correct, dtype=torch.float32).reshape(-1, g).mean(1)  # [B]
@@ -186,18 +190,19 @@ class GuidedReplay:
         low = (acc < cfg.accuracy_threshold).nonzero().squeeze(1).tolist()
         if not low:
             return [(ro, scored)]
-        gro = sample_groups(model, self.tok, [self._hinted(idx[b]) for b in low], m, gcfg.max_new_tokens,
-                            gcfg.temperature, gcfg.top_p, generator)  # [L*M] rows under the hinted prompts
+        gro = sample_groups(model, self.tok, [self._hinted(idx[b]) for b in low], m, rollout.max_new_tokens,
+                            rollout.temperature, rollout.top_p, generator)  # [L*M] rows under the hinted prompts
         ginfos = [infos[b * g] for b in low for _ in range(m)]
         gtexts = gro.texts(self.tok)
         gscored = reward_fn(gtexts, ginfos)
         self.stats["guided_groups"] += len(low)
         self.stats["guided_rollouts"] += len(gtexts)
-        self.stats["guided_correct"] += sum(parse_completion(t, gcfg.prompt.order).grade == int(i["grade"])
+        self.stats["guided_correct"] += sum(parse_completion(t, order).grade == int(i["grade"])
                                             for t, i in zip(gtexts, ginfos))
-        gro.guided = torch.ones(len(gtexts), dtype=torch.bool)
+        gro.extras["guided"] = torch.ones(len(gtexts), dtype=torch.bool)  # [L*M]
         if cfg.train_prompt == "unhinted":
-            gro.behaviour_logp = logps_fn(model, gro)  # [L*M, T] under the hinted prompt that sampled them
+            # [L*M, T] log-probs under the hinted prompt that sampled them: the behaviour policy of these rows
+            gro.extras["behaviour_logp"] = logps_fn(model, gro)
             plain = ro.take(torch.tensor([b * g for b in low]).repeat_interleave(m))  # the un-hinted prompts
             gro.prompt_ids, gro.prompt_mask = plain.prompt_ids, plain.prompt_mask
         both = concat_rollouts([ro, gro], self.tok.pad_token_id, g)

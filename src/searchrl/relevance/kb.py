@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from searchrl.errors import ConfigError
 from searchrl.relevance.vocab import CAPACITY_TOKEN, NUM, Vocab, norm, variants
 
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
@@ -136,7 +137,7 @@ class KnowledgeBase:
 def _validate(kb: dict, types: dict, accessory_verdict: str) -> None:
     """Fail on load, naming the entry, rather than mis-grade later: rules.yaml is edited by hand."""
     if accessory_verdict not in ("related", "mismatch"):
-        raise ValueError(f"settings.accessory_verdict must be related or mismatch, got {accessory_verdict!r}")
+        raise ConfigError(f"settings.accessory_verdict must be related or mismatch, got {accessory_verdict!r}")
     words = [w for key in ("negation_words", "compat_words", "bundle_words", "stopwords")
              for w in kb.get("settings", {}).get(key, [])]
     words += [n for t in kb.get("types", []) for n in t.get("names", [])] + [x.get("name") for x in kb.get("lines", [])]
@@ -144,15 +145,15 @@ def _validate(kb: dict, types: dict, accessory_verdict: str) -> None:
     words += [n for f in kb.get("features", []) for key in ("names", "opposite") for n in f.get(key, [])]
     bad = [w for w in words if not isinstance(w, str)]
     if bad:
-        raise ValueError(f"names must be strings, got {bad[:5]} (quote words YAML reads as booleans: no, on, yes)")
+        raise ConfigError(f"names must be strings, got {bad[:5]} (quote words YAML reads as booleans: no, on, yes)")
     for t in kb.get("types", []):
         if not t.get("id") or not t.get("names"):
-            raise ValueError(f"type entry needs an id and names: {t}")
+            raise ConfigError(f"type entry needs an id and names: {t}")
         if t.get("kind", "device") not in KIND_RANK:
-            raise ValueError(f"type {t['id']}: kind must be one of {sorted(KIND_RANK)}, got {t['kind']!r}")
+            raise ConfigError(f"type {t['id']}: kind must be one of {sorted(KIND_RANK)}, got {t['kind']!r}")
         for ref in [t.get("parent")] + list(t.get("for", [])):
             if ref and ref not in types:
-                raise ValueError(f"type {t['id']}: unknown type {ref!r}")
+                raise ConfigError(f"type {t['id']}: unknown type {ref!r}")
     for line in kb.get("lines", []):
         if line.get("type") not in types:
-            raise ValueError(f"line {line.get('name')!r}: unknown type {line.get('type')!r}")
+            raise ConfigError(f"line {line.get('name')!r}: unknown type {line.get('type')!r}")

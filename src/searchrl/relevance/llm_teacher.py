@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from searchrl.data.schema import GRADE_NAMES
+from searchrl.errors import UserError
 from searchrl.relevance.parser import RULE_TABLE, grade_implied_by_verdicts, is_consistent, parse_completion
 from searchrl.relevance.prompt import STEP_GUIDE, PromptConfig, build_completion, product_block
 from searchrl.relevance.teacher import RuleTeacher, TeacherOutput
@@ -48,7 +49,7 @@ SYSTEM_PROMPT = (
 )
 
 
-class LLMError(RuntimeError):
+class LLMError(UserError, RuntimeError):
     def __init__(self, message: str, retryable: bool):
         super().__init__(message)
         self.retryable = retryable

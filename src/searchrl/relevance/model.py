@@ -17,6 +17,7 @@ ask for one; the new tokens' rows start at the mean of the old embedding rows
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from searchrl.errors import MissingFileError, ModelError
 from searchrl.relevance.prompt import GRADE_TOKENS
+from searchrl.rl.rollout import left_pad
 
 TINY = "tiny-qwen2"  # model name that means: tiny_qwen2 over minilm_tokenizer (random weights)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # config dtype names
 
 
 @dataclass
@@ -121,7 +125,7 @@ def grade_token_ids(tokenizer) -> list[int]:
     """Token ids of <L1>..<L4>, in grade order."""
     ids = tokenizer.convert_tokens_to_ids(list(GRADE_TOKENS))
     if any(i is None or i == tokenizer.unk_token_id for i in ids):
-        raise ValueError(f"tokenizer lacks grade tokens {GRADE_TOKENS}; load it with load_relevance_model")
+        raise ModelError(f"tokenizer lacks grade tokens {GRADE_TOKENS}; load it with load_relevance_model")
     return list(ids)
 
 
@@ -185,7 +189,7 @@ def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
         model = build().to(dtype)
     else:
         if not Path(name_or_path).is_dir():
-            raise FileNotFoundError(f"{name_or_path}: no such model directory (only local files are loaded; "
+            raise MissingFileError(f"{name_or_path}: no such model directory (only local files are loaded; "
                                     f"or use {TINY!r} for the random tiny model)")
         from .scorer_config import check_safetensors
         check_safetensors(name_or_path)  # a pickled checkpoint can run code when loaded: refused
@@ -196,11 +200,43 @@ def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token is None:
-        raise ValueError(f"{name_or_path}: tokenizer has no EOS token; completions need one to end")
+        raise ModelError(f"{name_or_path}: tokenizer has no EOS token; completions need one to end")
     _resize(model, tokenizer)
     if lora is not None:
         model = apply_lora(model, tokenizer, lora)
     return model, tokenizer
+
+
+def load_trainable(name_or_path: str, dtype: torch.dtype, lora: LoraSettings | None, checkpoint: Path | None,
+                   tokenizer_path: str | None = None, seed: int = 0, tiny: TinyModel | None = None):
+    """(model, tokenizer) a trainer starts from: ``name_or_path`` (wrapped in LoRA when asked), or, resuming,
+    the checkpoint's full weights -- or the base plus the checkpoint's adapters under LoRA (a LoRA checkpoint
+    holds the adapters and grade-token rows only)."""
+    if checkpoint is None or lora is not None:
+        model, tok = load_relevance_model(name_or_path, dtype, lora, tokenizer_path, seed=seed, tiny=tiny)
+        if checkpoint is not None:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+            set_peft_model_state_dict(model, load_file(Path(checkpoint) / "adapter_model.safetensors"))
+        return model, tok
+    return load_relevance_model(str(checkpoint), dtype)
+
+
+@contextlib.contextmanager
+def frozen_reference(policy, reference):
+    """The model that gives reference log-probs, in eval mode without gradients: ``reference`` when a frozen
+    copy is held, else (LoRA) the policy itself with its adapters disabled -- the base model, no second copy."""
+    if reference is not None:
+        with torch.no_grad():
+            yield reference
+        return
+    was_training = policy.training
+    policy.eval()  # no dropout in the reference, as for a held copy
+    try:
+        with torch.no_grad(), policy.disable_adapter():
+            yield policy
+    finally:
+        policy.train(was_training)
 
 
 # ---------------------------------------------------------------- prompts and scoring
@@ -224,22 +260,6 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     if bos is not None and getattr(tokenizer, "add_bos_token", False) and (not ids or ids[0] != bos):
         ids = [bos] + ids
     return ids
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, position_ids), each [B, T], padded on the left.
-
-    Position ids count real tokens only, so a padded row sees the same positions as
-    the unpadded sequence would.
-    """
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # [B, T]
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [B, T]
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    pos = (mask.cumsum(1) - 1).clamp(min=0)  # [B, T]
-    return ids, mask, pos
 
 
 @torch.no_grad()

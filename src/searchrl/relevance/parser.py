@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from searchrl.relevance.prompt import (ALLOWED_VALUES, GRADE_TOKENS, SLUG, STEPS, VERDICT_KEYS)
+from searchrl.relevance.prompt import ALLOWED_VALUES, GRADE_TOKENS, SLUG, STEPS, VERDICT_KEYS
 
 # (category, attribute) -> (implied grade, allowed grades)
 #   category: match = same product type, related = sibling type or main/accessory pair (when the

@@ -29,6 +29,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from searchrl.errors import ConfigError
+
 GRADE_TOKENS = ("<L1>", "<L2>", "<L3>", "<L4>")  # one dedicated token per grade; index = grade - 1
 STEPS = ("query", "item", "category", "attribute", "verdict")
 VERDICT_KEYS = {"query": "intent", "item": "type", "category": "category", "attribute": "attribute", "verdict": "grade"}
@@ -77,7 +79,7 @@ class PromptConfig:
 
     def __post_init__(self):
         if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
+            raise ConfigError(f"order must be one of {ORDERS}, got {self.order!r}")
 
     @property
     def instruction_text(self) -> str:

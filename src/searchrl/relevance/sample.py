@@ -32,12 +32,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from searchrl.data.schema import DataError
+from searchrl.errors import ConfigError, InputError
+from searchrl.relevance.examples import build_examples
 from searchrl.relevance.model import encode_prompt, load_relevance_model, render_prompt
 from searchrl.relevance.parser import parse_completion
 from searchrl.relevance.rules import RuleEngine
 from searchrl.relevance.scorer_config import load_scorer_config
-from searchrl.relevance.teacher import RuleTeacher, build_sft_examples
+from searchrl.relevance.teacher import RuleTeacher
 from searchrl.rl.rollout import sample_groups
+from searchrl.training import resolve_device
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -83,18 +87,18 @@ def sample_preferences(model_dir: str | Path, ds, n: int, split: str = "train", 
     (None = the packaged one).
     """
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ConfigError(f"n must be >= 1, got {n}")
     scorer = load_scorer_config(model_dir)
     order = scorer.prompt.order
     model, tok = load_relevance_model(str(model_dir))
-    model.to(torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")))
+    model.to(resolve_device(device))
     pairs_df = ds.split(split).pairs()
     if pairs_df.empty:
-        raise ValueError(f"split {split!r} has no judged pairs")
+        raise InputError(f"split {split!r} has no judged pairs")
     if 0 < max_prompts < len(pairs_df):
         pairs_df = pairs_df.iloc[np.sort(np.random.default_rng(seed).permutation(len(pairs_df))[:max_prompts])]
     teacher = RuleTeacher(RuleEngine.from_yaml(rules), scorer.prompt, "condition")  # "condition" never drops
-    examples, _ = build_sft_examples(pairs_df, teacher, scorer.prompt)
+    examples, _ = build_examples(pairs_df, teacher, scorer.prompt)
     prompts = [render_prompt(tok, ex["prompt"], scorer.chat_template) for ex in examples]
 
     generator = torch.Generator().manual_seed(seed)
@@ -145,7 +149,7 @@ def write_pairs(path: str | Path, rows: list[dict]) -> Path:
     return path
 
 
-def read_pairs(path: str | Path) -> list[dict]:
+def read_preference_pairs(path: str | Path) -> list[dict]:
     """Preference rows of a JSONL file; a bad line stops with ``file:line N: message``."""
     rows = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
@@ -154,10 +158,10 @@ def read_pairs(path: str | Path) -> list[dict]:
         try:
             r = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:line {n}: malformed JSON ({e.msg})") from None
+            raise DataError(path, f"line {n}", None, f"malformed JSON ({e.msg})") from None
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(r, dict) or not isinstance(r.get(k), str)]
         if missing:
-            raise ValueError(f"{path}:line {n}: preference row lacks string field(s) {missing}")
+            raise DataError(path, f"line {n}", missing[0], f"preference row lacks string field(s) {missing}")
         rows.append(r)
     return rows
 

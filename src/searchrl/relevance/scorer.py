@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.schema import ErrorPolicy
+from ..data.schema import PRODUCT_FIELDS, ErrorPolicy
 from ..data.tables import read_rows
+from ..errors import ConfigError
 from .model import load_relevance_model, render_prompt
+from .prefill import shared_prefix_grade_probs
 from .prompt import build_prompt
 from .scorer_config import ScorerConfig, check_safetensors, load_scorer_config
 from .tiering import tiered_grades
-from .prefill import shared_prefix_grade_probs
 
-PRODUCT_FIELDS = ("title", "brand", "category", "description", "attributes")
 OUTPUT_COLUMNS = ["query", "product_id", "p_l1", "p_l2", "p_l3", "p_l4", "grade", "tier", "p_good", "expected_grade"]
 
 
@@ -122,7 +122,7 @@ def _product(row: dict, where: str, path, policy: ErrorPolicy) -> tuple[str, dic
     return query, product
 
 
-def read_pairs(path: str | Path, on_error: str = "raise") -> tuple[list[tuple[str, list[dict]]], ErrorPolicy]:
+def read_scoring_requests(path: str | Path, on_error: str = "raise") -> tuple[list[tuple[str, list[dict]]], ErrorPolicy]:
     """Pairs of ``path`` grouped by query (in order of first appearance), and the error policy's counts."""
     policy = ErrorPolicy(on_error)
     by_query: dict[str, list[dict]] = {}
@@ -146,7 +146,7 @@ def write_rows(path: str | Path, rows: list[dict]) -> None:
     elif name.endswith(".jsonl"):
         df.to_json(path, orient="records", lines=True)
     else:
-        raise ValueError(f"{path}: unknown output format (expected .jsonl, .csv, .tsv or .parquet)")
+        raise ConfigError(f"{path}: unknown output format (expected .jsonl, .csv, .tsv or .parquet)")
 
 
 def flat_rows(query: str, products: list[dict], results: list[dict]) -> list[dict]:
@@ -160,7 +160,7 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
                batch_size: int = 32, progress: bool = True) -> dict:
     """Score every pair of ``input_path`` into ``output_path``; returns counts and throughput."""
     from tqdm.auto import tqdm
-    requests, policy = read_pairs(input_path, on_error)
+    requests, policy = read_scoring_requests(input_path, on_error)
     scorer = RelevanceScorer.load(model_dir, batch_size=batch_size)
     n = sum(len(p) for _, p in requests)
     bar = tqdm(total=n, desc="score", unit="pair", disable=not progress)

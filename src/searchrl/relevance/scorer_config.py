@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import MissingFileError, ModelError
 from .prompt import GRADE_TOKENS, PromptConfig
 
 CONFIG_FILE = "relevance_config.json"
@@ -65,21 +66,29 @@ def save_relevance_model(path: str | Path, model, tokenizer, scorer: ScorerConfi
 def load_scorer_config(model_dir: str | Path) -> ScorerConfig:
     path = Path(model_dir, CONFIG_FILE)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; {model_dir} is not a searchrl relevance model "
+        raise MissingFileError(f"{path}: missing; {model_dir} is not a searchrl relevance model "
                                 "(train one with `searchrl train sft`)")
     raw = json.loads(path.read_text())
     known = {f.name for f in dataclasses.fields(ScorerConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown field(s) {unknown}")
+        raise ModelError(f"{path}: unknown field(s) {unknown}")
     version = int(raw.get("template_version", TEMPLATE_VERSION))
     if version > TEMPLATE_VERSION:
-        raise ValueError(f"{path}: prompt template version {version} is newer than this searchrl's "
+        raise ModelError(f"{path}: prompt template version {version} is newer than this searchrl's "
                          f"{TEMPLATE_VERSION}; upgrade searchrl to score with this model")
     try:
         return ScorerConfig(**{**raw, "prompt": PromptConfig(**raw.get("prompt", {}))})
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ModelError(f"{path}: {e}") from None
+
+
+def scorer_config_or_default(model: str | Path, prompt: PromptConfig, chat_template: bool) -> ScorerConfig:
+    """The model directory's scorer config when it has one (the prompt settings it was trained with), else one
+    made of the given settings (a model built from scratch, e.g. in tests)."""
+    if Path(model).is_dir() and Path(model, CONFIG_FILE).exists():
+        return load_scorer_config(model)
+    return ScorerConfig(prompt=prompt, chat_template=chat_template)
 
 
 def update_scorer_config(model_dir: str | Path, **changes) -> ScorerConfig:
@@ -95,6 +104,6 @@ def check_safetensors(model_dir: str | Path) -> None:
         return
     pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES) if d.is_dir() else []
     found = f"found {pickles}, a pickle format that can run code when loaded" if pickles else "found no weights"
-    raise ValueError(f"{d}: no *.safetensors weights ({found}); searchrl loads safetensors only. "
+    raise ModelError(f"{d}: no *.safetensors weights ({found}); searchrl loads safetensors only. "
                      "Convert with transformers: from_pretrained(...) then save_pretrained(DIR, safe_serialization=True) "
                      "in an environment you trust")

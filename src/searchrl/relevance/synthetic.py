@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from searchrl.errors import ConfigError, InputError
+
 from ..data.schema import Dataset
 from .vocab import norm
 
@@ -105,7 +107,7 @@ def synthetic_pairs(ds: Dataset, engine, n_queries: int, per_query: int = 8, ran
     if n_queries <= 0:
         return ds.pairs().iloc[:0].assign(split="train")
     if per_query < 1 or not 0 <= random_share <= 1:
-        raise ValueError(f"synthetic: per_query must be >= 1 and random_share in [0, 1], got {per_query}, "
+        raise ConfigError(f"synthetic: per_query must be >= 1 and random_share in [0, 1], got {per_query}, "
                          f"{random_share}")
     from ..retrieval.bm25 import BM25Index
 
@@ -115,7 +117,7 @@ def synthetic_pairs(ds: Dataset, engine, n_queries: int, per_query: int = 8, ran
     held_products = set(ds.judgments.loc[ds.judgments["query_id"].isin(held_q["query_id"]), "product_id"].astype(str))
     products = ds.products[~ds.products["product_id"].astype(str).isin(held_products)].reset_index(drop=True)
     if products.empty:
-        raise ValueError("synthetic: no catalogue products left after removing the held-out splits' products")
+        raise InputError("synthetic: no catalogue products left after removing the held-out splits' products")
     bm25 = bm25 or BM25Index(products)
     records = products.to_dict("records")
     row_of = {str(r["product_id"]): i for i, r in enumerate(records)}
@@ -154,7 +156,7 @@ def synthetic_dataset(ds: Dataset, engine, n_queries: int, per_query: int = 8, s
     ``searchrl eval relevance`` measures how well a model learned the rule teacher on queries it never saw."""
     pairs = synthetic_pairs(ds, engine, n_queries, per_query, seed=seed)
     if pairs.empty:
-        raise ValueError("synthetic: no queries could be written from this catalogue")
+        raise InputError("synthetic: no queries could be written from this catalogue")
     queries = pairs[["query_id", "text"]].drop_duplicates("query_id").assign(split=split).reset_index(drop=True)
     judgments = pairs[["query_id", "product_id", "grade"]].assign(label=pairs["grade"] - 1, raters=0,
                                                                  agreement=float("nan"))

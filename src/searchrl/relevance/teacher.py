@@ -16,13 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from searchrl.relevance.parser import RULE_TABLE, allowed_grades
 from searchrl.data.schema import GRADE_NAMES
-from searchrl.relevance.prompt import PromptConfig, build_completion, build_prompt
-from searchrl.relevance.vocab import field_text
+from searchrl.relevance.parser import RULE_TABLE, allowed_grades
+from searchrl.relevance.prompt import PromptConfig, build_completion
 
 ON_DISAGREE = ("condition", "drop")
-PRODUCT_FIELDS = ("title", "brand", "description", "category", "attributes")
 
 
 @dataclass
@@ -115,36 +113,3 @@ class RuleTeacher:
         verdicts["verdict"] = f"L{gold}"
         return TeacherOutput(completion=build_completion(gold, verdicts, notes, self.cfg),
                              teacher_grade=judgment.grade, agreed=agreed, verdicts=verdicts)
-
-
-def _product(row) -> dict:
-    return {f: field_text(row, f) for f in PRODUCT_FIELDS}
-
-
-def build_sft_examples(pairs_df, teacher: Teacher, prompt_cfg: PromptConfig | None = None):
-    """(examples, report): one {"prompt", "completion", "grade", "query_id", "product_id"} per kept pair.
-
-    pairs_df has columns text (the query), title, brand, description, category,
-    attributes and grade (1..4), plus query_id / product_id when known
-    (Dataset.pairs() gives exactly that). The prompt is the plain-text prompt;
-    a trainer with a chat model re-renders it with prompt.apply_template.
-    """
-    cfg = prompt_cfg or PromptConfig()
-    missing = [c for c in ("text", "grade") if c not in pairs_df.columns]
-    if missing:
-        raise ValueError(f"pairs_df lacks column(s) {missing}")
-    rows = pairs_df.to_dict("records")
-    items = [(str(row["text"]), _product(row), int(row["grade"])) for row in rows]
-    if hasattr(teacher, "write_many"):  # the LLM teacher runs its requests concurrently
-        outputs = teacher.write_many(items)
-    else:
-        outputs = [teacher.write(*item) for item in items]
-    examples, report = [], TeacherReport()
-    for row, (query, product, gold), out in zip(rows, items, outputs):
-        if out is None:
-            report.add(gold, "dropped")
-            continue
-        report.add(gold, "agreed" if out.agreed else "conditioned")
-        examples.append({"prompt": build_prompt(query, product, cfg), "completion": out.completion,
-                         "grade": gold, "query_id": row.get("query_id"), "product_id": row.get("product_id")})
-    return examples, report

@@ -52,11 +52,15 @@ def _best(values, scores) -> float:
     return float(values[min(ties, key=lambda i: abs(values[i] - 0.5))])
 
 
+def beta_curve(probs: np.ndarray, gold) -> tuple[np.ndarray, list[float]]:
+    """(BETA_GRID, macro-F1 of tiered_grades at each beta) on (probs, gold): the curve the report draws."""
+    return BETA_GRID, [_macro_f1(gold, tiered_grades(probs, b)) for b in BETA_GRID]
+
+
 def tune_beta(probs: np.ndarray, gold) -> tuple[float, float]:
     """(beta, macro-F1) maximising macro-F1 of tiered_grades on (probs, gold)."""
-    scores = [_macro_f1(gold, tiered_grades(probs, b)) for b in BETA_GRID]
-    beta = _best(BETA_GRID, scores)
-    return beta, max(scores)
+    betas, scores = beta_curve(probs, gold)
+    return _best(betas, scores), max(scores)
 
 
 def tune_grade_thresholds(probs: np.ndarray, gold, passes: int = 3) -> tuple[list[float], float]:

@@ -1,7 +1,7 @@
 """``RetrieverConfig``: one config for the three retriever stages (``stage: sft | hardneg | rgrpo``).
 
-The stages share model, data, index, optimisation and bookkeeping fields; each stage reads
-its own section and ignores the others'. YAML + ``--set key=value`` through
+The stages share model, data and index fields and the ``optim`` / ``run`` sections; each stage
+reads its own fields and ignores the others'. YAML + ``--set key=value`` through
 searchrl.config.load_config (unknown keys are errors).
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import check_choices
+from ..config import OptimConfig, RunConfig, check_choices
+from ..errors import ConfigError
 from .index import IndexConfig
 from .rewards import RewardConfig
 
 STAGES = ("sft", "hardneg", "rgrpo")
 CANDIDATES = ("index", "batch")
-SCHEDULES = ("cosine", "linear", "constant_with_warmup", "constant")
 
 
 @dataclass
@@ -28,7 +28,6 @@ class RetrieverConfig:
     #   hardneg: also the miner; rgrpo: the SFT encoder, also the frozen KL reference
     pooling: str = "auto"  # plain HF models: auto (mean for encoders, last token for decoders) | mean | lasttoken | cls
     max_seq_length: int = 128  # tokens per query / product text (longer ones are cut)
-    device: str = "auto"  # "auto" = cuda when available, else cpu
     # --- data
     data_dir: str = ""  # prepared dataset directory (searchrl data prepare / import)
     train_split: str = "train"  # split whose queries train the encoder
@@ -57,30 +56,19 @@ class RetrieverConfig:
     adv_clamp: float = 0.0  # clip advantages to [-adv_clamp, adv_clamp]; 0 = no clip
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)  # reward weights and sources
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)  # FAISS index used in training and search
-    # --- optimisation
+    # --- batches and bookkeeping
     batch_size: int = 16  # queries per step (per process under torchrun)
-    lr: float = 2e-5  # peak learning rate
-    weight_decay: float = 0.01  # AdamW decoupled weight decay on matrices
-    adam_betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])  # AdamW (beta1, beta2)
-    max_grad_norm: float = 1.0  # clip the global gradient norm to this; 0 = no clipping
-    warmup_ratio: float = 0.05  # share of the steps with linear warmup from 0 to lr
-    schedule: str = "linear"  # cosine | linear | constant_with_warmup | constant: decay after warmup
-    max_steps: int = 0  # optimizer steps; 0 = derive from epochs
-    epochs: float = 1.0  # passes over the training queries, used when max_steps is 0
-    seed: int = 0  # seeds data order, negatives, subsets and dropout
-    # --- bookkeeping
-    output_dir: str = "runs/retriever"  # metrics.jsonl, checkpoint-STEP/ and final/ (a SentenceTransformer)
     encode_batch_size: int = 64  # texts per forward pass when encoding the catalogue
-    log_every: int = 1  # write a metrics line every this many steps
-    save_every: int = 0  # checkpoint every this many steps; 0 = none besides final/
-    save_total_limit: int = 0  # keep only the newest this many checkpoints; 0 = keep all
-    stop_at_step: int = 0  # checkpoint and stop at this step without changing the schedule (time-boxed jobs)
-    resume: bool = False  # continue from the newest output_dir/checkpoint-*/ (fresh start when there is none)
-    progress: bool = True  # show tqdm progress bars
+    # --- sections
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=2e-5, weight_decay=0.01,
+                                                                               warmup_ratio=0.05, schedule="linear"))
+    #   epochs: passes over the training queries (sft/hardneg: pairs), used when optim.max_steps is 0
+    run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(output_dir="runs/retriever"))
+    #   output_dir gets metrics.jsonl, checkpoint-STEP/ and final/ (a SentenceTransformer)
 
     def __post_init__(self):
-        check_choices(self, stage=STAGES, candidates=CANDIDATES, schedule=SCHEDULES)
+        check_choices(self, stage=STAGES, candidates=CANDIDATES)
         if self.batch_size < 1 or self.group_size < 2:
-            raise ValueError("batch_size must be >= 1 and group_size >= 2")
+            raise ConfigError("batch_size must be >= 1 and group_size >= 2")
         if self.temperature <= 0 or self.policy_temperature <= 0:
-            raise ValueError("temperatures must be > 0")
+            raise ConfigError("temperatures must be > 0")

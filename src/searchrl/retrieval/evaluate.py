@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from ..data.schema import Dataset, load_dataset, product_text
+from ..errors import ConfigError
 from ..eval.metrics import retrieval_metrics
 from .bm25 import BM25Index
 from .encoder import build_encoder, corpus_index, embed, encoder_tag
@@ -100,7 +101,7 @@ def search(retriever_dir: str | Path, query: str, k: int = 10, data_dir: str | P
     """Top-k products for one query: rank, product_id, score, title, brand (and the scorer's grade if given)."""
     data_dir = data_dir or saved_config(retriever_dir).get("data_dir")
     if not data_dir:
-        raise ValueError(f"{retriever_dir}: no data_dir in retriever_config.yaml; pass --data DIR")
+        raise ConfigError(f"{retriever_dir}: no data_dir in retriever_config.yaml; pass --data DIR")
     ds = load_dataset(data_dir)
     retriever = Retriever(retriever_dir, ds.products, progress=progress)
     hits = retriever.search([query], k)[0]

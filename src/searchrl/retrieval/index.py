@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from ..errors import ConfigError
+
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 
 
@@ -29,7 +31,7 @@ class IndexConfig:
 
     def __post_init__(self):
         if self.kind not in INDEX_KINDS:
-            raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
 
 
 class FaissIndex:

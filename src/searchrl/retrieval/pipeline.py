@@ -32,29 +32,34 @@ from .bm25 import BM25Index
 from .config import RetrieverConfig
 from .evaluate import Retriever, evaluate_retrieval
 from .rgrpo import train_rgrpo
+from .stage import subset_products
 from .train_sft import train_contrastive
-from .trainer import subset_products
 
 
 def catalogue_subset(ds: Dataset, max_products: int, seed: int = 0) -> Dataset:
-    """``ds`` with the products the stages train on (the same seeded subset as trainer.load_training_data)."""
+    """``ds`` with the products the stages train on (the same seeded subset as stage.load_training_data)."""
     judged = set(ds.judgments["product_id"].astype(str))
     return dataclasses.replace(ds, products=subset_products(ds.products, judged, max_products, seed))
 
 
 def _run_stage(cfg: RetrieverConfig) -> tuple[Path, float]:
     """(final dir, seconds): trains the stage unless final/ holds a run of the same config."""
-    final = Path(cfg.output_dir) / "final"
+    final = Path(cfg.run.output_dir) / "final"
     saved = final / "retriever_config.yaml"
     if saved.exists() and yaml.safe_load(saved.read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg))):
-        timing = Path(cfg.output_dir) / "stage_seconds.json"
+        timing = Path(cfg.run.output_dir) / "stage_seconds.json"
         print(f"[retriever] reusing {final} (same config)")
         return final, json.loads(timing.read_text())["seconds"] if timing.exists() else float("nan")
     t0 = time.perf_counter()
     _, final = train_rgrpo(cfg) if cfg.stage == "rgrpo" else train_contrastive(cfg)
     seconds = time.perf_counter() - t0
-    (Path(cfg.output_dir) / "stage_seconds.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+    (Path(cfg.run.output_dir) / "stage_seconds.json").write_text(json.dumps({"seconds": seconds}) + "\n")
     return final, seconds
+
+
+def _stage(cfg: RetrieverConfig, out: Path, **changes) -> RetrieverConfig:
+    """cfg with other fields and its output directory under ``out``."""
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(out)), **changes)
 
 
 ABLATIONS = {"relevance": "w_rel", "quality": "w_q", "exclusivity": "w_x"}  # row name -> the weight set to 0
@@ -67,21 +72,19 @@ def run_retriever_stages(base: RetrieverConfig, ds: Dataset, out: str | Path, sp
     out = Path(out)
     reward = dataclasses.replace(base.reward, relevance_model=relevance_model or "",
                                  w_rel=base.reward.w_rel if relevance_model else 0.0)
-    sft = dataclasses.replace(base, stage="sft", output_dir=str(out / "ret_sft"), reward=reward)
+    sft = _stage(base, out / "ret_sft", stage="sft", reward=reward)
     sft_dir, t_sft = _run_stage(sft)
-    hardneg_dir, t_hn = _run_stage(dataclasses.replace(sft, stage="hardneg", encoder=str(sft_dir),
-                                                       output_dir=str(out / "ret_hardneg")))
-    rgrpo = dataclasses.replace(sft, stage="rgrpo", encoder=str(sft_dir), output_dir=str(out / "ret_rgrpo"))
+    hardneg_dir, t_hn = _run_stage(_stage(sft, out / "ret_hardneg", stage="hardneg", encoder=str(sft_dir)))
+    rgrpo = _stage(sft, out / "ret_rgrpo", stage="rgrpo", encoder=str(sft_dir))
     rgrpo_dir, t_rg = _run_stage(rgrpo)
     trained = [("sft", sft_dir, t_sft), ("sft+hardneg", hardneg_dir, t_sft + t_hn), ("sft+rgrpo", rgrpo_dir, t_sft + t_rg)]
     for term, weight in ABLATIONS.items() if ablations else ():
         if getattr(reward, weight) == 0:
             continue  # already off (e.g. relevance without a relevance model)
-        cfg = dataclasses.replace(rgrpo, output_dir=str(out / f"ret_rgrpo_no_{term}"),
-                                  reward=dataclasses.replace(reward, **{weight: 0.0}))
+        cfg = _stage(rgrpo, out / f"ret_rgrpo_no_{term}", reward=dataclasses.replace(reward, **{weight: 0.0}))
         path, seconds = _run_stage(cfg)
         trained.append((f"sft+rgrpo without {term}", path, t_sft + seconds))
-    sub = catalogue_subset(ds, base.max_products, base.seed)
+    sub = catalogue_subset(ds, base.max_products, base.run.seed)
     scorer = None
     if relevance_model:
         from ..relevance.scorer import RelevanceScorer
@@ -89,7 +92,7 @@ def run_retriever_stages(base: RetrieverConfig, ds: Dataset, out: str | Path, sp
     bm25 = BM25Index(sub.products)
     rows = [evaluate_retrieval(bm25, sub, split, ks, scorer, bm25=bm25, system="bm25")]
     for name, path, seconds in [("minilm-zero-shot", None, 0.0), *trained]:
-        retriever = Retriever(path, sub.products, batch_size=base.encode_batch_size, progress=base.progress,
+        retriever = Retriever(path, sub.products, batch_size=base.encode_batch_size, progress=base.run.progress,
                               max_seq_length=base.max_seq_length)
         rows.append({**evaluate_retrieval(retriever, sub, split, ks, scorer, bm25=bm25, system=name),
                      "x_train_seconds": seconds})

@@ -31,6 +31,7 @@ import pandas as pd
 import Stemmer
 
 from ..data.schema import product_text
+from ..errors import ConfigError
 
 RELEVANCE_KINDS = ("p_good", "expected_grade")
 EXCLUSIVITY_KINDS = ("bm25", "overlap")
@@ -52,9 +53,9 @@ class RewardConfig:
 
     def __post_init__(self):
         if self.relevance not in RELEVANCE_KINDS:
-            raise ValueError(f"relevance must be one of {RELEVANCE_KINDS}, got {self.relevance!r}")
+            raise ConfigError(f"relevance must be one of {RELEVANCE_KINDS}, got {self.relevance!r}")
         if self.exclusivity not in EXCLUSIVITY_KINDS:
-            raise ValueError(f"exclusivity must be one of {EXCLUSIVITY_KINDS}, got {self.exclusivity!r}")
+            raise ConfigError(f"exclusivity must be one of {EXCLUSIVITY_KINDS}, got {self.exclusivity!r}")
 
 
 def _filled(v) -> bool:
@@ -91,7 +92,7 @@ class RetrievalReward:
 
     def __init__(self, cfg: RewardConfig, products: pd.DataFrame, scorer=None, bm25=None):
         if cfg.w_rel and scorer is None:
-            raise ValueError("w_rel > 0 needs a relevance scorer (set reward.relevance_model)")
+            raise ConfigError("w_rel > 0 needs a relevance scorer (set reward.relevance_model)")
         if cfg.w_x and cfg.exclusivity == "bm25" and bm25 is None:
             from .bm25 import BM25Index
             bm25 = BM25Index(products)

@@ -34,13 +34,14 @@ import time
 import numpy as np
 import torch
 
-from ..training import BatchStream
+from ..errors import ConfigError, InputError
 from ..rl.grpo_loss import aggregate, clipped_surrogate, group_advantages
+from ..training import BatchStream, RunLoop, build_optimizer, total_steps
 from .config import RetrieverConfig
 from .encoder import build_encoder, corpus_embeddings, embed
 from .index import FaissIndex
 from .rewards import RetrievalReward
-from .trainer import Loop, load_training_data
+from .stage import encoder_saver, load_training_data, start_encoder, update_encoder
 
 
 def group_logps(model, queries: list[str], item_texts: list[list[str]], tau: float, grad: bool) -> torch.Tensor:
@@ -94,7 +95,7 @@ class CandidateSource:
         _, rows = self.index.search_rows(qemb, k)  # [B, K]
         self.times = {"encode_seconds": t1 - t0, "retrieve_seconds": time.perf_counter() - t1}
         if (rows < 0).any():  # an approximate index found fewer than K: a silent -1 would pick the last product
-            raise ValueError(f"the {cfg.index.kind} index returned fewer than {k} products; raise index.nprobe / "
+            raise ConfigError(f"the {cfg.index.kind} index returned fewer than {k} products; raise index.nprobe / "
                              "index.ef_search or use index.kind=flat")
         return rows
 
@@ -105,13 +106,14 @@ class CandidateSource:
 def train_rgrpo(cfg: RetrieverConfig, reward: RetrievalReward | None = None):
     """Run stage rgrpo; returns (steps done, final dir or None). ``reward``: a ready reward (tests, custom)."""
     if cfg.stage != "rgrpo":
-        raise ValueError(f"train_rgrpo runs stage rgrpo, not {cfg.stage!r}")
+        raise ConfigError(f"train_rgrpo runs stage rgrpo, not {cfg.stage!r}")
     data = load_training_data(cfg)
     if not data.queries:
-        raise ValueError(f"{cfg.data_dir}: no training queries in split {cfg.train_split!r} or query_files")
+        raise InputError(f"{cfg.data_dir}: no training queries in split {cfg.train_split!r} or query_files")
     if len(data.ids) < cfg.group_size:
-        raise ValueError(f"group_size {cfg.group_size} exceeds the {len(data.ids)} products")
-    loop = Loop(cfg)
+        raise ConfigError(f"group_size {cfg.group_size} exceeds the {len(data.ids)} products")
+    loop = RunLoop(f"retriever {cfg.stage}", cfg.run, cfg)
+    model, start_tag = start_encoder(cfg, loop)
     if reward is None:
         scorer = None
         if cfg.reward.w_rel:
@@ -124,31 +126,41 @@ def train_rgrpo(cfg: RetrieverConfig, reward: RetrievalReward | None = None):
     ref = build_encoder(cfg.encoder, cfg.pooling, cfg.max_seq_length).to(loop.device).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    source = CandidateSource(cfg, data, loop.state, loop.start_tag)
-    stream = BatchStream(data.queries, cfg.batch_size, cfg.seed)
+    source = CandidateSource(cfg, data, loop.rank_state, start_tag)
+    stream = BatchStream(data.queries, cfg.batch_size, cfg.run.seed)
+    total = total_steps(cfg.optim, stream.per_epoch, loop.world)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, total)
+    model.train(False)  # no dropout in the policy: see the module docstring
 
-    def step_fn(step: int):
-        queries = stream(step * loop.world + loop.rank)  # [B]
-        rng = np.random.default_rng([cfg.seed, step, loop.rank])
-        with torch.no_grad():
-            rows = source.top_k(loop.model, queries, step, rng)  # [B, K]
-        loop.model.eval()  # no dropout in the policy: see the module docstring
-        pids = [[data.ids[r] for r in row] for row in rows]
+    def step(i: int) -> dict:
         t0 = time.perf_counter()
+        queries = stream(i * loop.world + loop.rank)  # [B]
+        rng = np.random.default_rng([cfg.run.seed, i, loop.rank])
+        with torch.no_grad():
+            rows = source.top_k(model, queries, i, rng)  # [B, K]
+        model.eval()
+        pids = [[data.ids[r] for r in row] for row in rows]
+        t_reward = time.perf_counter()
         rewards, parts = reward(queries, pids)
-        t_reward = time.perf_counter() - t0
+        t_reward = time.perf_counter() - t_reward
         texts = [[data.texts[r] for r in row] for row in rows]
-        logp = group_logps(loop.model, queries, texts, cfg.policy_temperature, grad=True)  # [B, K]
+        logp = group_logps(model, queries, texts, cfg.policy_temperature, grad=True)  # [B, K]
         with torch.no_grad():
             ref_logp = group_logps(ref, queries, texts, cfg.policy_temperature, grad=False)  # [B, K]
         r = torch.tensor(np.stack(rewards), dtype=torch.float32, device=logp.device)  # [B, K]
         loss, stats = rgrpo_loss(logp, ref_logp, r, cfg)
-        # timing split (benchmarks/bench_retriever.py): the update is the loop's step seconds minus these
-        return loss, {**parts, **stats, **source.times, "reward_seconds": t_reward, "reward_std": float(r.std(dim=1).mean()),
-                      "index_age": step - source.index_step if cfg.candidates == "index" else 0}
+        # timing split (benchmarks/bench_retriever.py): the update is the step's seconds minus these
+        return {**update_encoder(loop, model, loss, optimizer, scheduler, cfg, False, i, t0), **parts, **stats,
+                **source.times, "reward_seconds": t_reward, "reward_std": float(r.std(dim=1).mean()),
+                "index_age": i - source.index_step if cfg.candidates == "index" else 0}
 
-    def on_save():
+    save = encoder_saver(model, cfg)
+
+    def save_weights(path):  # the relevance cache is written beside each checkpoint and the final model
+        save(path)
         if cfg.reward.w_rel:
             reward.save_cache(cache_path)
 
-    return loop.run(len(data.queries), step_fn, dropout=False, extra_state=source.state, on_save=on_save)
+    result = loop.fit(step, total, optimizer, scheduler, save_weights, save_final=save_weights,
+                      rank_state=source.state)
+    return result.step, result.final_dir

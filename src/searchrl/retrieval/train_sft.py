@@ -28,10 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..training import BatchStream
+from ..errors import ConfigError, InputError
+from ..training import BatchStream, RunLoop, build_optimizer, total_steps
 from .config import RetrieverConfig
 from .encoder import corpus_index, embed
-from .trainer import Loop, load_training_data
+from .stage import encoder_saver, load_training_data, start_encoder, update_encoder
 
 
 def info_nce(q: torch.Tensor, cands: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -48,7 +49,7 @@ def mine_hard_negatives(model, data, cfg: RetrieverConfig, cache_tag: str | None
     embeddings are also left in the cache for whoever encodes the same model next (R-GRPO, evaluation)."""
     t0 = time.perf_counter()
     index = corpus_index(model, data.texts, data.ids, cfg.index, cfg.encode_batch_size, cache_tag=cache_tag,
-                         progress=cfg.progress, refresh=True)
+                         progress=cfg.run.progress, refresh=True)
     t_enc = time.perf_counter() - t0
     good = {}
     for q, _, g in data.pairs:
@@ -70,39 +71,47 @@ def mine_hard_negatives(model, data, cfg: RetrieverConfig, cache_tag: str | None
 def train_contrastive(cfg: RetrieverConfig):
     """Run stage sft or hardneg; returns (steps done, final dir or None when stopped early)."""
     if cfg.stage not in ("sft", "hardneg"):
-        raise ValueError(f"train_contrastive runs stage sft or hardneg, not {cfg.stage!r}")
+        raise ConfigError(f"train_contrastive runs stage sft or hardneg, not {cfg.stage!r}")
     data = load_training_data(cfg)
     if not data.pairs:
-        raise ValueError(f"{cfg.data_dir}: no Good (L3/L4) judgment in split {cfg.train_split!r} and "
-                         "generated_queries = 0: nothing to train on")
-    loop = Loop(cfg)
+        raise InputError(f"{cfg.data_dir}: no Good (L3/L4) judgment in split {cfg.train_split!r} and "
+                        "generated_queries = 0: nothing to train on")
+    loop = RunLoop(f"retriever {cfg.stage}", cfg.run, cfg)
+    model, start_tag = start_encoder(cfg, loop)
     mined, mining = {}, {}
     if cfg.stage == "hardneg":
         # mining is offline and part of the baseline's cost: always redone (also on resume) and timed
-        mined, mining = mine_hard_negatives(loop.model, data, cfg, loop.start_tag)
-        if loop.rank == 0:
-            print(f"hardneg: mined {mining['mined_negatives']} negatives for {mining['mining_queries']} queries "
-                  f"over {mining['mining_products']} products in {mining['mining_seconds']:.1f}s")
+        mined, mining = mine_hard_negatives(model, data, cfg, start_tag)
+        loop.print(f"mined {mining['mined_negatives']} negatives for {mining['mining_queries']} queries "
+                   f"over {mining['mining_products']} products in {mining['mining_seconds']:.1f}s")
+        if loop.main:
             (loop.out / "mining.json").write_text(json.dumps(mining, indent=2) + "\n")
-    stream = BatchStream(data.pairs, cfg.batch_size, cfg.seed)
+    stream = BatchStream(data.pairs, cfg.batch_size, cfg.run.seed)
     n_global = min(cfg.global_negatives, len(data.ids))
+    total = total_steps(cfg.optim, stream.per_epoch, loop.world)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, total)
+    model.train()
 
-    def step_fn(step: int):
-        batch = stream(step * loop.world + loop.rank)  # [(query, pid, good set)] * B
-        rng = np.random.default_rng([cfg.seed, step, loop.rank])  # negatives: a function of the step (resume)
-        glob = [data.ids[i] for i in rng.choice(len(data.ids), n_global, replace=False)]
+    def step(i: int) -> dict:
+        t0 = time.perf_counter()
+        batch = stream(i * loop.world + loop.rank)  # [(query, pid, good set)] * B
+        rng = np.random.default_rng([cfg.run.seed, i, loop.rank])  # negatives: a function of the step (resume)
+        glob = [data.ids[j] for j in rng.choice(len(data.ids), n_global, replace=False)]
         hard = [p for q, _, _ in batch for p in mined.get(q, [])]
         cand_ids = [p for _, p, _ in batch] + glob + hard  # M = B + G + sum(H)
         # queries and products in two passes of the shared tower: short queries are not padded to product length
-        q = embed(loop.model, [q for q, _, _ in batch], batch_size=len(batch), grad=True)  # [B, D]
+        q = embed(model, [q for q, _, _ in batch], batch_size=len(batch), grad=True)  # [B, D]
         cand_texts = [data.texts[data.row[p]] for p in cand_ids]
-        cands = embed(loop.model, cand_texts, batch_size=len(cand_texts), grad=True)  # [M, D]
-        mask = torch.tensor([[j != i and p in g for j, p in enumerate(cand_ids)] for i, (_, _, g) in enumerate(batch)],
+        cands = embed(model, cand_texts, batch_size=len(cand_texts), grad=True)  # [M, D]
+        mask = torch.tensor([[j != k and p in g for j, p in enumerate(cand_ids)] for k, (_, _, g) in enumerate(batch)],
                             device=q.device)  # [B, M]: the query's other Good products are not negatives
         loss = info_nce(q, cands, mask, cfg.temperature)
         with torch.no_grad():
             logits = (q @ cands.T).masked_fill(mask, float("-inf"))  # [B, M]
             acc = float((logits.argmax(1) == torch.arange(len(q), device=q.device)).float().mean())
-        return loss, {"accuracy": acc, "candidates": len(cand_ids), **(mining if step == 0 else {})}
+        return {**update_encoder(loop, model, loss, optimizer, scheduler, cfg, True, i, t0), "accuracy": acc,
+                "candidates": len(cand_ids), **(mining if i == 0 else {})}
 
-    return loop.run(len(data.pairs), step_fn, dropout=True)
+    save = encoder_saver(model, cfg)
+    result = loop.fit(step, total, optimizer, scheduler, save, save_final=save)
+    return result.step, result.final_dir

@@ -16,11 +16,25 @@ decode loop is plain PyTorch over a ``DynamicCache`` (no paged or static cache).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ..relevance.model import left_pad
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids), each [B, T], padded on the left.
+
+    Position ids count real tokens only, so a padded row sees the same positions as
+    the unpadded sequence would.
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # [B, T]
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # [B, T]
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)  # [B, T]
+    return ids, mask, pos
 
 
 @dataclass
@@ -30,17 +44,14 @@ class Rollout:
     completion_ids: torch.Tensor  # [B*G, T] right-padded with pad_id after EOS
     completion_mask: torch.Tensor  # [B*G, T] 1 for sampled tokens up to and including EOS
     group_size: int
-    # guided replay (relevance/guided_replay.py): rows sampled under another (hinted) prompt than prompt_ids
-    guided: torch.Tensor | None = None  # [B*G] bool, True for guided rows; None = no guided row
-    behaviour_logp: torch.Tensor | None = None  # [B*G, T] log-probs under the prompt that sampled them (guided
-    #   rows trained under the un-hinted prompt); 0 elsewhere; None = every row is on-policy for its prompt
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B*G] or [B*G, T] per-row data a
+    #   recipe attaches (guided replay: which rows are guided, their behaviour log-probs); rows follow take/concat
 
     def take(self, rows: torch.Tensor, group_size: int | None = None) -> "Rollout":
         """The given rows (in that order), optionally regrouped."""
-        pick = (lambda t: None if t is None else t[rows])
         return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows],
-                       self.completion_mask[rows], group_size or self.group_size, pick(self.guided),
-                       pick(self.behaviour_logp))
+                       self.completion_mask[rows], group_size or self.group_size,
+                       {k: v[rows] for k, v in self.extras.items()})
 
     def texts(self, tokenizer) -> list[str]:
         """Decoded completions (special tokens such as grade tokens kept; padding and EOS dropped)."""
@@ -60,15 +71,19 @@ def concat_rollouts(parts: list[Rollout], pad_id: int, group_size: int) -> Rollo
         extra = width - x.shape[1]
         return torch.nn.functional.pad(x, (extra, 0) if left else (0, extra), value=value)
 
-    guided = None if all(r.guided is None for r in parts) else torch.cat(
-        [r.guided if r.guided is not None else torch.zeros(len(r.prompt_ids), dtype=torch.bool) for r in parts])
-    behaviour = None if all(r.behaviour_logp is None for r in parts) else torch.cat(
-        [pad(r.behaviour_logp if r.behaviour_logp is not None else torch.zeros(r.completion_ids.shape), t, 0.0, False)
-         for r in parts])
+    extras = {}
+    for name in dict.fromkeys(k for r in parts for k in r.extras):  # a part without an extra contributes zeros
+        like = next(r.extras[name] for r in parts if name in r.extras)
+        rows = []
+        for r in parts:
+            shape = (len(r.prompt_ids),) + ((r.completion_ids.shape[1],) if like.ndim == 2 else ())
+            x = r.extras.get(name, torch.zeros(shape, dtype=like.dtype))
+            rows.append(pad(x, t, 0, False) if x.ndim == 2 else x)
+        extras[name] = torch.cat(rows)
     return Rollout(torch.cat([pad(r.prompt_ids, p, pad_id, True) for r in parts]),
                    torch.cat([pad(r.prompt_mask, p, 0, True) for r in parts]),
                    torch.cat([pad(r.completion_ids, t, pad_id, False) for r in parts]),
-                   torch.cat([pad(r.completion_mask, t, 0, False) for r in parts]), group_size, guided, behaviour)
+                   torch.cat([pad(r.completion_mask, t, 0, False) for r in parts]), group_size, extras)
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

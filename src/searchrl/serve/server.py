@@ -215,6 +215,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, cfg:
     """Load the model (and the retriever, encoding its catalogue once) and run uvicorn until interrupted."""
     import torch
     import uvicorn
+
     from ..relevance.scorer import RelevanceScorer
     cfg = cfg or ServerConfig()
     if threads:

@@ -4,7 +4,7 @@ both combination modes, partial grade credit, the engine reference, and config c
 import pytest
 
 from searchrl.relevance.prompt import PromptConfig, build_completion
-from searchrl.relevance.rule_reward import RuleAwareReward, RuleRewardConfig, breaks_hard_rule
+from searchrl.relevance.rewards import RuleAwareReward, RuleRewardConfig, breaks_hard_rule
 
 REF_V = {"query": "laptop", "item": "laptop", "category": "match", "attribute": "partial"}
 REF = build_completion(3, REF_V)  # the teacher's reference: L3, match/partial
