@@ -194,10 +194,10 @@ def test_sigterm_drains_queued_and_running_requests_then_exits_0(tiny_model_dir,
 
 @pytest.fixture(scope="module")
 def strict_server(tiny_model_dir, tmp_path_factory):
-    """One server with deadlines of 1-2 s, shared by the slow-client tests."""
+    """One server with deadlines of 1-3 s, shared by the slow-client tests."""
     log = tmp_path_factory.mktemp("strict") / "server.log"
-    with running_server(tiny_model_dir, log, "keep_alive_s=1", "header_timeout_s=1", "body_timeout_s=1",
-                        "write_timeout_s=2", "max_header_bytes=4096") as (proc, port):
+    with running_server(tiny_model_dir, log, "keep_alive_s=1", "header_timeout_s=2", "body_timeout_s=2",
+                        "write_timeout_s=3", "max_header_bytes=4096") as (proc, port):
         yield port
 
 
@@ -270,13 +270,13 @@ def test_slow_clients_get_408_or_are_closed_while_others_are_served(strict_serve
     assert r.status_code == 200 and r.json()["results"][0]["id"] == "p1"
     assert all(served_at < t for t in done_at.values())  # served while the slow ones were still being waited for
     head_answer, head_took = results["headers"]
-    assert head_answer.startswith(b"HTTP/1.1 408") and b"headers not received within 1 s" in head_answer
+    assert head_answer.startswith(b"HTTP/1.1 408") and b"headers not received within 2 s" in head_answer
     body_answer, body_took = results["body"]
-    assert body_answer.startswith(b"HTTP/1.1 408") and b"body not received within 1 s" in body_answer
+    assert body_answer.startswith(b"HTTP/1.1 408") and b"body not received within 2 s" in body_answer
     assert b"connection: close" in body_answer.lower()
     assert idle_answer == b""  # closed without a word after keep_alive_s
-    # cut off near the deadline (1 s), long before the trickle would have ended (20+ s)
-    assert max(head_took, body_took, idle_took) < 8
+    # cut off near their deadlines (1-2 s), long before the trickles would have ended (20+ s)
+    assert max(head_took, body_took, idle_took) < 10
 
     with _connect(port) as sock:  # an unfinished head over max_header_bytes (h11 bounds what it buffers)
         sock.sendall(post + b"x-big: " + b"a" * 8000)
@@ -286,27 +286,30 @@ def test_slow_clients_get_408_or_are_closed_while_others_are_served(strict_serve
 
 def test_a_client_that_stops_reading_is_cut_off_and_others_are_served(strict_server):
     port = strict_server
-    n = 2000  # pipelined GET /openapi.json (~10 KB each): far more than the socket buffers hold
+    n = 8000  # pipelined GET /openapi.json (3.4 KB each, 27 MB): far more than the socket buffers hold (~4 MB)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connect: no receive-window autotuning
-    sock.settimeout(5)
+    sock.settimeout(1)
     sock.connect(("127.0.0.1", port))
     try:
         try:
             sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * n)
         except TimeoutError:
             pass  # the server stopped reading the pipeline: its send buffer is full, which is the point
-        time.sleep(1.0)  # the server's writes to it stall (write_timeout_s=2)
-        assert _health(port).json()["in_flight"] == 1  # the stalled response is held ...
-        for _ in range(3):  # ... and does not stop anyone else
+        deadline = time.time() + 20
+        # in_flight is 1 only while a response to it is stuck (between pipelined requests /healthz sees 0)
+        while _health(port).json()["in_flight"] != 1:
+            assert time.time() < deadline, "the server never stalled on the client that does not read"
+            time.sleep(0.05)
+        for _ in range(3):  # the stalled response (held for write_timeout_s=3) does not stop anyone else
             r = httpx.post(f"http://127.0.0.1:{port}/v1/relevance/score", json=SCORE, timeout=30)
             assert r.status_code == 200
         deadline = time.time() + 20
-        while _health(port).json()["in_flight"]:  # cut off after write_timeout_s: nothing held any more
+        while _health(port).json()["in_flight"]:  # then it is cut off: nothing held any more
             assert time.time() < deadline, "the stalled response was never given up"
             time.sleep(0.1)
         sock.settimeout(10)
         received = _read_all(sock)  # what was already buffered, then the end of the connection
-        assert received.count(b"HTTP/1.1 200") < n
+        assert 0 < received.count(b"HTTP/1.1 200") < n
     finally:
         sock.close()

@@ -10,8 +10,9 @@
   requests in flight, queue length, whether search is available. OpenAPI docs at ``/docs``.
 
 Requests are validated by pydantic (422 names the field). Limits on products per
-request, on text length, on the body's size and on search's ``k`` answer 413; with ``$SEARCHRL_API_KEY`` set, a request
-without that key (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) gets 401.
+request, on text length, on the body's size and on search's ``k`` answer 413; with
+``$SEARCHRL_API_KEY`` set, a request without that key (``Authorization: Bearer KEY`` or
+``X-API-Key: KEY``) gets 401.
 
 :class:`MicroBatcher` is why throughput grows with concurrency: requests wait in a
 bounded queue; one worker takes everything queued (up to ``max_batch_pairs`` pairs,
@@ -56,12 +57,12 @@ class ServerConfig:
     max_body_bytes: int = 8 * 2**20  # bytes in one request body; more -> 413 (256 products of 4 long fields fit)
     max_header_bytes: int = 16384  # bytes of an unfinished request line + headers buffered (h11's limit); more -> 400
     max_connections: int = 1000  # open connections (uvicorn's limit_concurrency); a request beyond -> 503
-    queue_timeout_s: float = 30.0  # longest a request waits for the scorer (queue + its micro-batch) or the retriever; then 503
+    queue_timeout_s: float = 30.0  # longest wait for the scorer (queue + micro-batch) or the retriever; then 503
     keep_alive_s: float = 5.0  # an idle connection, or a new one that sends nothing, is closed after this
     header_timeout_s: float = 10.0  # a request's line and headers must arrive within this of their first byte; else 408
     body_timeout_s: float = 10.0  # a request's whole body must arrive within this of its headers; else 408
     write_timeout_s: float = 10.0  # a client that reads nothing for this long while its send buffer is full is cut off
-    drain_timeout_s: float = 25.0  # SIGTERM: longest wait for requests in flight (queued ones too) before exiting anyway
+    drain_timeout_s: float = 25.0  # SIGTERM: longest wait for requests in flight (queued too) before exiting
 
     def __post_init__(self):
         positive = ("max_products", "max_text_chars", "max_batch_pairs", "max_queue", "batch_size", "max_k",
