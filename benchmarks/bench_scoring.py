@@ -51,14 +51,19 @@ from searchrl.relevance.teacher import RuleTeacher
 SHORT_PROMPT = PromptConfig(instruction="Grade:", max_description_chars=0, max_attributes=2, max_note_chars=0)
 
 
-def chorus_requests(data: str | None, n_queries: int) -> tuple[list[tuple[str, list[dict]]], object]:
+def chorus_dir(data: str | None) -> str:
+    """``data``, or Chorus prepared once from the mirror into the cache."""
     if data is None:
         from searchrl.data.prepare import prepare
         mirror = os.environ.get("SEARCHRL_DATA_MIRROR") or str(Path(__file__).resolve().parents[1].parent / "shared/data")
         data = str(Path(os.environ.get("SEARCHRL_HOME", Path.home() / ".cache/searchrl")) / "bench_chorus")
         if not Path(data, "dataset.json").exists():
             prepare("chorus", data, mirror)
-    pairs = load_dataset(data).split("test").pairs()
+    return data
+
+
+def chorus_requests(data: str | None, n_queries: int) -> tuple[list[tuple[str, list[dict]]], object]:
+    pairs = load_dataset(chorus_dir(data)).split("test").pairs()
     qids = list(dict.fromkeys(pairs["query_id"]))[:n_queries]
     pairs = pairs[pairs["query_id"].isin(qids)]
     products = pair_products(pairs)

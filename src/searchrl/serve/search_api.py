@@ -12,7 +12,9 @@
 
 Validation as for scoring: pydantic 422 names the field; a query longer than ``max_text_chars``
 or ``k`` above ``max_k`` answers 413; the API key, when set, is checked first (401). A ``k``
-larger than the catalogue returns the whole catalogue.
+larger than the catalogue returns the whole catalogue. Waiting is bounded as for scoring: at
+most ``max_queue`` requests wait for the retriever's thread, each at most ``queue_timeout_s``
+(else 503), and re-grading goes through the batcher's own bounds.
 """
 
 from __future__ import annotations
@@ -79,12 +81,14 @@ class SearchService:
         return [{**self.by_id[p], "score": s} for p, s in self.retriever.search([query], k)[0]]
 
 
-def add_search_routes(app: FastAPI, service: SearchService, batcher, cfg, check_key, queue_full,
+def add_search_routes(app: FastAPI, service: SearchService, batcher, cfg, check_key, busy_response,
                       executor: ThreadPoolExecutor) -> None:
     """Register ``POST /v1/search``: retrieval on ``executor``, re-grading through ``batcher``.
 
-    ``check_key(request)`` raises 401; ``queue_full`` is the batcher's full-queue exception (-> 503).
+    ``check_key(request)`` raises 401; ``busy_response(e)`` turns the batcher's Busy into its 503.
     """
+    from .server import Busy
+    waiting = 0  # requests waiting for (or on) the retriever's thread, whose own queue has no bound
 
     # exclude_unset: grade, tier and p_good appear only when re-graded (brand stays, null when unknown)
     @app.post("/v1/search", response_model=SearchResponse, response_model_exclude_unset=True)
@@ -94,14 +98,25 @@ def add_search_routes(app: FastAPI, service: SearchService, batcher, cfg, check_
             raise HTTPException(413, f"query: {len(req.query)} characters; the limit is {cfg.max_text_chars}")
         if req.k > cfg.max_k:
             raise HTTPException(413, f"k={req.k}; the limit is {cfg.max_k}")
-        loop = asyncio.get_running_loop()
-        hits = await loop.run_in_executor(executor, service.hits, req.query, req.k)
+        nonlocal waiting
+        if waiting >= cfg.max_queue:
+            raise HTTPException(503, f"server busy: {cfg.max_queue} searches already waiting; retry later",
+                                headers={"Retry-After": "1"})
+        waiting += 1
+        try:
+            async with asyncio.timeout(cfg.queue_timeout_s):  # cancels the search if it has not started
+                hits = await asyncio.get_running_loop().run_in_executor(executor, service.hits, req.query, req.k)
+        except TimeoutError:
+            raise HTTPException(503, f"server busy: no search result within {cfg.queue_timeout_s:g} s "
+                                     "(queue_timeout_s); retry later", headers={"Retry-After": "1"}) from None
+        finally:
+            waiting -= 1
         if req.regrade and hits:
             products = [{k: v for k, v in h.items() if k != "score"} for h in hits]
             try:
                 graded = await batcher.submit(req.query, products)
-            except queue_full:
-                raise HTTPException(503, f"server busy: {cfg.max_queue} requests already queued; retry later") from None
+            except Busy as e:
+                raise busy_response(e) from None
             for h, g in zip(hits, graded):
                 h.update(grade=g["grade"], tier=g["tier"], p_good=g["p_good"])
             hits.sort(key=lambda h: (-h["p_good"], -h["score"]))  # stable: equal keys keep retrieval order
