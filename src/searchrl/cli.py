@@ -19,6 +19,7 @@ from .commands import (
     cmd_eval_relevance,
     cmd_eval_retrieval,
     cmd_export,
+    cmd_pipeline,
     cmd_plot,
     cmd_quickstart,
     cmd_sample,
@@ -56,13 +57,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="searchrl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    q = sub.add_parser("quickstart", help="the main job on embedded defaults: Chorus, baselines, SFT, retriever, tables")
+    pl = sub.add_parser("pipeline", help="every stage on a dataset (prepare/import, baselines, SFT, tiering, pass@N, DPO, "
+                                         "GRPO, export, retriever, evaluation) and a report.html; resumable")
+    pl.add_argument("--config", default="quickstart",
+                    help="pipeline YAML, or a packaged one: quickstart (default, ~15 min on 2 cores), full")
+    src = pl.add_mutually_exclusive_group()
+    src.add_argument("--data", help="a prepared dataset directory (e.g. from `searchrl data import`)")
+    src.add_argument("--dataset", help="a registered dataset to prepare (chorus, esci-sample, ...)")
+    pl.add_argument("--mirror", default=None, help="local mirror of upstream data files ($SEARCHRL_DATA_MIRROR)")
+    pl.add_argument("--out", required=True, help="run directory: one sub-directory per stage, report.html")
+    pl.add_argument("--stages", help="comma-separated stages to run (default: the config's); e.g. sft,tiering,export")
+    pl.add_argument("--until", help="stop after this stage")
+    pl.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config field, e.g. sft.optim.lr=1e-4 or grpo.rollout.group_size=4")
+    pl.add_argument("--dry-run", action="store_true", help="print the plan (stages, reused or not, estimates) and exit")
+    pl.set_defaults(func=cmd_pipeline)
+
+    q = sub.add_parser("quickstart", help="the main job on embedded defaults: the pipeline on Chorus with the quickstart "
+                                          "config (= pipeline --config quickstart --dataset chorus)")
     q.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
     q.add_argument("--mirror", default=None, help="local mirror of upstream data files ($SEARCHRL_DATA_MIRROR)")
-    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the SFT config (searchrl/configs/sft_chorus.yaml)")
-    q.add_argument("--retriever-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the retriever config (searchrl/configs/retriever_quickstart.yaml)")
+    q.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a field of the quickstart pipeline config, e.g. sft.optim.max_steps=20")
     q.set_defaults(func=cmd_quickstart)
 
     data = sub.add_parser("data", help="prepare, import and describe datasets")

@@ -261,5 +261,26 @@ def cmd_plot(a) -> None:
 
 
 def cmd_quickstart(a) -> None:
-    from .quickstart import run_quickstart
-    run_quickstart(a.out, mirror=a.mirror, sft_overrides=a.set, retriever_overrides=a.retriever_set)
+    """`searchrl quickstart` = `searchrl pipeline --config quickstart --dataset chorus --out runs/quickstart`."""
+    import shlex
+    import sys
+    from .pipeline import load_pipeline_config, run_pipeline
+    cfg = load_pipeline_config("quickstart", ["data.dataset=chorus", "data.data_dir="]
+                               + ([f"data.mirror={a.mirror}"] if a.mirror else []) + list(a.set))
+    run_pipeline(cfg, a.out, command="searchrl " + shlex.join(sys.argv[1:]))
+
+
+def cmd_pipeline(a) -> None:
+    import shlex
+    import sys
+    from .pipeline import load_pipeline_config, run_pipeline
+    overrides = list(a.set)
+    if a.data:
+        overrides.append(f"data.data_dir={a.data}")
+    if a.dataset:
+        overrides += [f"data.dataset={a.dataset}", "data.data_dir="]
+    if a.mirror:
+        overrides.append(f"data.mirror={a.mirror}")
+    cfg = load_pipeline_config(a.config, overrides)
+    run_pipeline(cfg, a.out, stages=a.stages.split(",") if a.stages else None, until=a.until, dry_run=a.dry_run,
+                 command="searchrl " + shlex.join(sys.argv[1:]))

@@ -7,6 +7,11 @@ Relevance (grade a judged pair):
   by three thresholds fitted on train for macro-F1 (exhaustive over a quantile grid).
 - ``lexical-logreg``: a class-balanced logistic regression on a handful of lexical
   features (BM25, normalised BM25, query-term coverage of title and text, brand hit).
+- ``minilm-cosine``: zero-shot all-MiniLM-L6-v2 cosine(query, title + brand); a score, not a
+  grade, so its row has only the AUCs of P(Good) ranking (over all pairs and within queries).
+
+:func:`relevance_baseline_predictions` gives each system's per-pair grades and scores, so
+that intervals and paired comparisons against a model can be computed on the same pairs.
 
 Retrieval (rank the whole catalogue): BM25, and zero-shot all-MiniLM-L6-v2 with a
 FAISS flat index.
@@ -79,21 +84,48 @@ def apply_thresholds(x: np.ndarray, t) -> np.ndarray:
     return 1 + (x[:, None] >= np.asarray(t)[None, :]).sum(1)
 
 
-def relevance_baselines(ds: Dataset, split: str = "test", bm25: BM25Index | None = None) -> list[dict]:
-    """Fit on train, report on ``split``: one metrics row per system."""
+def minilm_cosine(pairs: pd.DataFrame, encoder: str | None = None, batch_size: int = 64) -> np.ndarray:
+    """[N] cosine(query, title + brand) under the zero-shot encoder (all-MiniLM-L6-v2 by default)."""
+    model = build_encoder(encoder, max_seq_length=None)
+    items = [" ".join(str(v) for v in (r.get("title"), r.get("brand")) if isinstance(v, str) and v)
+             for r in pairs.to_dict("records")]
+    q = encode(model, pairs["text"].astype(str).tolist(), batch_size=batch_size, progress=False)
+    p = encode(model, items, batch_size=batch_size, cache_tag=encoder_tag(encoder), progress=False)
+    return (q * p).sum(1)
+
+
+def relevance_baseline_predictions(ds: Dataset, split: str = "test", bm25: BM25Index | None = None,
+                                   minilm: bool = True) -> dict[str, dict]:
+    """Fit on train, predict ``split``: {system: {"pred": [N] grades or None, "score": [N] Good score or None}}
+    in the order of ``ds.split(split).pairs()``."""
     bm25 = bm25 or BM25Index(ds.products)
     train, test = ds.split("train").pairs(), ds.split(split).pairs()
-    y_tr, y_te = train["grade"].to_numpy(), test["grade"].to_numpy()
+    y_tr = train["grade"].to_numpy()
     f_tr, f_te = lexical_features(train, bm25), lexical_features(test, bm25)
-    rows = []
-    majority = int(pd.Series(y_tr).mode().iloc[0])
-    rows.append({"system": "majority", **classification_metrics(y_te, np.full(len(y_te), majority))})
+    out = {"majority": {"pred": np.full(len(test), int(pd.Series(y_tr).mode().iloc[0])), "score": None}}
     t = fit_thresholds(f_tr[:, 1], y_tr)
-    rows.append({"system": "bm25-thresholds", **classification_metrics(y_te, apply_thresholds(f_te[:, 1], t)),
-                 **good_auc(y_te, f_te[:, 1], test["query_id"].tolist())})  # how BM25 itself ranks Good pairs
+    out["bm25-thresholds"] = {"pred": apply_thresholds(f_te[:, 1], t), "score": f_te[:, 1]}
     clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
     clf.fit(f_tr, y_tr)
-    rows.append({"system": "lexical-logreg", **classification_metrics(y_te, clf.predict(f_te))})
+    proba = clf.predict_proba(f_te)  # [N, classes seen in train]
+    good = [i for i, c in enumerate(clf.classes_) if c >= 3]
+    out["lexical-logreg"] = {"pred": clf.predict(f_te), "score": proba[:, good].sum(1) if good else None}
+    if minilm:
+        out["minilm-cosine"] = {"pred": None, "score": minilm_cosine(test)}
+    return out
+
+
+def relevance_baselines(ds: Dataset, split: str = "test", bm25: BM25Index | None = None,
+                        minilm: bool = True) -> list[dict]:
+    """Fit on train, report on ``split``: one metrics row per system."""
+    test = ds.split(split).pairs()
+    y, qids = test["grade"].to_numpy(), test["query_id"].tolist()
+    rows = []
+    for system, p in relevance_baseline_predictions(ds, split, bm25, minilm).items():
+        row = {"system": system, **(classification_metrics(y, p["pred"]) if p["pred"] is not None else {})}
+        if p["score"] is not None:  # how the system's own score ranks Good pairs
+            row.update(good_auc(y, p["score"], qids))
+        rows.append(row)
     return rows
 
 

@@ -118,7 +118,7 @@ def encode(model, texts: list[str], batch_size: int = 64, cache_tag: str | None 
                        normalize_embeddings=True).astype(np.float32)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # one per process: torchrun ranks write at once
         np.save(tmp, emb)
         os.replace(tmp, path)
     return emb
