@@ -48,3 +48,31 @@ def test_relevance_is_scored_once_per_pair_and_weighted(tiny_data, tiny_model_di
     assert fresh.load_cache(tmp_path / "cache.jsonl") == 3 and fresh.cache == r.cache
     with pytest.raises(ValueError, match="relevance scorer"):
         RetrievalReward(cfg, ds.products, None)
+
+
+def test_judges_of_known_quality_rank_as_expected(tiny_data):
+    """oracle (human labels) is perfect on judged pairs, random carries no signal, and every judge plugs into the
+    reward; the oracle falls back to another judge for unjudged pairs."""
+    from searchrl.data.schema import load_dataset
+    from searchrl.retrieval.judges import OracleJudge, RandomJudge, build_judge, judge_quality
+    from searchrl.retrieval.rewards import RetrievalReward, RewardConfig
+    ds = load_dataset(tiny_data)
+    oracle = build_judge("oracle", ds)
+    q = judge_quality(oracle, ds, "train")
+    assert q["auc_per_query"] == 1.0 and q["queries"] > 0
+    rules, bm25 = judge_quality(build_judge("rules", ds), ds, "train"), judge_quality(build_judge("bm25", ds), ds, "train")
+    assert 0.5 < rules["auc_per_query"] <= 1.0 and 0.0 <= bm25["auc_per_query"] <= 1.0
+    rnd = RandomJudge(seed=3)
+    a = rnd([("laptop", [{"product_id": "p1"}, {"product_id": "p2"}])])[0]
+    assert (a == rnd([("laptop", [{"product_id": "p1"}, {"product_id": "p2"}])])[0]).all()  # fixed per pair
+    assert not (a == RandomJudge(seed=4)([("laptop", [{"product_id": "p1"}, {"product_id": "p2"}])])[0]).all()
+    calls = []
+    fallback = lambda reqs: calls.append(reqs) or [[0.5] * len(p) for _, p in reqs]  # noqa: E731
+    labelled = OracleJudge({("laptop", "p1"): 4, ("laptop", "p3"): 2}, fallback)
+    out = labelled([("laptop", [{"product_id": "p1"}, {"product_id": "p9"}, {"product_id": "p3"}])])[0]
+    assert out.tolist() == pytest.approx([1.0, 0.5, 1 / 3]) and [p["product_id"] for p in calls[0][0][1]] == ["p9"]
+    reward = RetrievalReward(RewardConfig(judge="rules", w_q=0, w_x=0), ds.products, judge=build_judge("rules", ds))
+    total, parts = reward(["laptop"], [["p1", "p4"]])
+    assert total[0][0] == 1.0 and total[0][1] < 0.5 and parts["reward_relevance"] == pytest.approx(total[0].mean())
+    with pytest.raises(ValueError, match="judge"):
+        RewardConfig(judge="crowd")

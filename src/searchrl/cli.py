@@ -166,7 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a trained model")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="TASK")
     er = esub.add_parser("relevance", help="classification metrics of a relevance model (prefill argmax; --decode)")
-    er.add_argument("--model", required=True, help="model directory (e.g. runs/sft/final)")
+    er.add_argument("--model", help="model directory (e.g. runs/sft/final); not with --cv")
+    er.add_argument("--cv", type=int, default=0, metavar="K",
+                    help="K-fold cross-validation over queries instead: train --config on each fold, test it and the "
+                         "baselines on the same folds, report query-bootstrap 95%% intervals and paired differences")
+    er.add_argument("--config", help="--cv: the SFT config (YAML) to train on each fold")
+    er.add_argument("--seeds", default="0", help="--cv: comma-separated training seeds (default 0)")
+    er.add_argument("--out", default="runs/cv", help="--cv: run directory (folds resume when re-run)")
+    er.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="--cv: override an SFT config field")
     er.add_argument("--data", required=True)
     er.add_argument("--split", default="test", choices=["train", "valid", "test"])
     er.add_argument("--decode", action="store_true", help="also generate and parse the CoT: format errors, rule adherence")

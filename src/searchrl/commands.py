@@ -140,6 +140,10 @@ def cmd_eval_relevance(a) -> None:
     from .data.schema import load_dataset
     from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
     from .relevance.evaluate import evaluate_model
+    if a.cv:
+        return _crossval(a)
+    if not a.model:
+        raise ConfigError("eval relevance needs --model DIR (or --cv K --config SFT.yaml)")
     ds = load_dataset(a.data)
     rows = evaluate_model(a.model, ds, a.split, decode=a.decode, batch_size=a.batch_size)
     extra = [k for k in rows[0] if k.startswith("x_")]
@@ -284,3 +288,25 @@ def cmd_pipeline(a) -> None:
     cfg = load_pipeline_config(a.config, overrides)
     run_pipeline(cfg, a.out, stages=a.stages.split(",") if a.stages else None, until=a.until, dry_run=a.dry_run,
                  command="searchrl " + shlex.join(sys.argv[1:]))
+
+
+def _crossval(a) -> None:
+    from .config import load_config
+    from .data.schema import load_dataset
+    from .eval.metrics import print_table, write_metrics_json
+    from .relevance.crossval import crossval, summarize
+    from .relevance.sft import SFTConfig
+    if not a.config:
+        raise ConfigError("--cv needs --config SFT.yaml: the recipe trained on every fold")
+    cfg = load_config(SFTConfig, a.config, a.set + ["run.progress=false"])
+    ds = load_dataset(a.data)
+    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    result = crossval(cfg, ds, a.cv, seeds, a.out)
+    rows = summarize(result, reference="model")
+    shown = [{**{k: v for k, v in r.items() if not k.startswith("x_") or k == "x_good_auc_per_query"},
+              **{f"{m} 95%": f"[{lo:.3f}, {hi:.3f}]" for m, (lo, hi) in r.get("x_ci", {}).items()},
+              **({"AUC diff (model - this)": "{:+.3f} [{:+.3f}, {:+.3f}]".format(*r["x_auc_diff_vs_ref"])}
+                 if "x_auc_diff_vs_ref" in r else {})} for r in rows]
+    print_table(shown, title=f"{a.cv}-fold cross-validation over {rows[0]['x_queries']} queries, seeds {seeds}")
+    write_metrics_json(os.path.join(a.out, "crossval_summary.json"), "relevance", ds.card.get("name", str(a.data)),
+                       f"cv{a.cv}", rows)

@@ -29,6 +29,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..data.schema import GRADES, Dataset, product_text
+from ..errors import InputError
 from ..retrieval.bm25 import BM25Index
 from ..retrieval.encoder import build_encoder, encode, encoder_tag
 from ..retrieval.index import FaissIndex
@@ -100,6 +101,9 @@ def relevance_baseline_predictions(ds: Dataset, split: str = "test", bm25: BM25I
     in the order of ``ds.split(split).pairs()``."""
     bm25 = bm25 or BM25Index(ds.products)
     train, test = ds.split("train").pairs(), ds.split(split).pairs()
+    if train.empty or test.empty:
+        raise InputError(f"the baselines are fit on train and scored on {split}: "
+                         f"{'train' if train.empty else split} has no judged pairs")
     y_tr = train["grade"].to_numpy()
     f_tr, f_te = lexical_features(train, bm25), lexical_features(test, bm25)
     out = {"majority": {"pred": np.full(len(test), int(pd.Series(y_tr).mode().iloc[0])), "score": None}}

@@ -66,12 +66,15 @@ ABLATIONS = {"relevance": "w_rel", "quality": "w_q", "exclusivity": "w_x"}  # ro
 
 
 def run_retriever_stages(base: RetrieverConfig, ds: Dataset, out: str | Path, split: str = "test",
-                         relevance_model: str | None = None, ks=(10, 100), ablations: bool = False) -> list[dict]:
+                         relevance_model: str | None = None, ks=(10, 100), ablations: bool = False,
+                         goodrate_model: str | None = None) -> list[dict]:
     """Train sft, hardneg, rgrpo under ``out`` (ret_sft/, ret_hardneg/, ret_rgrpo/, ret_rgrpo_no_*/) and return
-    the table rows (module docstring)."""
+    the table rows (module docstring). ``goodrate_model`` grades goodrate@10 (default: ``relevance_model``; give
+    another model to grade with a judge other than the reward's)."""
     out = Path(out)
-    reward = dataclasses.replace(base.reward, relevance_model=relevance_model or "",
-                                 w_rel=base.reward.w_rel if relevance_model else 0.0)
+    reward = dataclasses.replace(base.reward, relevance_model=relevance_model or "")
+    if reward.needs_model and not relevance_model:  # no model to judge with: the relevance term is off
+        reward = dataclasses.replace(reward, w_rel=0.0)
     sft = _stage(base, out / "ret_sft", stage="sft", reward=reward)
     sft_dir, t_sft = _run_stage(sft)
     hardneg_dir, t_hn = _run_stage(_stage(sft, out / "ret_hardneg", stage="hardneg", encoder=str(sft_dir)))
@@ -86,9 +89,9 @@ def run_retriever_stages(base: RetrieverConfig, ds: Dataset, out: str | Path, sp
         trained.append((f"sft+rgrpo without {term}", path, t_sft + seconds))
     sub = catalogue_subset(ds, base.max_products, base.run.seed)
     scorer = None
-    if relevance_model:
+    if goodrate_model or relevance_model:
         from ..relevance.scorer import RelevanceScorer
-        scorer = RelevanceScorer.load(relevance_model)
+        scorer = RelevanceScorer.load(goodrate_model or relevance_model)
     bm25 = BM25Index(sub.products)
     rows = [evaluate_retrieval(bm25, sub, split, ks, scorer, bm25=bm25, system="bm25")]
     for name, path, seconds in [("minilm-zero-shot", None, 0.0), *trained]:

@@ -2,8 +2,10 @@
 
 reward = w_rel * relevance + w_q * quality + w_x * exclusivity, each term in [0, 1]:
 
-- relevance: the deployment relevance scorer (relevance.scorer.RelevanceScorer) on the pair:
-  P(Good) = P(L3) + P(L4) (default), or the expected grade rescaled, (E[grade] - 1) / 3.
+- relevance: a judge's score of the pair (judges.py, ``judge``): by default the deployment
+  relevance scorer (relevance.scorer.RelevanceScorer), P(Good) = P(L3) + P(L4), or the
+  expected grade rescaled, (E[grade] - 1) / 3; or the rule engine, human labels (oracle),
+  BM25, or random -- judges of known quality for the "the judge decides" experiment.
   Cached per (query text, product id), so a product retrieved again costs nothing; the
   cache can be saved and reloaded (JSON lines).
 - quality: the product's ``quality`` column where set. Chorus (Icecat) has no ratings or
@@ -42,9 +44,12 @@ _STEMMER = Stemmer.Stemmer("english")
 
 @dataclass
 class RewardConfig:
-    w_rel: float = 1.0  # weight of relevance (the relevance scorer's judgement of the pair)
-    relevance_model: str = ""  # relevance model directory for RelevanceScorer.load; required when w_rel > 0
-    relevance: str = "p_good"  # p_good = P(L3) + P(L4) | expected_grade = (E[grade] - 1) / 3
+    w_rel: float = 1.0  # weight of relevance (the judge's score of the pair)
+    judge: str = "model"  # who scores relevance: model | rules | oracle (human labels, else oracle_fallback) |
+    #   bm25 | random (judges.py)
+    oracle_fallback: str = "rules"  # judge=oracle: the judge of pairs without a human label (model | rules | bm25 | random)
+    relevance_model: str = ""  # relevance model directory for RelevanceScorer.load; needed by judge=model
+    relevance: str = "p_good"  # judge=model: p_good = P(L3) + P(L4) | expected_grade = (E[grade] - 1) / 3
     scorer_batch_size: int = 32  # pairs per scorer forward pass
     w_q: float = 0.1  # weight of product quality (quality column, else the completeness proxy)
     w_x: float = 0.1  # weight of exclusivity (items the lexical route would not retrieve)
@@ -52,6 +57,10 @@ class RewardConfig:
     bm25_k: int = 100  # K': depth of the BM25 route that exclusivity is measured against
 
     def __post_init__(self):
+        from .judges import JUDGES
+        if self.judge not in JUDGES or self.oracle_fallback not in JUDGES:
+            raise ConfigError(f"judge and oracle_fallback must be one of {JUDGES}, got {self.judge!r}, "
+                              f"{self.oracle_fallback!r}")
         if self.relevance not in RELEVANCE_KINDS:
             raise ConfigError(f"relevance must be one of {RELEVANCE_KINDS}, got {self.relevance!r}")
         if self.exclusivity not in EXCLUSIVITY_KINDS:
@@ -87,16 +96,26 @@ def term_overlap(query: str, text: str) -> float:
     return len(q & terms(text)) / len(q) if q else 0.0
 
 
-class RetrievalReward:
-    """Reward of (query, product id) pairs; see the module docstring. ``scorer``: a RelevanceScorer (or None)."""
+    @property
+    def needs_model(self) -> bool:
+        return bool(self.w_rel) and (self.judge == "model" or (self.judge == "oracle" and self.oracle_fallback == "model"))
 
-    def __init__(self, cfg: RewardConfig, products: pd.DataFrame, scorer=None, bm25=None):
-        if cfg.w_rel and scorer is None:
-            raise ConfigError("w_rel > 0 needs a relevance scorer (set reward.relevance_model)")
+
+class RetrievalReward:
+    """Reward of (query, product id) pairs; see the module docstring. ``judge``: a judges.py judge; or ``scorer``, a
+    RelevanceScorer used as the model judge."""
+
+    def __init__(self, cfg: RewardConfig, products: pd.DataFrame, scorer=None, bm25=None, judge=None):
+        if judge is None and scorer is not None:
+            from .judges import ModelJudge
+            judge = ModelJudge(scorer, cfg.relevance)
+        if cfg.w_rel and judge is None:
+            raise ConfigError("w_rel > 0 needs a judge: a relevance scorer (reward.relevance_model) or reward.judge="
+                              "rules|oracle|bm25|random")
         if cfg.w_x and cfg.exclusivity == "bm25" and bm25 is None:
             from .bm25 import BM25Index
             bm25 = BM25Index(products)
-        self.cfg, self.scorer, self.bm25 = cfg, scorer, bm25
+        self.cfg, self.judge, self.bm25 = cfg, judge, bm25
         self.products = {str(r["product_id"]): r for r in products.to_dict("records")}
         self.quality = product_quality(products)
         self.cache: dict[tuple[str, str], float] = {}  # (query, product id) -> relevance in [0, 1]
@@ -113,9 +132,8 @@ class RetrievalReward:
                     todo[q].append(p)
         requests = [(q, [self.products[p] for p in ps]) for q, ps in todo.items() if ps]
         if requests:
-            for (q, prods), res in zip(requests, self.scorer.score_many(requests)):
-                for prod, r in zip(prods, res):
-                    v = r["p_good"] if self.cfg.relevance == "p_good" else (r["expected_grade"] - 1) / 3
+            for (q, prods), values in zip(requests, self.judge(requests)):
+                for prod, v in zip(prods, values):
                     self.cache[(q, str(prod["product_id"]))] = float(v)
         return [np.array([self.cache[(q, p)] for p in ps]) for q, ps in zip(queries, pids)]
 

@@ -115,12 +115,18 @@ def train_rgrpo(cfg: RetrieverConfig, reward: RetrievalReward | None = None):
     loop = RunLoop(f"retriever {cfg.stage}", cfg.run, cfg)
     model, start_tag = start_encoder(cfg, loop)
     if reward is None:
-        scorer = None
+        judge = None
         if cfg.reward.w_rel:
-            from ..relevance.scorer import RelevanceScorer
-            scorer = RelevanceScorer.load(cfg.reward.relevance_model, device=str(loop.device),
-                                          batch_size=cfg.reward.scorer_batch_size)
-        reward = RetrievalReward(cfg.reward, data.products, scorer)
+            from ..data.schema import load_dataset
+            from .judges import build_judge
+            scorer = None
+            if cfg.reward.needs_model:
+                from ..relevance.scorer import RelevanceScorer
+                scorer = RelevanceScorer.load(cfg.reward.relevance_model, device=str(loop.device),
+                                              batch_size=cfg.reward.scorer_batch_size)
+            judge = build_judge(cfg.reward.judge, load_dataset(cfg.data_dir), scorer, cfg.reward.relevance,
+                                cfg.reward.oracle_fallback, seed=cfg.run.seed)
+        reward = RetrievalReward(cfg.reward, data.products, judge=judge)
     cache_path = loop.out / "relevance_cache.jsonl"
     reward.load_cache(cache_path)
     ref = build_encoder(cfg.encoder, cfg.pooling, cfg.max_seq_length).to(loop.device).eval()

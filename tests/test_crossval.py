@@ -1,0 +1,45 @@
+"""Cross-validation over queries: disjoint folds that cover every query once, re-split datasets, a tiny run."""
+
+import numpy as np
+import pytest
+
+from searchrl.config import config_from_dict
+from searchrl.data.schema import load_dataset
+from searchrl.relevance.crossval import crossval, fold_dataset, query_folds, summarize
+from searchrl.relevance.sft import SFTConfig
+
+
+def test_folds_are_disjoint_cover_every_query_once_and_are_seeded(tiny_data):
+    ds = load_dataset(tiny_data)
+    folds = query_folds(ds.queries["query_id"], 5)
+    assert set(folds) == set(ds.queries["query_id"]) and sorted(set(folds.values())) == [0, 1, 2, 3, 4]
+    assert sorted(np.bincount(list(folds.values()))) == [2, 2, 2, 2, 2]
+    assert query_folds(ds.queries["query_id"], 5) == folds and query_folds(ds.queries["query_id"], 5, seed=1) != folds
+    tested = []
+    for f in range(5):
+        split = fold_dataset(ds, folds, f).queries.set_index("query_id")["split"]
+        test, valid = set(split[split == "test"].index), set(split[split == "valid"].index)
+        assert not test & valid and len(test) == len(valid) == 2 and len(split[split == "train"]) == 6
+        tested += sorted(test)
+    assert sorted(tested) == sorted(ds.queries["query_id"])  # each query tested exactly once
+    with pytest.raises(ValueError, match="--cv 11"):
+        query_folds(ds.queries["query_id"], 11)
+
+
+@pytest.mark.slow
+def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_data, tmp_path):
+    ds = load_dataset(tiny_data)
+    cfg = config_from_dict(SFTConfig, {"model": "tiny-qwen2", "prompt": {"instruction": "Grade it.", "max_note_chars": 20},
+                                       "max_length": 256, "batch_size": 4, "optim": {"lr": 3e-3, "max_steps": 2},
+                                       "run": {"device": "cpu", "progress": False}})
+    result = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path)
+    assert sorted(zip(result["query_id"], result["grade"])) == sorted(
+        zip(ds.judgments["query_id"], ds.judgments["grade"].astype(int)))
+    for system, p in result["systems"].items():
+        assert all(len(row) == len(result["grade"]) for row in p["score"] + p["pred"] if row), system
+    rows = {r["system"]: r for r in summarize(result, "model", n_boot=100)}
+    assert {"model", "bm25-thresholds", "minilm-cosine", "rules"} <= set(rows)
+    lo, hi = rows["model"]["x_ci"]["good_f1"]
+    assert lo <= rows["model"]["good_f1"] <= hi
+    diff = rows["minilm-cosine"]["x_auc_diff_vs_ref"]
+    assert diff[1] <= diff[0] <= diff[2]
