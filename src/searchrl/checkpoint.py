@@ -5,7 +5,8 @@
 scheduler, step, RNG states, config, per-rank extras) and ``manifest.json``: the sha256
 and size of every other file, written last and atomically. The directory is written
 aside as ``checkpoint-STEP.tmp`` and renamed when complete, so a crash (or a full disk)
-never leaves half of one under the real name. Resume verifies the manifest
+never leaves half of one under the real name; when a write fails the .tmp is removed, and a
+full disk is an OutputError that names the file (:func:`write_aside`). Resume verifies the manifest
 (:func:`latest_valid_checkpoint`): a checkpoint with a missing, truncated or altered file
 is skipped with a warning that names the file, and the previous one is used; when none is
 left, resume stops with an error rather than load half-written weights or silently start
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -30,7 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import OutputError, UserError, disk_full
 
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.pt"
@@ -125,22 +127,65 @@ def latest_valid_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
+def write_aside(path: Path, steps: list[tuple[str, Callable[[Path], None]]], what: str, intact: str) -> Path:
+    """Run each ``(name, write)`` step as ``write(tmp)`` into ``path.tmp``, then rename it to ``path``: never
+    half of it under the real name.
+
+    On any failure the .tmp directory is removed (on a full disk it would keep the space it took); a
+    write that ran out of space becomes an OutputError naming the file (the one the OSError names, else
+    the step's, with the file it wrote last: safetensors deletes its partial file), that ``what`` was not
+    saved and ``intact`` (what is still there), with the original error as its ``__cause__``."""
+    tmp = path.with_name(path.name + ".tmp")
+    step = "its directory"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for step, write in steps:
+            write(tmp)
+    except BaseException as e:
+        full = disk_full(e)
+        failed = _failed_file(tmp, full[1] if full else None, step)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is None:
+            raise
+        raise OutputError(f"{path}: {what} not saved: writing {failed} failed: {full[0]}; nothing of it is left "
+                          f"on disk, {intact}") from e
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _failed_file(tmp: Path, named: str | None, step: str) -> str:
+    """What a failed write was writing: the file the OSError names, else the step (and its newest file)."""
+    if named:
+        p = Path(named)
+        return str(p.relative_to(tmp)) if p.is_relative_to(tmp) else str(p)
+    try:
+        files = [p for p in tmp.rglob("*") if p.is_file()]
+        newest = str(max(files, key=lambda p: p.stat().st_mtime_ns).relative_to(tmp)) if files else None
+    except OSError:
+        newest = None
+    return step if newest is None or newest == step else f"{step} (last written: {newest})"
+
+
 def save_checkpoint(path: Path, save_weights: Callable[[Path], None], optimizer, scheduler, step: int, config,
                     extra: dict | None = None, keep: int = 0) -> Path:
     """``checkpoint-STEP/``: what save_weights writes + trainer_state.pt + manifest.json (module docstring).
 
-    With ``keep`` > 0 only the newest ``keep`` complete checkpoints stay afterwards."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "rng": rng_state(), "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
-                **(extra or {})}, tmp / STATE_FILE)
-    write_manifest(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    With ``keep`` > 0 only the newest ``keep`` complete checkpoints stay afterwards. A full disk raises an
+    OutputError and leaves the earlier checkpoints as they were (write_aside)."""
+    def save_state(tmp: Path) -> None:
+        # through a Python file: torch's own file writer reports a failed write without its errno
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                        "rng": rng_state(),
+                        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
+                        **(extra or {})}, f)
+
+    write_aside(path, [("the weights", save_weights), (STATE_FILE, save_state), (MANIFEST, write_manifest)],
+                f"checkpoint {path.name}",
+                "and the earlier checkpoints are untouched (resume uses the newest valid one)")
     if keep:  # the one just written is among the newest `keep`
         for old in checkpoints(path.parent)[:-keep]:
             shutil.rmtree(old)
@@ -153,7 +198,16 @@ def load_trainer_state(path: Path) -> dict:
 
 
 def trim_metrics(path: Path, step: int) -> None:
-    # lines written after the checkpoint we resume from would otherwise appear twice
+    # lines written after the checkpoint we resume from would otherwise appear twice; a line that does not
+    # parse is the torn end of a write the disk had no room for
     if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if _step_of(ln) <= step]
         path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def _step_of(line: str) -> float:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return math.inf
+    return row.get("step", 0) if isinstance(row, dict) and isinstance(row.get("step", 0), int) else math.inf

@@ -18,6 +18,7 @@ default. ``config_from_dict(Cls, mapping)`` does the same from a nested dict.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,9 +26,48 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, MissingFileError
+from .errors import shown as _shown
 
 SCHEDULES = ("cosine", "linear", "constant_with_warmup", "constant")
+
+
+def safe_load_yaml(text: str, where: str, lines: bool = True):
+    """``yaml.safe_load``, every failure a ConfigError naming ``where`` (and the line, when yaml knows it and
+    ``lines``: a one-line ``--set`` value has none worth naming).
+
+    Besides YAMLError, PyYAML lets ValueError (a date like 2024-13-45, an integer past Python's 4300-digit
+    limit), IndexError (an empty ``!!int``) and RecursionError (thousands of nested brackets) escape from
+    its constructors. safe_load has no side effects, so any failure means only that the text is unreadable."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f":line {mark.line + 1}" if mark is not None and lines else ""
+        col = f" (column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{where}{at}: invalid YAML: {e.problem or e.context}{col}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: invalid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply") from None
+    except Exception as e:  # noqa: BLE001 -- see the docstring
+        raise ConfigError(f"{where}: invalid YAML value: {' '.join(str(e).split())[:200] or type(e).__name__}") \
+            from None
+
+
+def read_config_text(path: str | Path, kind: str = "config") -> str:
+    """The text of a YAML file the user named: UTF-8 (a BOM is skipped); a missing file or other bytes are
+    a UserError naming it."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: no such {kind} file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {kind} ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
 def _convert(value, tp, where: str, default=None):
@@ -41,7 +81,7 @@ def _convert(value, tp, where: str, default=None):
         if isinstance(value, tp):  # already built (config_from_dict given an instance)
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_shown(value)}")
         # a section's keys go on top of the owner's defaults for it (SFT's optim is not DPO's optim)
         return _build(tp, value, where, default if isinstance(default, tp) else None)
     if origin in (list, tuple):
@@ -49,12 +89,12 @@ def _convert(value, tp, where: str, default=None):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_shown(value)}")
         items = [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_shown(value)}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -63,14 +103,20 @@ def _convert(value, tp, where: str, default=None):
             return True
         if str(value).lower() in ("false", "0", "no", "off"):
             return False
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(f"{where}: expected true/false, got {_shown(value)}")
     if tp in (int, float, str):
+        # only a scalar converts: str({'a': 1}) or int(True) would quietly give the field a value nobody wrote
+        if value is None or isinstance(value, (dict, list, tuple)) or (tp is not str and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {_shown(value)}")
         try:
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return tp(float(value)) if tp is int and isinstance(value, str) and "e" in value.lower() else tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+            out = tp(float(value)) if tp is int and isinstance(value, str) and "e" in value.lower() else tp(value)
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int("1e999") goes through inf
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {_shown(value)}") from None
+        if tp is float and not math.isfinite(out):
+            raise ConfigError(f"{where}: expected a finite number, got {_shown(value)}")
+        return out
     return value
 
 
@@ -84,7 +130,7 @@ def _build(cls, data: dict, where: str = "", base=None):
     """cls from ``data``; fields it leaves out keep ``base``'s values (when given) or their defaults."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(map(str, set(data) - set(fields)))  # YAML keys can be numbers, null or dates, too
     if unknown:
         raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(fields)}")
     start = {n: getattr(base, n) for n in fields} if base is not None else {}
@@ -115,17 +161,15 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
     """Build ``cls`` from a YAML file (optional) and ``key=value`` overrides."""
     data: dict = {}
     if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        data = safe_load_yaml(read_config_text(path), str(path)) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {_shown(data)}")
     for item in overrides or []:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        value = safe_load_yaml(raw, f"--set {key.strip()}", lines=False) if raw.strip() else ""
+        _set_dotted(data, key.strip(), value)
     try:
         return _build(cls, data)
     except ConfigError as e:

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,9 +36,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import latest_valid_checkpoint, load_trainer_state, save_checkpoint, set_rng_state, trim_metrics
+from .checkpoint import (
+    latest_valid_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+    set_rng_state,
+    trim_metrics,
+    write_aside,
+)
 from .config import OptimConfig, RunConfig, save_config
-from .errors import UserError
+from .errors import OutputError, UserError, disk_full
 
 # ---------------------------------------------------------------- seeding, device, torchrun
 
@@ -234,6 +240,17 @@ class RunLoop:
         if self.main:
             print(f"{self.name}: {msg}", flush=True)
 
+    def _log(self, row: dict) -> None:
+        try:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            full = disk_full(e)
+            if full is None:
+                raise
+            # a torn last line is dropped on resume (trim_metrics); the checkpoints are not touched
+            raise OutputError(f"{self.metrics_path}: writing step {row['step']} failed: {full[0]}") from e
+
     def fit(self, step: Callable[[int], dict], total: int, optimizer, scheduler, save_weights: Callable[[Path], None],
             *, evaluate: Callable[[], dict] | None = None, eval_every: int = 0,
             save_final: Callable[[Path], None] | None = None, rank_state: Callable[[], dict] | None = None,
@@ -262,8 +279,7 @@ class RunLoop:
                 last_eval = evaluate()
                 row = {"step": done, **row, **last_eval}
             if row and self.main:
-                with self.metrics_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                self._log(row)
             if (run.save_every and done % run.save_every == 0) or done == stop < total:
                 extras = gather_objects(rank_state(), self.world) if rank_state else None  # collective
                 if self.main:
@@ -275,12 +291,8 @@ class RunLoop:
             return FitResult(done, None, last_eval)
         final = self.out / "final"
         if self.main and save_final is not None:  # written aside and renamed, as a checkpoint
-            tmp = self.out / "final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            save_final(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            write_aside(final, [("the final model", save_final)], "the final model",
+                        "and the checkpoints are untouched")
         barrier(self.world)
         return FitResult(done, final, last_eval)
 

@@ -18,35 +18,54 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from ..errors import ConfigError
+from ..config import read_config_text, safe_load_yaml
+from ..errors import ConfigError, shown
 from .prepare import DEFAULT_FRACTIONS, build_dataset
 from .schema import Dataset, ErrorPolicy, write_dataset
 from .sources import QueryIds, map_label
-from .tables import TableBuilder, columns_of, read_rows, require_columns
+from .tables import TableBuilder, clean_id, clean_text, columns_of, read_rows, require_columns, require_fields
 
 MAPPABLE_PRODUCT_FIELDS = ("product_id", "title", "brand", "description", "category", "price", "quality")
 TABLES = {"products": MAPPABLE_PRODUCT_FIELDS, "queries": ("query_id", "text"),
           "judgments": ("query_id", "query", "product_id", "label")}
 IDENTITY_LABELS = {str(g): g for g in (1, 2, 3, 4)}
+FORMATS = ("csv", "tsv", "jsonl", "json", "json-zip", "parquet")  # what read_rows reads
 
 
 def parse_mapping(yaml_path: str | None = None, flags: list[str] | None = None,
                   files: dict[str, str | None] | None = None, labels: str | None = None) -> dict:
     """Merge a YAML mapping with ``--map table.field=column`` flags, ``--products/--queries/
-    --judgments FILE`` and ``--labels A=4,B=3``; flags win. Unknown tables/fields are errors."""
-    m: dict = yaml.safe_load(Path(yaml_path).read_text()) if yaml_path else {}
-    m = m or {}
+    --judgments FILE`` and ``--labels A=4,B=3``; flags win. Unknown tables/fields are errors, and so is
+    a value of the wrong kind (a list where a mapping belongs, a label mapped to "four")."""
+    m = _read_mapping(yaml_path) if yaml_path else {}
+    where = yaml_path or "mapping"
     unknown = set(m) - set(TABLES) - {"labels"}
     if unknown:
-        raise ConfigError(f"{yaml_path}: unknown key(s) {sorted(unknown)}; expected {sorted(TABLES)} and labels")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; expected {sorted(TABLES)} and labels")
     for table, spec in m.items():
         if table == "labels":
+            if not isinstance(spec or {}, dict):
+                raise ConfigError(f"{where}: labels: expected a mapping of LABEL: GRADE, got {shown(spec)}")
             continue
-        bad = set(spec or {}) - {"file", "columns", "attributes", "format"}
+        if not isinstance(spec or {}, dict):
+            raise ConfigError(f"{where}: {table}: expected a mapping (file, columns, attributes, format), "
+                              f"got {shown(spec)}")
+        m[table] = spec = dict(spec or {})
+        bad = set(spec) - {"file", "columns", "attributes", "format"}
         if bad:
-            raise ConfigError(f"{yaml_path}: {table}: unknown key(s) {sorted(bad)}")
+            raise ConfigError(f"{where}: {table}: unknown key(s) {sorted(map(str, bad))}")
+        if "file" in spec and not isinstance(spec["file"], str):
+            raise ConfigError(f"{where}: {table}.file: expected a path, got {shown(spec['file'])}")
+        if "format" in spec and spec["format"] not in FORMATS:
+            raise ConfigError(f"{where}: {table}.format: expected one of {list(FORMATS)}, got {shown(spec['format'])}")
+        columns = spec.get("columns") or {}
+        if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
+            raise ConfigError(f"{where}: {table}.columns: expected a mapping of FIELD: COLUMN, got {shown(columns)}")
+        spec["columns"] = {str(k): v for k, v in columns.items()}
+        attributes = spec.get("attributes") or []
+        if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):
+            raise ConfigError(f"{where}: {table}.attributes: expected a list of column names, got {shown(attributes)}")
+        spec["attributes"] = attributes
     for table, path in (files or {}).items():
         if path:
             m.setdefault(table, {})["file"] = path
@@ -60,7 +79,7 @@ def parse_mapping(yaml_path: str | None = None, flags: list[str] | None = None,
         m["labels"] = {}
         for part in labels.split(","):
             k, sep, v = part.partition("=")
-            if not sep or not v.strip().isdigit():
+            if not sep or not (v.strip().isascii() and v.strip().isdigit()):  # "²".isdigit(), but int("²") fails
                 raise ConfigError(f"--labels {labels!r}: expected LABEL=GRADE pairs, e.g. Exact=4,Partial=3")
             m["labels"][k.strip()] = int(v)
     for table, spec in m.items():
@@ -68,7 +87,7 @@ def parse_mapping(yaml_path: str | None = None, flags: list[str] | None = None,
             bad = set((spec or {}).get("columns", {})) - set(TABLES[table])
             if bad:
                 raise ConfigError(f"mapping for {table}: unknown field(s) {sorted(bad)}; "
-                                 f"canonical fields are {list(TABLES[table])}")
+                                  f"canonical fields are {list(TABLES[table])}")
     if "judgments" not in m or "file" not in m["judgments"]:
         raise ConfigError("a judgments file is required (--judgments FILE or judgments.file in the mapping)")
     if "queries" in m and "file" not in (m["queries"] or {}):
@@ -77,24 +96,45 @@ def parse_mapping(yaml_path: str | None = None, flags: list[str] | None = None,
     return m
 
 
+def _read_mapping(yaml_path: str) -> dict:
+    m = safe_load_yaml(read_config_text(yaml_path, "mapping"), yaml_path) or {}
+    if not isinstance(m, dict):
+        raise ConfigError(f"{yaml_path}: expected a mapping at the top level (products, queries, judgments, "
+                          f"labels), got {shown(m)}")
+    return m
+
+
+def _label_map(mapping: dict) -> dict[str, int]:
+    labels = {}
+    for k, v in (mapping.get("labels") or IDENTITY_LABELS).items():
+        # a grade is a whole number 1-4: a YAML 4 or "4"; not 4.5 (int() would make it 4), true or "four"
+        grade = None
+        if isinstance(v, int) and not isinstance(v, bool):
+            grade = v
+        elif isinstance(v, str) and v.strip().isascii() and v.strip().isdigit():
+            grade = int(v)
+        if grade not in (1, 2, 3, 4):
+            raise ConfigError(f"label map: grades must be 1-4, got {shown(k)}: {shown(v)}")
+        labels[str(k)] = grade
+    return labels
+
+
 def import_dataset(mapping: dict, out: str | Path, *, name: str = "custom", seed: int = 0,
                    fractions=DEFAULT_FRACTIONS, on_error: str = "raise") -> Dataset:
     policy = ErrorPolicy(on_error)
     b = TableBuilder(policy)
-    labels = {str(k): int(v) for k, v in (mapping.get("labels") or IDENTITY_LABELS).items()}
-    bad = {k: v for k, v in labels.items() if v not in (1, 2, 3, 4)}
-    if bad:
-        raise ConfigError(f"label map: grades must be 1-4, got {bad}")
+    labels = _label_map(mapping)
 
     def col(table, field):
-        return mapping.get(table, {}).get("columns", {}).get(field, field)
+        return (mapping.get(table) or {}).get("columns", {}).get(field, field)
 
-    def add_product(path, where, row, attrs_cols):
-        b.add_product(path, where, row.get(col("products", "product_id")), row.get(col("products", "title")),
-                      brand=row.get(col("products", "brand")), description=row.get(col("products", "description")),
-                      category=row.get(col("products", "category")),
-                      attributes={c: row[c] for c in attrs_cols if row.get(c) not in (None, "")},
-                      price=row.get(col("products", "price")), quality=row.get(col("products", "quality")))
+    def add_product(path, where, row, attrs_cols) -> bool:
+        return b.add_product(path, where, row.get(col("products", "product_id")), row.get(col("products", "title")),
+                             brand=row.get(col("products", "brand")),
+                             description=row.get(col("products", "description")),
+                             category=row.get(col("products", "category")),
+                             attributes={c: row[c] for c in attrs_cols if row.get(c) not in (None, "")},
+                             price=row.get(col("products", "price")), quality=row.get(col("products", "quality")))
 
     # a products mapping without a file names the product columns of the judgments rows
     prod = mapping.get("products") if (mapping.get("products") or {}).get("file") else None
@@ -109,9 +149,19 @@ def import_dataset(mapping: dict, out: str | Path, *, name: str = "custom", seed
     q = mapping.get("queries")
     if q:
         path = Path(q["file"])
-        require_columns(path, columns_of(path, q.get("format")), [col("queries", "query_id"), col("queries", "text")])
+        id_col, text_col = col("queries", "query_id"), col("queries", "text")
+        require_columns(path, columns_of(path, q.get("format")), [id_col, text_col])
+        first_at: dict[str, str] = {}
         for where, row in read_rows(path, policy, q.get("format")):
-            b.add_query(row[col("queries", "query_id")], row[col("queries", "text")])
+            if not require_fields(path, where, row, [id_col, text_col], policy):
+                continue
+            qid = clean_id(row[id_col])
+            if qid in first_at:  # like a duplicate product: which text is meant cannot be told
+                policy.bad(path, where, id_col, f"duplicate query {shown(qid)} (first at {first_at[qid]})",
+                           "duplicate query_id")
+                continue
+            first_at[qid] = where
+            b.add_query(qid, row[text_col])
 
     j = mapping["judgments"]
     path = Path(j["file"])
@@ -120,18 +170,19 @@ def import_dataset(mapping: dict, out: str | Path, *, name: str = "custom", seed
     if not prod:
         required.append(col("products", "title"))
     require_columns(path, columns_of(path, j.get("format")), required)
+    attrs = (mapping.get("products") or {}).get("attributes", [])
     for where, row in read_rows(path, policy, j.get("format")):
-        missing = [c for c in required if row.get(c) in (None, "")]
-        if missing:
-            policy.bad(path, where, missing[0], "missing or empty", f"missing {missing[0]}")
+        if not require_fields(path, where, row, required, policy):
             continue
         grade = map_label(row[col("judgments", "label")], labels, path, where, col("judgments", "label"), policy)
         if grade is None:
             continue
-        qid = str(row[key]).strip() if q else b.add_query(qids(str(row[key])), row[key])
-        if not prod and str(row[col("products", "product_id")]).strip() not in b.products:
-            add_product(path, where, row, mapping.get("products", {}).get("attributes", []))
-        b.add_judgment(path, where, qid, row[col("judgments", "product_id")], grade, row[col("judgments", "label")])
+        qid = clean_id(row[key]) if q else b.add_query(qids(clean_text(row[key])), row[key])
+        pid = clean_id(row[col("judgments", "product_id")])
+        # a row whose product cannot be added is reported once, not again as "unknown product"
+        if not prod and pid not in b.products and not add_product(path, where, row, attrs):
+            continue
+        b.add_judgment(path, where, qid, pid, grade, row[col("judgments", "label")])
 
     provenance = {"imported_from": {t: str(mapping[t]["file"]) for t in TABLES if (mapping.get(t) or {}).get("file")},
                   "mapping": {t: mapping[t].get("columns", {}) for t in TABLES if t in mapping}}

@@ -57,7 +57,8 @@ def build_dataset(builder: TableBuilder, policy: ErrorPolicy, *, name: str, labe
         "grades": {str(g): GRADE_NAMES[g] for g in GRADES},
         "split": {"seed": seed, "fractions": dict(zip(SPLITS, map(float, fractions))), "unit": "query"},
         "provenance": provenance,
-        "report": {"skipped": dict(policy.skipped), "skipped_examples": policy.examples,
+        "report": {"skipped": dict(policy.skipped), "skipped_by_file": dict(policy.skipped_by_file),
+                   "skipped_examples": policy.examples,
                    "merged_duplicate_judgments": builder.merged_duplicates, "unjudged_queries_dropped": unjudged},
         "notes": "grade 1-4 = L1 Irrelevant, L2 Mismatch, L3 Related, L4 Excellent; Good = L3 or L4.",
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, InputError, MissingFileError, UserError
+from ..errors import ConfigError, InputError, MissingFileError, OutputError, UserError, disk_full
 
 CHORUS_COMMIT = "96edf8b536e521be06cab910e0f6a9b25e3016fc"
 ESCI_COMMIT = "7e0e3073f5ca36c0b5ff79e847cf99a74597645d"
@@ -136,20 +136,35 @@ def _check(path: Path, expected: str, origin: str) -> None:
                             "refusing unverified bytes")
 
 
+def _cache_fill(dst: Path, fill, how: str) -> None:
+    """``fill(tmp)`` into a temporary file beside ``dst``, renamed to ``dst`` when complete: the cache
+    never holds a partial file under its real name, and on failure none under a temporary one either (a
+    full disk would keep its space). A full disk becomes an OutputError naming the file."""
+    tmp = None
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+        os.close(fd)
+        fill(tmp)
+        os.replace(tmp, dst)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+        full = disk_full(e)
+        if full is None:
+            raise
+        raise OutputError(f"{dst}: not cached: {how} failed: {full[0]} (the cache is $SEARCHRL_HOME, now "
+                          f"{cache_dir()}); no partial file is left") from e
+
+
 def _atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    _cache_fill(dst, lambda tmp: shutil.copyfile(src, tmp), f"copying {src}")
 
 
 def _download(url: str, dst: Path, expected: str) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-    h = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp, os.fdopen(fd, "wb") as out:
+    def fill(tmp):
+        h = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name, leave=False) as bar:
                 while block := resp.read(1 << 20):
@@ -159,10 +174,7 @@ def _download(url: str, dst: Path, expected: str) -> None:
         if h.hexdigest() != expected:
             raise ChecksumError(f"{url}: sha256 mismatch for {dst.name}: expected {expected}, "
                                 f"got {h.hexdigest()}; refusing unverified bytes")
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _cache_fill(dst, fill, f"downloading {url}")
 
 
 def fetch(name: str, mirror: str | Path | None = None, download: bool = True,

@@ -20,12 +20,15 @@ skipped and counted in the report. Nothing is dropped silently.
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from ..errors import ConfigError, InputError, MissingFileError, UserError
+from ..errors import ConfigError, InputError, MissingFileError, OutputError, OutputExistsError, UserError, disk_full
 
 GRADES = (1, 2, 3, 4)
 GRADE_NAMES = {1: "L1 Irrelevant", 2: "L2 Mismatch", 3: "L3 Related", 4: "L4 Excellent"}
@@ -53,6 +56,7 @@ class ErrorPolicy:
 
     on_error: str = "raise"
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    skipped_by_file: dict[str, int] = field(default_factory=dict)  # file -> count (the same rows, by file)
     examples: list[str] = field(default_factory=list)  # first few messages, for the report
 
     def __post_init__(self):
@@ -65,6 +69,7 @@ class ErrorPolicy:
             raise err
         key = reason or (f"{field}: {message}" if field else message)
         self.skipped[key] = self.skipped.get(key, 0) + 1
+        self.skipped_by_file[err.file] = self.skipped_by_file.get(err.file, 0) + 1
         if len(self.examples) < 10:
             self.examples.append(str(err))
 
@@ -118,14 +123,49 @@ def product_text(row, max_description: int = 200) -> str:
     return " ".join(p for p in parts + [desc] if p)
 
 
+DATASET_FILES = ("products.parquet", "queries.parquet", "judgments.parquet", "dataset.json")
+
+
 def write_dataset(ds: Dataset, out_dir: str | Path) -> Path:
+    """Write ``ds`` to ``out_dir`` all or nothing: the four files go to a temporary directory first and are
+    renamed into place only when all are complete, so a full disk (or a crash) never leaves a half-written
+    dataset under the real name, nor old and new tables mixed in a dataset prepared before. A full disk
+    is an OutputError naming the file (the OSError as its ``__cause__``), with nothing half-written left.
+
+    Simplifies: an existing directory is updated by renaming the four files one after the other (other
+    files in it stay), so a crash between two renames, not a full disk, could still mix them."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ds.products[PRODUCT_COLUMNS].to_parquet(out / "products.parquet", index=False)
-    ds.queries[QUERY_COLUMNS + [c for c in ds.queries.columns if c not in QUERY_COLUMNS]].to_parquet(
-        out / "queries.parquet", index=False)
-    ds.judgments[JUDGMENT_COLUMNS].to_parquet(out / "judgments.parquet", index=False)
-    (out / "dataset.json").write_text(json.dumps(ds.card, indent=2, default=str) + "\n")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a directory")
+    existed = out.is_dir()
+    tables = {"products.parquet": ds.products[PRODUCT_COLUMNS],
+              "queries.parquet": ds.queries[QUERY_COLUMNS + [c for c in ds.queries.columns if c not in QUERY_COLUMNS]],
+              "judgments.parquet": ds.judgments[JUDGMENT_COLUMNS]}
+    staging, current = None, "its directory"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # mkdir, not mkdtemp: the directory may become ``out``, and should get the umask's permissions, not 0700
+        staging = (out if existed else out.parent) / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        staging.mkdir()
+        for name, table in tables.items():
+            current = name
+            table.to_parquet(staging / name, index=False)
+        current = "dataset.json"
+        (staging / current).write_text(json.dumps(ds.card, indent=2, default=str) + "\n")
+        if existed:  # renames only: they need no free space
+            for name in DATASET_FILES:
+                os.replace(staging / name, out / name)
+            staging.rmdir()
+        else:
+            os.replace(staging, out)
+    except BaseException as e:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        full = disk_full(e)
+        if full is None:
+            raise
+        raise OutputError(f"{out}: dataset not written: writing {current} failed: {full[0]}; nothing half-written "
+                          f"is left, {out} {'is as it was' if existed else 'was not created'}") from e
     return out
 
 

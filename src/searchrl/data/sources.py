@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, shown
 from .schema import ErrorPolicy
 from .tables import TableBuilder, columns_of, read_rows, require_columns, require_fields
 
@@ -39,7 +39,7 @@ def map_label(value, label_map: dict, file, where, field, policy: ErrorPolicy) -
     if key.endswith(".0") and key[:-2] in label_map:  # pandas-written integers, e.g. "3.0"
         key = key[:-2]
     if key not in label_map:
-        policy.bad(file, where, field, f"unknown label {value!r}; expected one of {sorted(label_map)}",
+        policy.bad(file, where, field, f"unknown label {shown(value)}; expected one of {sorted(label_map)}",
                    "unknown label")
         return None
     return label_map[key]
@@ -93,7 +93,7 @@ def _chorus_raters(path: Path | None, policy: ErrorPolicy) -> dict[tuple[str, st
         votes = [row[c].strip() for c in cols[2:]]
         bad = [c for c, v in zip(cols[2:], votes) if v not in CHORUS_LABELS]
         if bad:
-            policy.bad(path, where, bad[0], f"rating {row[bad[0]]!r} is not 0-3", "unknown label")
+            policy.bad(path, where, bad[0], f"rating {shown(row[bad[0]])} is not 0-3", "unknown label")
             continue
         out[(row["query"].strip(), row["docid"].strip())] = votes
     return out
@@ -173,7 +173,7 @@ def load_wands(product: Path, query: Path, label: Path, policy: ErrorPolicy,
             try:
                 quality = float(avg) / 5.0
             except ValueError:
-                policy.bad(product, where, "average_rating", f"{avg!r} is not a number", "bad average_rating")
+                policy.bad(product, where, "average_rating", f"{shown(avg)} is not a number", "bad average_rating")
                 continue
         b.add_product(product, where, row["product_id"], row["product_name"], category=row.get("product_class"),
                       description=row.get("product_description"),

@@ -10,17 +10,19 @@ with two different grades, no judgment of an unknown product.
 from __future__ import annotations
 
 import csv
-import io
 import json
+import re
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import MissingFileError
+from ..errors import MissingFileError, shown
 from .schema import GRADES, JUDGMENT_COLUMNS, PRODUCT_COLUMNS, DataError, ErrorPolicy
 
 csv.field_size_limit(sys.maxsize)  # WANDS descriptions exceed csv's 128 KiB default
@@ -37,79 +39,302 @@ def detect_format(path: Path) -> str:
 
 def read_rows(path: str | Path, policy: ErrorPolicy, fmt: str | None = None,
               delimiter: str | None = None) -> Iterator[tuple[str, dict]]:
-    """Yield ``(location, row dict)``; malformed rows are reported to ``policy``."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"{path}: no such file")
+    """Yield ``(location, row dict)``; malformed rows are reported to ``policy``.
+
+    Text is UTF-8, with or without a byte-order mark. A row with bytes that are not UTF-8 is a bad row
+    (named with the byte and its offset); a UTF-16 file, a duplicate or empty header and a file that is
+    not of its format are errors whatever the policy. Errors of the csv, json and pyarrow readers never
+    escape: they become a DataError with the file and line (or row)."""
+    path = _existing_file(path)
     fmt = fmt or detect_format(path)
     if fmt in ("csv", "tsv"):
         yield from _read_delimited(path, policy, delimiter or ("\t" if fmt == "tsv" else ","))
     elif fmt == "jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    policy.bad(path, f"line {n}", None, f"malformed JSON ({e.msg})", "malformed row")
-                    continue
-                if not isinstance(row, dict):
-                    policy.bad(path, f"line {n}", None, "expected a JSON object", "malformed row")
-                    continue
-                yield f"line {n}", row
+        yield from _read_jsonl(path, policy)
     elif fmt in ("json", "json-zip"):
+        items, escapes = _read_json_array(path, fmt)
+        for n, row in enumerate(items, start=1):
+            where = f"item {n}"
+            if not isinstance(row, dict):
+                policy.bad(path, where, None, "expected a JSON object", "malformed row")
+            elif not escapes or _valid_text(path, where, row, policy):
+                yield where, row
+    elif fmt == "parquet":
+        yield from _read_parquet(path)
+    else:
+        raise DataError(path, None, None, f"unknown format {shown(fmt)}")
+
+
+# ----------------------------------------------------------------------------- text files
+
+_ESCAPED = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a byte that is not UTF-8
+_SURROGATE = re.compile("[\ud800-\udfff]")  # also lone surrogates, which JSON "\ud800" escapes can produce
+_JSON_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_BOM = b"\xef\xbb\xbf"
+
+
+def _existing_file(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise MissingFileError(f"{path}: not a file")
+    return path
+
+
+def _open_text(path: Path):
+    """(file, offset of its text): the file as UTF-8 text (a BOM is skipped); bytes that are not UTF-8 come
+    through as surrogate escapes, so that the row holding them can be named (and skipped) instead of the
+    whole read failing."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise DataError(path, None, None, f"UTF-16 text (it starts with the byte-order mark "
+                            f"{head[:2].hex(' ')}); save it as UTF-8")
+        return open(path, encoding="utf-8-sig", errors="surrogateescape", newline=""), len(_BOM) * head.startswith(_BOM)
+    except OSError as e:  # e.g. no permission to read it
+        raise DataError(path, None, None, f"cannot read it ({e.strerror or e})") from None
+
+
+class _Lines:
+    """Lines of a text file for csv.reader, remembering those of the record being read and the byte offsets."""
+
+    def __init__(self, f, offset: int):
+        self.f, self.n, self.offset = f, 0, offset
+        self.lines: list[str] = []
+        self.first, self.first_offset = 1, offset
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.f)
+        if not self.lines:
+            self.first, self.first_offset = self.n + 1, self.offset
+        self.lines.append(line)
+        self.n += 1
+        self.offset += len(line) if line.isascii() else len(line.encode("utf-8", "surrogateescape"))
+        return line
+
+    def take(self) -> tuple[int, int, str, int]:
+        """(first line, last line, text, byte offset) of the record just read."""
+        text, self.lines = "".join(self.lines), []
+        return self.first, self.n, text, self.first_offset
+
+
+def _not_utf8(text: str, offset: int) -> str:
+    """'not UTF-8 (byte 0xe9 at offset N)' for the first escaped byte of ``text``, which starts at ``offset``."""
+    m = _ESCAPED.search(text)
+    at = offset + len(text[: m.start()].encode("utf-8", "surrogateescape"))
+    return f"not UTF-8 (byte 0x{ord(m.group()) - 0xdc00:02x} at offset {at})"
+
+
+def _header(path: Path, reader, lines: _Lines) -> list[str] | None:
+    """The header row, checked: UTF-8, no NULs, not empty, no duplicate names. None for an empty file."""
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise DataError(path, "header", None, f"unreadable ({e})") from None
+    if header is None:
+        return None
+    _, _, text, offset = lines.take()
+    if _ESCAPED.search(text):
+        raise DataError(path, "header", None, _not_utf8(text, offset))
+    if "\x00" in text:
+        raise DataError(path, "header", None, "NUL bytes in the header: is the file UTF-16 (saved without a "
+                        "byte-order mark) or binary? Save it as UTF-8")
+    if not header:
+        raise DataError(path, "header", None, "the first line (the header) is empty")
+    first: dict[str, int] = {}
+    for i, name in enumerate(header):
+        if name in first:
+            raise DataError(path, "header", name, f"duplicate column (columns {first[name] + 1} and {i + 1})")
+        first[name] = i
+    return header
+
+
+def _read_delimited(path: Path, policy: ErrorPolicy, delimiter: str) -> Iterator[tuple[str, dict]]:
+    f, offset = _open_text(path)
+    with f:
+        lines = _Lines(f, offset)
+        reader = csv.reader(lines, delimiter=delimiter)
+        header = _header(path, reader, lines)
+        if header is None:
+            return
+        n = len(header)
+        while True:
+            try:
+                fields = next(reader, None)
+            except csv.Error as e:
+                raise DataError(path, f"line {lines.n}", None, f"unreadable ({e})") from None
+            if fields is None:
+                return
+            first, last, text, offset = lines.take()
+            if not fields:  # a blank line is no row
+                continue
+            where = f"line {first}"  # a record with a quoted newline is named by its first line
+            span = f"the record runs from line {first} to line {last}"
+            if last > first and text.count('"') % 2:
+                policy.bad(path, where, None, f"an unclosed quote: {span}", "malformed row")
+            elif len(fields) > n:
+                policy.bad(path, where, None, f"{len(fields)} fields, header has {n}"
+                           + (f" ({span})" if last > first else ""), "malformed row")
+            elif len(fields) < n:
+                policy.bad(path, where, None, f"fewer fields than the header's {n}"
+                           + (f" ({span})" if last > first else ""), "malformed row")
+            elif _ESCAPED.search(text):
+                field = next((h for h, v in zip(header, fields) if _ESCAPED.search(v)), None)
+                policy.bad(path, where, field, _not_utf8(text, offset), "not UTF-8")
+            else:
+                yield where, dict(zip(header, fields))
+
+
+def _json_error(e: Exception) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg}, column {e.colno}"
+    return _one_line(e)  # e.g. an integer past Python's 4300-digit limit
+
+
+def _read_jsonl(path: Path, policy: ErrorPolicy) -> Iterator[tuple[str, dict]]:
+    f, offset = _open_text(path)
+    with f:
+        lines = _Lines(f, offset)
+        for _ in lines:
+            n, _, line, at = lines.take()
+            where = f"line {n}"
+            if not line.strip():
+                continue
+            if _ESCAPED.search(line):
+                policy.bad(path, where, None, _not_utf8(line, at), "not UTF-8")
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as e:
+                policy.bad(path, where, None, f"malformed JSON ({_json_error(e)})", "malformed row")
+                continue
+            if not isinstance(row, dict):
+                policy.bad(path, where, None, "expected a JSON object", "malformed row")
+            elif not _JSON_SURROGATE_ESCAPE.search(line) or _valid_text(path, where, row, policy):
+                yield where, row
+
+
+def _read_json_array(path: Path, fmt: str) -> tuple[list, bool]:
+    """(the items, whether the text has \\ud800-\\udfff escapes, so that items may hold lone surrogates)"""
+    try:
         if fmt == "json-zip":
             with zipfile.ZipFile(path) as z:
                 members = [m for m in z.namelist() if m.endswith(".json")]
                 if len(members) != 1:
-                    raise DataError(path, None, None, f"expected one .json member, found {members}")
-                items = json.loads(z.read(members[0]))
+                    raise DataError(path, None, None, f"expected one .json member, found {shown(members)}")
+                data = z.read(members[0])
         else:
-            items = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(items, list):
-            raise DataError(path, None, None, "expected a JSON array of objects")
-        for n, row in enumerate(items, start=1):
-            if not isinstance(row, dict):
-                policy.bad(path, f"item {n}", None, "expected a JSON object", "malformed row")
-                continue
-            yield f"item {n}", row
-    elif fmt == "parquet":
-        n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=65536):
-            for row in batch.to_pylist():
-                n += 1
-                yield f"row {n}", row
-    else:
-        raise DataError(path, None, None, f"unknown format {fmt!r}")
+            data = path.read_bytes()
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError) as e:
+        raise DataError(path, None, None, f"not a readable zip file ({_one_line(e)})") from None
+    except OSError as e:
+        raise DataError(path, None, None, f"cannot read it ({e.strerror or e})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(path, None, None, "UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+    skip = len(_BOM) if data.startswith(_BOM) else 0
+    try:
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = skip + e.start
+        line = data.count(b"\n", 0, at) + 1
+        raise DataError(path, f"line {line}", None, f"not UTF-8 (byte 0x{data[at]:02x} at offset {at})") from None
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"line {e.lineno}", None, f"malformed JSON ({_json_error(e)})") from None
+    except (ValueError, RecursionError) as e:
+        raise DataError(path, None, None, f"malformed JSON ({_json_error(e)})") from None
+    if not isinstance(items, list):
+        raise DataError(path, None, None, "expected a JSON array of objects")
+    return items, _JSON_SURROGATE_ESCAPE.search(text) is not None
 
 
-def _read_delimited(path: Path, policy: ErrorPolicy, delimiter: str) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter, restkey="__extra__")
-        for row in reader:
-            where = f"line {reader.line_num}"
-            if "__extra__" in row:
-                policy.bad(path, where, None, f"{len(reader.fieldnames) + len(row['__extra__'])} fields, "
-                           f"header has {len(reader.fieldnames)}", "malformed row")
-                continue
-            if any(v is None for v in row.values()):
-                policy.bad(path, where, None, f"fewer fields than the header's {len(reader.fieldnames)}",
-                           "malformed row")
-                continue
-            yield where, row
+def _has_surrogate(value) -> bool:
+    todo = [value]  # a loop, not recursion: JSON nests as deep as json.loads allows
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return True
+        elif isinstance(v, dict):
+            todo.extend(v.keys())
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return False
+
+
+def _valid_text(path, where, row: dict, policy: ErrorPolicy) -> bool:
+    """False (and the row reported) when a key or value holds a lone surrogate, which no file can store."""
+    for key, value in row.items():
+        if _has_surrogate(key) or _has_surrogate(value):
+            policy.bad(path, where, None if _has_surrogate(key) else key,
+                       "invalid text (a lone surrogate, from a JSON \\ud800-\\udfff escape)", "invalid text")
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------- Parquet
+
+_PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError)  # ArrowInvalid is a ValueError, ArrowIOError an OSError
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    try:
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+    except _PARQUET_ERRORS as e:
+        raise DataError(path, None, None, f"not a readable Parquet file ({_one_line(e)})") from None
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise DataError(path, "header", name, f"duplicate column (columns {first[name] + 1} and {i + 1})")
+        first[name] = i
+    return pf
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    batches = _parquet_file(path).iter_batches(batch_size=65536)
+    n = 0
+    while True:
+        try:
+            batch = next(batches, None)
+            rows = None if batch is None else batch.to_pylist()
+        except _PARQUET_ERRORS as e:
+            raise DataError(path, f"row {n + 1}", None, f"unreadable Parquet data ({_one_line(e)})") from None
+        if rows is None:
+            return
+        for row in rows:
+            n += 1
+            yield f"row {n}", row
+
+
+def _one_line(e: Exception, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def columns_of(path: str | Path, fmt: str | None = None, delimiter: str | None = None) -> list[str] | None:
-    """Header columns of a tabular file (None for JSON formats, whose keys vary per row)."""
-    path = Path(path)
+    """Header columns of a tabular file (None for JSON formats, whose keys vary per row); [] for an empty file.
+
+    The header is checked as read_rows checks it (encoding, duplicates), so a bad one fails here first."""
+    path = _existing_file(path)
     fmt = fmt or detect_format(path)
     if fmt in ("csv", "tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            return next(csv.reader(io.StringIO(f.readline()), delimiter=delimiter or (
-                "\t" if fmt == "tsv" else ",")), [])
+        f, offset = _open_text(path)
+        with f:
+            lines = _Lines(f, offset)
+            return _header(path, csv.reader(lines, delimiter=delimiter or ("\t" if fmt == "tsv" else ",")),
+                           lines) or []
     if fmt == "parquet":
-        return pq.ParquetFile(path).schema_arrow.names
+        return _parquet_file(path).schema_arrow.names
     return None
 
 
@@ -123,9 +348,9 @@ def require_columns(path, present: list[str] | None, required: list[str]) -> Non
 
 
 def require_fields(path, where, row: dict, fields: list[str], policy: ErrorPolicy) -> bool:
-    """For JSON rows (no header): each required key must be present and non-empty."""
+    """Each required key must be present and hold more than blanks (a JSON row has no header to check)."""
     for f in fields:
-        if row.get(f) in (None, ""):
+        if not clean_text(row.get(f)):
             policy.bad(path, where, f, "missing or empty", f"missing {f}")
             return False
     return True
@@ -143,38 +368,47 @@ class TableBuilder:
         self.merged_duplicates = 0
 
     def add_product(self, file, where, product_id, title, brand="", description="", category="",
-                    attributes=None, price=None, quality=None) -> None:
-        pid = _clean_id(product_id)
+                    attributes=None, price=None, quality=None) -> bool:
+        """True when the product was added; False when the row was reported to the policy."""
+        pid = clean_id(product_id)
         if not pid:
-            return self.policy.bad(file, where, "product_id", "missing or empty", "missing product_id")
-        if not title or not str(title).strip():
-            return self.policy.bad(file, where, "title", "missing or empty", "missing title")
+            self.policy.bad(file, where, "product_id", "missing or empty", "missing product_id")
+            return False
+        if not clean_text(title):  # also NaN (a JSON NaN, an empty Parquet float cell)
+            self.policy.bad(file, where, "title", "missing or empty", "missing title")
+            return False
         if pid in self.products:
-            return self.policy.bad(file, where, "product_id", f"duplicate product {pid!r}", "duplicate product_id")
+            self.policy.bad(file, where, "product_id", f"duplicate product {shown(pid)}", "duplicate product_id")
+            return False
         for name, value in (("price", price), ("quality", quality)):
-            if _float_or_none(value) is None and _text(value) not in ("", "nan", "NaN"):
-                return self.policy.bad(file, where, name, f"{value!r} is not a number", f"bad {name}")
+            if _float_or_none(value) is None and clean_text(value) not in ("", "nan", "NaN"):
+                self.policy.bad(file, where, name, f"{shown(value)} is not a number", f"bad {name}")
+                return False
         self.products[pid] = {
-            "product_id": pid, "title": str(title).strip(), "brand": _text(brand), "description": _text(description),
-            "category": _text(category), "attributes": json.dumps(attributes or {}, ensure_ascii=False, sort_keys=True),
+            "product_id": pid, "title": str(title).strip(), "brand": clean_text(brand),
+            "description": clean_text(description), "category": clean_text(category),
+            # default=str: Parquet cells can be bytes or timestamps, which JSON has no type for
+            "attributes": json.dumps(attributes or {}, ensure_ascii=False, sort_keys=True, default=str),
             "price": _float_or_none(price), "quality": _float_or_none(quality)}
+        return True
 
     def add_query(self, query_id, text, **extra) -> str:
-        qid = _clean_id(query_id)
+        qid = clean_id(query_id)
         if qid not in self.queries:
             self.queries[qid] = {"query_id": qid, "text": str(text).strip(), **extra}
         return qid
 
     def add_judgment(self, file, where, query_id, product_id, grade, label, raters=None, agreement=None) -> None:
-        key = (_clean_id(query_id), _clean_id(product_id))
+        key = (clean_id(query_id), clean_id(product_id))
         if grade not in GRADES:
-            return self.policy.bad(file, where, "grade", f"grade {grade!r} is not in 1-4", "bad grade")
+            return self.policy.bad(file, where, "grade", f"grade {shown(grade)} is not in 1-4", "bad grade")
         prev = self.judgments.get(key)
         if prev is not None:
             if prev["grade"] != grade:
                 pfile, pwhere = self._where[key]
                 return self.policy.bad(file, where, "grade",
-                                       f"conflicting grades for (query {key[0]!r}, product {key[1]!r}): {grade} here, "
+                                       f"conflicting grades for (query {shown(key[0])}, product {shown(key[1])}): "
+                                       f"{grade} here, "
                                        f"{prev['grade']} at {pfile}:{pwhere}", "conflicting duplicate")
             self.merged_duplicates += 1  # same pair, same grade: keep one, count it
             return
@@ -187,10 +421,10 @@ class TableBuilder:
         for key, j in self.judgments.items():
             file, where = self._where[key]
             if key[1] not in self.products:
-                self.policy.bad(file, where, "product_id", f"product {key[1]!r} is not in the catalogue",
+                self.policy.bad(file, where, "product_id", f"product {shown(key[1])} is not in the catalogue",
                                 "unknown product")
             elif key[0] not in self.queries:
-                self.policy.bad(file, where, "query_id", f"query {key[0]!r} is not in the query table",
+                self.policy.bad(file, where, "query_id", f"query {shown(key[0])} is not in the query table",
                                 "unknown query")
             else:
                 keep[key] = j
@@ -207,7 +441,8 @@ class TableBuilder:
         return products, queries, judgments
 
 
-def _clean_id(value) -> str:
+def clean_id(value) -> str:
+    """An id as text: stripped, a float that is an integer written as one (3.0 -> "3"), "" for None/NaN."""
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
     if isinstance(value, float) and value.is_integer():
@@ -215,7 +450,8 @@ def _clean_id(value) -> str:
     return str(value).strip()
 
 
-def _text(value) -> str:
+def clean_text(value) -> str:
+    """A value as stripped text; "" for None and NaN."""
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
     return str(value).strip()
@@ -226,6 +462,6 @@ def _float_or_none(value):
         return None
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float's range
         return None
     return None if pd.isna(v) else v

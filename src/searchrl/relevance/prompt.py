@@ -153,8 +153,11 @@ def apply_template(tokenizer, query: str, product: dict, cfg: PromptConfig | Non
 def clean_note(note, limit: int = 160) -> str:
     """One line of free text that cannot break the line grammar."""
     text = _text(note).replace("=>", "->")
-    for tok in GRADE_TOKENS:  # a grade token inside a note would confuse the parser
-        text = text.replace(tok, tok[1:-1])
+    # a grade token inside a note would confuse the parser; repeat until none is left, since taking the
+    # brackets off one can make another ("<<L3>>" -> "<L3>")
+    while any(tok in text for tok in GRADE_TOKENS):
+        for tok in GRADE_TOKENS:
+            text = text.replace(tok, tok[1:-1])
     return text[:limit].rstrip() or "-"
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ..data.schema import PRODUCT_FIELDS, ErrorPolicy
-from ..data.tables import read_rows
-from ..errors import ConfigError
+from ..data.tables import columns_of, read_rows, require_columns
+from ..errors import ConfigError, shown
 from .model import load_relevance_model, render_prompt
 from .prefill import shared_prefix_grade_probs
 from .prompt import build_prompt
@@ -98,7 +98,7 @@ def _product(row: dict, where: str, path, policy: ErrorPolicy) -> tuple[str, dic
     title = row.get("title")
     for name, value in (("query", query), ("title", title)):
         if not isinstance(value, str) or not value.strip():
-            problem = "missing" if value is None or value == "" else f"expected text, got {value!r}"
+            problem = "missing" if value is None or value == "" else f"expected text, got {shown(value)}"
             policy.bad(path, where, name, problem, f"{name}: missing or not text")
             return None
     product = {"title": title}
@@ -109,8 +109,10 @@ def _product(row: dict, where: str, path, policy: ErrorPolicy) -> tuple[str, dic
         if name == "attributes" and isinstance(value, str) and value.strip():
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError as e:
-                policy.bad(path, where, name, f"not a JSON object ({e.msg})", "attributes: malformed JSON")
+            except (ValueError, RecursionError) as e:  # also an integer past 4300 digits, or deep nesting
+                msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply" if isinstance(
+                    e, RecursionError) else " ".join(str(e).split())[:120]
+                policy.bad(path, where, name, f"not a JSON object ({msg})", "attributes: malformed JSON")
                 return None
         if name == "attributes" and not isinstance(value, (dict, str)):
             policy.bad(path, where, name, f"expected a JSON object, got {type(value).__name__}",
@@ -126,6 +128,8 @@ def read_scoring_requests(path: str | Path, on_error: str = "raise") -> tuple[li
     """Pairs of ``path`` grouped by query (in order of first appearance), and the error policy's counts."""
     policy = ErrorPolicy(on_error)
     by_query: dict[str, list[dict]] = {}
+    # a missing column is one error at the header, not one per row
+    require_columns(path, columns_of(path), ["query", "title"])
     for where, row in read_rows(path, policy):
         pair = _product(row, where, path, policy)
         if pair is not None:
