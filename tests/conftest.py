@@ -107,3 +107,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}  # a small LoRA for the trainers
+
+
+def assert_only_adapters_moved(policy, start, grade_ids: list[int]) -> None:
+    """``policy`` (a peft model mid-training) trains LoRA and grade-token parameters only, and they have moved;
+    every other weight still equals the starting model's."""
+    start_sd = start.state_dict()
+    start_rows = start_sd["model.embed_tokens.weight"][grade_ids]  # [4, H]
+    moved = set()
+    for name, p in policy.named_parameters():
+        if p.requires_grad:
+            assert "lora_" in name or "trainable_tokens" in name, name
+            if "lora_B" in name and p.abs().max() > 0:  # lora_B starts at zero
+                moved.add("lora")
+            if "trainable_tokens_delta" in name and not torch.equal(p, start_rows):
+                moved.add("grade_rows")  # the delta starts as the starting rows
+        else:
+            key = name.removeprefix("base_model.model.").replace(".token_adapter", "").replace(".base_layer", "")
+            assert torch.equal(p, start_sd[key]), name
+    assert moved == {"lora", "grade_rows"}, moved

@@ -1,5 +1,6 @@
 """DPO on the random tiny Qwen2 as the 'SFT model': it learns the preferences, the reference stays frozen,
-stop + resume equals an uninterrupted run, and `searchrl train dpo` writes a loadable final/ model."""
+stop + resume equals an uninterrupted run, `searchrl train dpo` writes a loadable final/ model, and under LoRA
+the reference is the policy with its adapters disabled (no second copy)."""
 
 import hashlib
 import json
@@ -7,13 +8,20 @@ import math
 
 import pytest
 import torch
+from conftest import LORA, assert_only_adapters_moved
 from safetensors.torch import load_file
 
 from searchrl.cli import main
 from searchrl.config import config_from_dict
 from searchrl.relevance.dpo import DPOConfig, encode_pair, pair_logps, train_dpo
 from searchrl.relevance.examples import IGNORE, collate
-from searchrl.relevance.model import load_relevance_model
+from searchrl.relevance.model import (
+    LoraSettings,
+    frozen_reference,
+    grade_token_ids,
+    load_relevance_model,
+    load_trainable,
+)
 from searchrl.relevance.prompt import build_completion
 from searchrl.relevance.sample import write_pairs
 
@@ -133,3 +141,78 @@ def test_sample_then_train_dpo_cli(tiny_model_dir, tiny_data, tmp_path, capsys):
     model, _ = load_relevance_model(str(final))  # loads like any relevance model
     assert model.config.vocab_size > 0
     assert main(["train", "dpo", "--set", "beta=0", "--set", f"pairs={pairs}"]) == 2  # bad config: an error, no run
+
+
+# ---------------------------------------------------------------- LoRA: the reference is the adapters-off policy
+
+def pairs_batch(tok, pairs):
+    enc = [encode_pair(tok, p, 256) for p in pairs]
+    return collate([e["chosen"] for e in enc] + [e["rejected"] for e in enc], tok.pad_token_id)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lora_reference_is_the_starting_model_however_far_the_adapters_moved(tiny_model_dir, tmp_path, tied):
+    """peft's disable_adapter reverts the LoRA deltas and the trainable grade-token rows (tied LM head), or the
+    trained copy of an untied LM head (modules_to_save): the reference log-probs are a separately loaded starting
+    model's, not the policy's."""
+    model_dir = tiny_model_dir
+    if not tied:  # the same weights with the LM head a separate matrix
+        model, tok = load_relevance_model(str(tiny_model_dir))
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+        model_dir = tmp_path / "untied"
+        model.save_pretrained(model_dir)
+        tok.save_pretrained(model_dir)
+    policy, tok = load_trainable(str(model_dir), torch.float32, LoraSettings(**LORA), None)
+    start, _ = load_relevance_model(str(model_dir))
+    head = start.get_output_embeddings().weight
+    assert (head is start.get_input_embeddings().weight) == tied
+    names = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert any("trainable_tokens" in n for n in names) and any("lm_head.modules_to_save" in n for n in names) != tied
+    batch = pairs_batch(tok, make_pairs(4))
+    with torch.no_grad():
+        for p in policy.parameters():
+            if p.requires_grad:  # as training would move them: LoRA matrices and grade-token rows
+                p.add_(torch.randn_like(p) * 0.5)
+        policy.train()
+        with frozen_reference(policy, None) as ref:
+            assert ref is policy and not ref.training  # the policy itself, in eval mode: no second copy
+            ref_logps = pair_logps(ref, batch)  # [2B]
+        assert policy.training  # the training mode it found is restored
+        torch.testing.assert_close(ref_logps, pair_logps(start.eval(), batch), atol=1e-5, rtol=1e-5)
+        moved = pair_logps(policy.eval(), batch)
+    assert (moved - ref_logps).abs().max() > 0.1  # the policy itself is elsewhere
+
+
+def test_lora_dpo_trains_adapters_only_merges_final_and_resumes_exactly(tiny_model_dir, tmp_path):
+    pairs = make_pairs(4)
+    kw = dict(lora=LORA, batch_size=2, optim={"max_steps": 4, "lr": 1e-2, "schedule": "cosine", "warmup_ratio": 0.0})
+    full = train_dpo(small_cfg(tmp_path / "full", tiny_model_dir, pairs, **kw))
+    assert full.reference is None  # no second copy under LoRA
+    rows = [json.loads(line) for line in (tmp_path / "full" / "out" / "metrics.jsonl").read_text().splitlines()]
+    # step 1: the adapters start at zero, so policy == adapters-off reference and the loss is log 2
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and rows[-1]["loss"] < math.log(2)
+    start, tok = load_relevance_model(str(tiny_model_dir))
+    # final/: merged full weights (no adapter tensors), a relevance model that scores like the returned policy
+    weights = load_file(full.final_dir / "model.safetensors")
+    assert not any("lora" in k or "trainable_tokens" in k or "base_layer" in k for k in weights)
+    merged, _ = load_relevance_model(str(full.final_dir))
+    batch = pairs_batch(tok, pairs)
+    with torch.no_grad():
+        final_logps = pair_logps(merged.eval(), batch)
+        torch.testing.assert_close(final_logps, pair_logps(full.model.eval(), batch), atol=1e-5, rtol=1e-5)
+        assert (final_logps - pair_logps(start.eval(), batch)).abs().max() > 1e-3
+    # stopped at step 2: base weights untouched, adapters and grade rows moved, the reference still the start
+    part = train_dpo(small_cfg(tmp_path / "part", tiny_model_dir, pairs, run={"stop_at_step": 2}, **kw))
+    assert part.final_dir is None and part.reference is None
+    assert_only_adapters_moved(part.model, start, grade_token_ids(tok))
+    with torch.no_grad(), frozen_reference(part.model, None) as ref:
+        torch.testing.assert_close(pair_logps(ref, batch), pair_logps(start, batch), atol=1e-5, rtol=1e-5)
+    ckpt = tmp_path / "part" / "out" / "checkpoint-2"
+    assert (ckpt / "adapter_model.safetensors").exists() and not (ckpt / "model.safetensors").exists()
+    resumed = train_dpo(small_cfg(tmp_path / "part", tiny_model_dir, pairs, run={"resume": True}, **kw))
+    assert resumed.step == 4
+    b = load_file(resumed.final_dir / "model.safetensors")
+    assert weights.keys() == b.keys()
+    for k in weights:
+        assert torch.allclose(weights[k], b[k], atol=1e-6), k

@@ -1,5 +1,6 @@
 """GRPO on the relevance model: the reward, class-balanced draws, learning a controlled task (with and without
-dynamic sampling), the reference model only when beta > 0, exact resume, and torchrun with two processes."""
+dynamic sampling), the reference model only when beta > 0 (under LoRA: the adapters-off policy, no second copy),
+exact resume, and torchrun with two processes."""
 
 import dataclasses
 import json
@@ -10,6 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import LORA, assert_only_adapters_moved
 
 from searchrl.config import config_from_dict
 from searchrl.relevance import model as model_mod
@@ -144,6 +146,42 @@ def test_resume_reproduces_uninterrupted_run(format_model, tmp_path):
     ra, rb = rows(tmp_path / "full"), rows(tmp_path / "part")
     assert [r["step"] for r in rb] == [1, 2, 3, 4, 5]
     assert [r["reward_mean"] for r in ra] == [r["reward_mean"] for r in rb]
+
+
+def test_lora_grpo_uses_the_adapters_off_reference_trains_adapters_only_and_resumes(format_model, tmp_path,
+                                                                                     monkeypatch):
+    from searchrl.relevance.model import frozen_reference, grade_token_ids
+    loads = []
+    real = model_mod.load_relevance_model
+    monkeypatch.setattr(model_mod, "load_relevance_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr("searchrl.relevance.grpo.load_relevance_model", model_mod.load_relevance_model)
+    p, reward = colour_prompts(), GradeReward(format_weight=0)
+    kw = dict(max_steps=3, beta=0.1, lora=LORA, lr=1e-2, dynamic_sampling=False)
+    full = train_grpo(grpo_cfg(format_model, tmp_path / "full", **kw), p, reward_fn=reward)
+    assert full.reference is None and len(loads) == 1  # beta > 0, yet only the policy was loaded
+    kls = [r["kl"] for r in rows(tmp_path / "full")]
+    # step 1 is on-policy from zero adapters: policy == reference exactly; then the policy moves away
+    assert kls[0] == pytest.approx(0.0, abs=1e-7) and kls[-1] > 0, kls
+    merged, tok = real(str(full.final_dir))  # final/: merged, a plain relevance model
+    assert not any("lora" in k or "base_layer" in k for k in merged.state_dict())
+    start, _ = real(str(format_model))
+    x = torch.tensor([model_mod.encode_prompt(tok, p[0]["prompt"]) + [grade_token_ids(tok)[0]]])
+    with torch.no_grad():
+        out = merged.eval()(x).logits
+        torch.testing.assert_close(out, full.model.eval()(x).logits, atol=1e-5, rtol=1e-5)
+        assert (out - start.eval()(x).logits).abs().max() > 1e-3
+    part = train_grpo(grpo_cfg(format_model, tmp_path / "part", stop_at_step=2, **kw), p, reward_fn=reward)
+    assert part.final_dir is None
+    assert_only_adapters_moved(part.model, start, grade_token_ids(tok))
+    with torch.no_grad(), frozen_reference(part.model, None) as ref:
+        torch.testing.assert_close(ref(x).logits, start(x).logits, atol=1e-5, rtol=1e-5)
+    resumed = train_grpo(grpo_cfg(format_model, tmp_path / "part", resume=True, **kw), p, reward_fn=reward)
+    assert resumed.step == 3 and resumed.rollouts == full.rollouts
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert [r["kl"] for r in rows(tmp_path / "part")] == pytest.approx(kls, abs=1e-6)
 
 
 # ---------------------------------------------------------------- CLI under torchrun

@@ -34,13 +34,14 @@ from .evaluate import evaluate_examples
 from .examples import IGNORE, collate, encode_example, split_examples, subset
 from .model import DTYPES, LoraSettings, frozen_reference, load_relevance_model, load_trainable
 from .sample import read_preference_pairs
-from .scorer_config import load_scorer_config, save_relevance_model
+from .scorer_config import save_relevance_model, scorer_config_of
 
 
 @dataclass
 class DPOConfig:
     # --- model and data
-    model: str = "runs/sft/final"  # the SFT model directory: the policy's start and the frozen reference
+    model: str = "runs/sft/final"  # the SFT model directory: the policy's start and the frozen reference (a GGUF
+    #   file or packaged GGUF name such as smollm2-135m also loads, with the default scorer config)
     lora: LoraSettings | None = None  # None = full fine-tuning; with LoRA the reference is the base, adapters off
     dtype: str = "float32"  # float32 | bfloat16 | float16: weights' dtype (policy and reference)
     pairs: str = "runs/pairs.jsonl"  # preference JSONL (prompt, chosen, rejected), e.g. from `searchrl sample`
@@ -67,7 +68,7 @@ class DPOConfig:
 
 @dataclass
 class DPOResult:
-    model: object  # the trained policy
+    model: object  # the trained policy (LoRA merged into it once training has finished; a peft model if stopped)
     reference: object | None  # the frozen reference (the SFT model); None under LoRA (the adapters-off policy)
     tokenizer: object
     step: int  # optimizer steps done
@@ -97,7 +98,7 @@ def pair_logps(model, batch: dict) -> torch.Tensor:
 
 def train_dpo(cfg: DPOConfig) -> DPOResult:
     """DPO from cfg.model on cfg.pairs; see the module docstring."""
-    scorer = load_scorer_config(cfg.model)  # fails early on a directory that is not a relevance model
+    scorer = scorer_config_of(cfg.model)  # fails early on a directory that is not a relevance model
     loop = RunLoop("dpo", cfg.run, cfg)
     dtype = DTYPES[cfg.dtype]
     model, tok = load_trainable(cfg.model, dtype, cfg.lora, loop.checkpoint)
@@ -161,7 +162,11 @@ def train_dpo(cfg: DPOConfig) -> DPOResult:
         model.save_pretrained(path)
         tok.save_pretrained(path)
 
+    export = model
+
     def save_final(path: Path) -> None:
+        nonlocal export
+        # a merged full model loads anywhere with load_relevance_model, LoRA or not
         export = model.merge_and_unload() if cfg.lora is not None else model
         save_relevance_model(path, export, tok, scorer, cfg, "dpo_config")  # DPO changed no prompt setting
 
@@ -169,4 +174,7 @@ def train_dpo(cfg: DPOConfig) -> DPOResult:
                       evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, scorer.prompt.order,
                                                           scorer.chat_template)) if evals else None,
                       eval_every=cfg.eval.every, postfix=("loss", "reward_margin"))
-    return DPOResult(model, reference, tok, result.step, result.final_dir, dropped, result.last_eval)
+    if result.final_dir is not None and cfg.lora is not None and not loop.main:
+        export = model.merge_and_unload()  # every rank returns the same merged model
+    return DPOResult(export if result.final_dir else model, reference, tok, result.step, result.final_dir, dropped,
+                     result.last_eval)

@@ -73,7 +73,8 @@ from .scorer_config import save_relevance_model, scorer_config_or_default
 @dataclass
 class GRPOConfig:
     # --- model
-    model: str = "tiny-qwen2"  # the SFT model directory (runs/sft/final), or an offline build name as in SFTConfig
+    model: str = "tiny-qwen2"  # the SFT model directory (runs/sft/final), a GGUF file or packaged GGUF name, or
+    #   an offline build name, as in SFTConfig
     tiny: TinyModel = field(default_factory=TinyModel)  # sizes when model is "tiny-qwen2"
     lora: LoraSettings | None = None  # None = full fine-tuning; with LoRA the reference is the base, adapters off
     dtype: str = "float32"  # float32 | bfloat16 | float16: weights' dtype
@@ -116,7 +117,7 @@ class GRPOConfig:
 
 @dataclass
 class GRPOResult:
-    model: object  # the trained policy
+    model: object  # the trained policy (LoRA merged into it once training has finished; a peft model if stopped)
     tokenizer: object
     step: int  # rollout steps done
     final_dir: Path | None  # output_dir/final, or None when stopped early by stop_at_step
@@ -307,7 +308,10 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
         model.save_pretrained(path)
         tok.save_pretrained(path)
 
+    export = model
+
     def save_final(path: Path) -> None:
+        nonlocal export
         export = model.merge_and_unload() if cfg.lora is not None else model
         # scorer: the starting model's scorer config when it has one (its tuned beta included)
         save_relevance_model(path, export, tok, scorer, cfg, "grpo_config")
@@ -316,4 +320,7 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
                       evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, cfg.prompt.order,
                                                           cfg.chat_template)) if evals else None,
                       eval_every=cfg.eval.every, postfix=("reward_mean", "tokens_per_s"))
-    return GRPOResult(model, tok, result.step, result.final_dir, result.last_eval, reference, rollouts_total)
+    if result.final_dir is not None and cfg.lora is not None and not loop.main:
+        export = model.merge_and_unload()  # every rank returns the same merged model
+    return GRPOResult(export if result.final_dir else model, tok, result.step, result.final_dir, result.last_eval,
+                      reference, rollouts_total)

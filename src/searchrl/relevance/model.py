@@ -1,6 +1,7 @@
 """Load a causal LM as a relevance model, and read its four grade probabilities.
 
-- :func:`load_relevance_model`: any Hugging Face causal LM (local files only), with
+- :func:`load_relevance_model`: any Hugging Face causal LM (local files only: a model
+  directory, a GGUF file or a packaged GGUF name, see pretrained.resolve_model), with
   the four grade tokens added as special tokens and the embeddings grown to fit;
   optionally wrapped in LoRA (peft) with the new tokens' embedding rows trainable.
 - :func:`tiny_qwen2` / :func:`minilm_tokenizer`: a random-weight Qwen2 over the
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from searchrl.errors import MissingFileError, ModelError
+from searchrl.errors import ModelError
 from searchrl.relevance.prompt import GRADE_TOKENS
 from searchrl.rl.rollout import left_pad
 
@@ -173,7 +174,8 @@ def load_tokenizer(path: str):
 
 def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, lora: LoraSettings | None = None,
                          tokenizer_path: str | None = None, seed: int = 0, tiny: TinyModel | None = None):
-    """(model, tokenizer) for a local causal LM directory, or TINY for the random tiny model.
+    """(model, tokenizer) for a local causal LM directory, a GGUF file or packaged GGUF name (dequantised once
+    and cached: pretrained.resolve_model), or an in-code build (TINY, MINILM_DECODER, MINILM_QWEN2).
 
     The tokenizer gets the grade tokens (once: loading a saved relevance model adds
     nothing) and a pad token (EOS when it has none). `tokenizer_path` overrides where
@@ -188,15 +190,13 @@ def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
                  MINILM_QWEN2: lambda: minilm_qwen2(tokenizer, tiny, seed)}[name_or_path]
         model = build().to(dtype)
     else:
-        if not Path(name_or_path).is_dir():
-            raise MissingFileError(f"{name_or_path}: no such model directory (only local files are loaded; "
-                                    f"or use {TINY!r} for the random tiny model)")
+        from .pretrained import resolve_model
         from .scorer_config import check_safetensors
-        check_safetensors(name_or_path)  # a pickled checkpoint can run code when loaded: refused
-        tokenizer = load_tokenizer(tokenizer_path or name_or_path)
+        path = resolve_model(name_or_path)  # a directory as it is; a GGUF (or packaged name) -> its cached checkpoint
+        check_safetensors(path)  # a pickled checkpoint can run code when loaded: refused
+        tokenizer = load_tokenizer(resolve_model(tokenizer_path) if tokenizer_path else path)
         add_grade_tokens(tokenizer)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, local_files_only=True,
-                                                     use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token is None:
@@ -225,7 +225,11 @@ def load_trainable(name_or_path: str, dtype: torch.dtype, lora: LoraSettings | N
 @contextlib.contextmanager
 def frozen_reference(policy, reference):
     """The model that gives reference log-probs, in eval mode without gradients: ``reference`` when a frozen
-    copy is held, else (LoRA) the policy itself with its adapters disabled -- the base model, no second copy."""
+    copy is held, else (LoRA) the policy itself with its adapters disabled -- the base model, no second copy.
+
+    peft's ``disable_adapter`` also bypasses the trainable grade-token rows (``trainable_token_indices``, tied LM
+    head included) and a ``modules_to_save`` LM head, so this is exactly the starting model however far the
+    adapters have moved (tests/test_dpo.py compares it with a separately loaded copy, tied and untied)."""
     if reference is not None:
         with torch.no_grad():
             yield reference

@@ -31,7 +31,7 @@ from ..errors import ConfigError, shown
 from .model import load_relevance_model, render_prompt
 from .prefill import shared_prefix_grade_probs
 from .prompt import build_prompt
-from .scorer_config import ScorerConfig, check_safetensors, load_scorer_config
+from .scorer_config import ScorerConfig, check_safetensors, scorer_config_of
 from .tiering import tiered_grades
 
 OUTPUT_COLUMNS = ["query", "product_id", "p_l1", "p_l2", "p_l3", "p_l4", "grade", "tier", "p_good", "expected_grade"]
@@ -48,9 +48,11 @@ class RelevanceScorer:
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", batch_size: int = 32,
              shared_prefix: bool = True) -> "RelevanceScorer":
-        """A scorer for a trained or exported model directory (safetensors weights + relevance_config.json)."""
-        check_safetensors(model_dir)
-        config = load_scorer_config(model_dir)
+        """A scorer for a trained or exported model directory (safetensors weights + relevance_config.json), or,
+        zero-shot with the default scorer config, a GGUF file or packaged GGUF name (pretrained.resolve_model)."""
+        if Path(model_dir).is_dir():
+            check_safetensors(model_dir)
+        config = scorer_config_of(model_dir)
         model, tok = load_relevance_model(str(model_dir))
         return cls(model.to(device), tok, config, batch_size, shared_prefix)
 

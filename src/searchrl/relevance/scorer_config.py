@@ -91,6 +91,14 @@ def scorer_config_or_default(model: str | Path, prompt: PromptConfig, chat_templ
     return ScorerConfig(prompt=prompt, chat_template=chat_template)
 
 
+def scorer_config_of(model: str | Path) -> ScorerConfig:
+    """A model directory's scorer config (required: a directory given here is a trained relevance model), or the
+    defaults for a GGUF file, a packaged GGUF name or an in-code build, which no searchrl run has configured yet."""
+    if Path(model).is_dir():
+        return load_scorer_config(model)
+    return ScorerConfig()
+
+
 def update_scorer_config(model_dir: str | Path, **changes) -> ScorerConfig:
     cfg = dataclasses.replace(load_scorer_config(model_dir), **changes)
     save_scorer_config(model_dir, cfg)

@@ -61,7 +61,8 @@ MINILM_BUILDS = ("tiny-qwen2", "minilm-qwen2", "minilm-decoder")  # models built
 @dataclass
 class SFTConfig:
     # --- model
-    model: str = "tiny-qwen2"  # local HF causal-LM directory, or an offline build over MiniLM's vocabulary:
+    model: str = "tiny-qwen2"  # local HF causal-LM directory, a GGUF file, a packaged GGUF model ("smollm2-135m",
+    #   "gemma3-270m": relevance/pretrained.py; dequantised once, cached), or an offline build over MiniLM's vocabulary:
     #   "tiny-qwen2" (random Qwen2), "minilm-qwen2" (Qwen2 with MiniLM's embeddings), "minilm-decoder" (MiniLM as BERT decoder)
     tiny: TinyModel = field(default_factory=TinyModel)  # Qwen2 sizes for tiny-qwen2 / minilm-qwen2
     tokenizer: str = ""  # tokenizer directory; "" = the model's own (MiniLM's for tiny-qwen2)
