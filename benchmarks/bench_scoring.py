@@ -106,10 +106,10 @@ def decode_pairs_per_s(scorer: RelevanceScorer, pairs_df, n: int) -> tuple[float
     for start in range(0, n, scorer.batch_size):
         idx = order[start:start + scorer.batch_size]
         new = int(lengths[idx].max())
-        scorer.model.generation_config.min_new_tokens = new  # a random model never stops early; a trained one
-        texts = decode_completions(scorer.model, tok, [prompts[i] for i in idx], new, scorer.batch_size)
+        # each batch decodes its longest teacher completion: a random model never stops early, a trained one might
+        texts = decode_completions(scorer.model, tok, [prompts[i] for i in idx], new, scorer.batch_size,
+                                   progress=False, min_new_tokens=new)
         [parse_completion(t, cfg.order) for t in texts]
-    scorer.model.generation_config.min_new_tokens = None
     return n / (time.perf_counter() - t0), float(lengths.mean())
 
 

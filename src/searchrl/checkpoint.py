@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import faults
 from .errors import OutputError, UserError, disk_full
 
 MANIFEST = "manifest.json"
@@ -136,12 +137,14 @@ def write_aside(path: Path, steps: list[tuple[str, Callable[[Path], None]]], wha
     the step's, with the file it wrote last: safetensors deletes its partial file), that ``what`` was not
     saved and ``intact`` (what is still there), with the original error as its ``__cause__``."""
     tmp = path.with_name(path.name + ".tmp")
-    step = "its directory"
+    step, kind = "its directory", path.name.split("-")[0]  # "checkpoint" or "final": the fault points' prefix
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for step, write in steps:
             write(tmp)
+            faults.point(f"{kind}:{step}")
+        faults.point(f"{kind}:rename")
     except BaseException as e:
         full = disk_full(e)
         failed = _failed_file(tmp, full[1] if full else None, step)

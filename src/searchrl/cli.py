@@ -286,7 +286,9 @@ def _leaf_commands(action, prefix=""):
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a UserError (bad config, data, checksum, model) prints ``error: ...`` and returns 2.
     Anything else is a bug and keeps its traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what the run records as its command (pipeline.json, the report)
     from .errors import UserError
     try:
         args.func(args)

@@ -267,16 +267,14 @@ def cmd_plot(a) -> None:
 def cmd_quickstart(a) -> None:
     """`searchrl quickstart` = `searchrl pipeline --config quickstart --dataset chorus --out runs/quickstart`."""
     import shlex
-    import sys
     from .pipeline import load_pipeline_config, run_pipeline
     cfg = load_pipeline_config("quickstart", ["data.dataset=chorus", "data.data_dir="]
                                + ([f"data.mirror={a.mirror}"] if a.mirror else []) + list(a.set))
-    run_pipeline(cfg, a.out, command="searchrl " + shlex.join(sys.argv[1:]))
+    run_pipeline(cfg, a.out, command="searchrl " + shlex.join(a.argv))
 
 
 def cmd_pipeline(a) -> None:
     import shlex
-    import sys
     from .pipeline import load_pipeline_config, run_pipeline
     overrides = list(a.set)
     if a.data:
@@ -287,7 +285,7 @@ def cmd_pipeline(a) -> None:
         overrides.append(f"data.mirror={a.mirror}")
     cfg = load_pipeline_config(a.config, overrides)
     run_pipeline(cfg, a.out, stages=a.stages.split(",") if a.stages else None, until=a.until, dry_run=a.dry_run,
-                 command="searchrl " + shlex.join(sys.argv[1:]))
+                 command="searchrl " + shlex.join(a.argv))
 
 
 def _crossval(a) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import faults
 from .checkpoint import (
     latest_valid_checkpoint,
     load_trainer_state,
@@ -144,15 +145,22 @@ def total_steps(optim: OptimConfig, batches_per_epoch: int, batches_per_step: in
     return optim.max_steps or max(1, math.ceil(optim.epochs * batches_per_epoch / batches_per_step))
 
 
-def build_optimizer(model, optim: OptimConfig, total: int):
+def build_optimizer(model, optim: OptimConfig, total: int, head_lr: float = 0.0):
     """(AdamW, scheduler) over the trainable parameters: no weight decay on biases / norms; warmup, then the
-    schedule to step `total`."""
+    schedule to step `total`. ``head_lr`` > 0: parameters outside the model's base (``base_model_prefix``: the
+    pretrained encoder or decoder) learn at that rate instead of optim.lr."""
     from transformers import get_scheduler
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr,
-                                  betas=tuple(optim.adam_betas))
+    base = getattr(model, "base_model_prefix", "") + "."
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    is_head = (lambda n: head_lr > 0 and base != "." and not n.startswith(base))  # noqa: E731
+    groups = []
+    for head in (False, True):
+        for decays in (True, False):
+            params = [p for n, p in named if is_head(n) == head and (p.ndim >= 2) == decays]
+            if params or not head:  # (the two base groups always exist: a fixed layout for checkpoints)
+                groups.append({"params": params, "weight_decay": optim.weight_decay if decays else 0.0,
+                               **({"lr": head_lr} if head else {})})
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.adam_betas))
     scheduler = get_scheduler(optim.schedule, optimizer, num_warmup_steps=math.ceil(optim.warmup_ratio * total),
                               num_training_steps=total)
     return optimizer, scheduler
@@ -272,6 +280,7 @@ class RunLoop:
         while done < stop:
             metrics = step(done)
             done += 1
+            faults.point("step")
             bar.update(1)
             bar.set_postfix({k: f"{metrics[k]:.4g}" for k in postfix if isinstance(metrics.get(k), (int, float))})
             row = {"step": done, **metrics} if done % run.log_every == 0 or done == total else {}

@@ -26,12 +26,11 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..data.schema import SPLITS, Dataset, pair_products
 from ..eval.metrics import classification_metrics, good_auc
-from ..rl.rollout import left_pad
+from ..rl.rollout import sample_groups
 from .model import encode_prompt, grade_probs, render_prompt
 from .parser import is_consistent, parse_completion
 from .rules import RuleEngine
@@ -53,24 +52,15 @@ def rule_agreement(ds: Dataset, engine: RuleEngine | None = None, splits=SPLITS)
     return rows
 
 
-@torch.no_grad()
 def decode_completions(model, tokenizer, prompts: list[str], max_new_tokens: int = 160,
-                       batch_size: int = 16, progress: bool = True) -> list[str]:
-    """Greedy completions of rendered prompts (text after the prompt, special grade tokens kept)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+                       batch_size: int = 16, progress: bool = True, min_new_tokens: int = 0) -> list[str]:
+    """Greedy completions of rendered prompts (text after the prompt, special grade tokens kept): the rollout
+    sampler at temperature 0 (one prefill per prompt, KV-cached steps), the one decode loop of searchrl."""
     out = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="decode", leave=False, disable=not progress):
-        ids, mask, _ = left_pad([encode_prompt(tokenizer, p) for p in prompts[start:start + batch_size]],
-                                tokenizer.pad_token_id)  # [B, T]
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        for row in gen[:, ids.shape[1]:].cpu():  # [new]
-            out.append(tokenizer.decode(row, skip_special_tokens=False)
-                       .replace(tokenizer.pad_token, "").replace(tokenizer.eos_token, "").strip())
-    model.train(was_training)
+        encoded = [encode_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
+        out += sample_groups(model, tokenizer, encoded, 1, max_new_tokens, temperature=0.0,
+                             min_new_tokens=min_new_tokens).texts(tokenizer)
     return out
 
 

@@ -83,21 +83,24 @@ def check_order(examples: list[dict], order: str) -> None:
             raise ValueError(f"completion does not fit order={order!r}: {c[:80]!r}")
 
 
-def encode_example(tokenizer, prompt: str, completion: str, max_length: int) -> dict | None:
+def encode_example(tokenizer, prompt: str, completion: str, max_length: int, eos: bool = True) -> dict | None:
     """{"input_ids", "labels"} (lists): prompt labels are IGNORE, completion + EOS are their own ids.
 
     Prompt and completion are encoded apart, so the boundary is exact (the completion
     starts with a special grade token or a step name, never mid-word). None if too long.
+    ``eos=False`` leaves the EOS out (a grade-only example: the sequence simply ends, so the
+    model is never taught to stop right after the grade).
     """
     p = encode_prompt(tokenizer, prompt)
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
     if len(p) + len(c) > max_length:
         return None
     return {"input_ids": p + c, "labels": [IGNORE] * len(p) + c}
 
 
 def collate(batch: list[dict], pad_id: int) -> dict:
-    """Right-padded input_ids, attention_mask and labels, each [B, T]."""
+    """Right-padded input_ids, attention_mask and labels, each [B, T]; per-row integers the examples carry
+    (``group``, ``grade``: what a rank loss pairs) as [B] tensors."""
     width = max(len(b["input_ids"]) for b in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [B, T]
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)  # [B, T]
@@ -107,4 +110,5 @@ def collate(batch: list[dict], pad_id: int) -> dict:
         ids[i, :n] = torch.tensor(b["input_ids"])
         labels[i, :n] = torch.tensor(b["labels"])
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    extra = {k: torch.tensor([b[k] for b in batch]) for k in ("group", "grade") if all(k in b for b in batch)}
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, **extra}

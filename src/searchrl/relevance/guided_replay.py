@@ -46,6 +46,7 @@ from searchrl.config import check_choices
 from searchrl.errors import ConfigError
 from searchrl.relevance.model import encode_prompt, render_prompt
 from searchrl.relevance.parser import allowed_grades, parse_completion
+from searchrl.relevance.prompt import MARKER
 from searchrl.relevance.rewards import RewardOutput
 from searchrl.rl.rollout import Rollout, concat_rollouts, sample_groups
 
@@ -88,7 +89,10 @@ def hint_text(info: dict, rules: bool = True) -> str:
 
 
 def hinted_prompt(prompt: str, hint: str) -> str:
-    """The plain prompt with the hint inserted before its final answer cue (appended if it has none)."""
+    """The plain prompt with the hint inserted before its final answer cue (appended if it has none); in the
+    segments layout, before the read marker (the hint is read with the query and the product)."""
+    if prompt.endswith(MARKER + MARKER):
+        return f"{prompt[:-len(MARKER)]}{hint}{MARKER}"
     body = prompt.rstrip("\n")
     if body.endswith(ANSWER_CUE):
         return f"{body[:-len(ANSWER_CUE)].rstrip()}\n{hint}\n\n{ANSWER_CUE}\n"

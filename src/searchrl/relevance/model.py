@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from searchrl.errors import ModelError
+from searchrl.relevance.prefix_lm import MINILM_PREFIX, PrefixLMForCausalLM
 from searchrl.relevance.prompt import GRADE_TOKENS
 from searchrl.rl.rollout import left_pad
 
@@ -39,8 +40,16 @@ class LoraSettings:
     r: int = 16  # rank of the low-rank update
     alpha: int = 32  # scaling numerator: the update is scaled by alpha / r
     dropout: float = 0.05  # dropout on the LoRA branch input
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                               "gate_proj", "up_proj", "down_proj"])  # Linear names
+    target_modules: list[str] = field(default_factory=list)  # Linear names to adapt; [] = the architecture's
+    #   attention and MLP projections (Llama/Qwen/Gemma: q/k/v/o, gate/up/down; BERT: query/key/value, dense)
+
+
+@dataclass
+class PrefixLMSettings:
+    """How the "minilm-prefix" build (prefix_lm.py) reads a pair; saved in its config.json."""
+    mask: str = "late"  # late: query and product encoded apart (the bi-encoder start) | block: product reads query
+    readout: str = "sim"  # sim: + w * cosine(query, product) in the grade logits | token: the LM head alone
+    sim_scale: float = 20.0  # initial |w| of the similarity term (per grade: -1, -1/3, 1/3, 1 times this)
 
 
 @dataclass
@@ -138,6 +147,17 @@ def _resize(model, tokenizer) -> None:
         model.resize_token_embeddings(len(tokenizer))
 
 
+def default_lora_targets(model) -> list[str]:
+    """The attention and MLP projection names of the model's architecture (what LoRA adapts by default)."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for family in (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                   ["query", "key", "value", "dense"], ["c_attn", "c_proj", "c_fc"]):
+        found = [n for n in family if n in names]
+        if found:
+            return found
+    raise ModelError(f"LoRA: no known projection names in {type(model).__name__}; set lora.target_modules")
+
+
 def apply_lora(model, tokenizer, lora: LoraSettings):
     """Wrap `model` in LoRA; the grade tokens' embedding rows train too (they start untrained)."""
     from peft import LoraConfig, get_peft_model
@@ -150,7 +170,7 @@ def apply_lora(model, tokenizer, lora: LoraSettings):
     if not tied and out_emb is not None:
         extra["modules_to_save"] = [next(n for n, m in model.named_modules() if m is out_emb).rsplit(".", 1)[-1]]
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+                        target_modules=list(lora.target_modules) or default_lora_targets(model), task_type="CAUSAL_LM",
                         trainable_token_indices={emb_name: grade_token_ids(tokenizer)}, **extra)
     return get_peft_model(model, config)
 
@@ -173,22 +193,27 @@ def load_tokenizer(path: str):
 
 
 def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, lora: LoraSettings | None = None,
-                         tokenizer_path: str | None = None, seed: int = 0, tiny: TinyModel | None = None):
+                         tokenizer_path: str | None = None, seed: int = 0, tiny: TinyModel | None = None,
+                         prefix: PrefixLMSettings | None = None):
     """(model, tokenizer) for a local causal LM directory, a GGUF file or packaged GGUF name (dequantised once
-    and cached: pretrained.resolve_model), or an in-code build (TINY, MINILM_DECODER, MINILM_QWEN2).
+    and cached: pretrained.resolve_model), or an in-code build (TINY, MINILM_DECODER, MINILM_QWEN2,
+    MINILM_PREFIX: prefix_lm.py with ``prefix``'s settings).
 
     The tokenizer gets the grade tokens (once: loading a saved relevance model adds
     nothing) and a pad token (EOS when it has none). `tokenizer_path` overrides where
     the tokenizer comes from. With `lora`, the model comes back as a peft model.
     """
     from transformers import AutoModelForCausalLM
-    if name_or_path in (TINY, MINILM_DECODER, MINILM_QWEN2):
+    if name_or_path in MINILM_BUILDS:
         tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else minilm_tokenizer()
         add_grade_tokens(tokenizer)
-        t = tiny or TinyModel()
-        build = {TINY: lambda: tiny_qwen2(tokenizer, t.hidden, t.layers, t.heads, t.kv_heads, t.intermediate, seed), MINILM_DECODER: lambda: minilm_decoder(tokenizer),
-                 MINILM_QWEN2: lambda: minilm_qwen2(tokenizer, tiny, seed)}[name_or_path]
-        model = build().to(dtype)
+        t, pre = tiny or TinyModel(), prefix or PrefixLMSettings()
+        build = {TINY: lambda: tiny_qwen2(tokenizer, t.hidden, t.layers, t.heads, t.kv_heads, t.intermediate, seed),
+                 MINILM_DECODER: lambda: minilm_decoder(tokenizer), MINILM_QWEN2: lambda: minilm_qwen2(tokenizer, tiny, seed),
+                 MINILM_PREFIX: lambda: PrefixLMForCausalLM.from_minilm(tokenizer, pre.mask, pre.readout, pre.sim_scale)}
+        with torch.random.fork_rng(devices=[]):  # the head's init draws: never shift the caller's stream
+            torch.manual_seed(seed)
+            model = build[name_or_path]().to(dtype)
     else:
         from .pretrained import resolve_model
         from .scorer_config import check_safetensors
@@ -208,18 +233,41 @@ def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
 
 
 def load_trainable(name_or_path: str, dtype: torch.dtype, lora: LoraSettings | None, checkpoint: Path | None,
-                   tokenizer_path: str | None = None, seed: int = 0, tiny: TinyModel | None = None):
+                   tokenizer_path: str | None = None, seed: int = 0, tiny: TinyModel | None = None,
+                   prefix: PrefixLMSettings | None = None):
     """(model, tokenizer) a trainer starts from: ``name_or_path`` (wrapped in LoRA when asked), or, resuming,
     the checkpoint's full weights -- or the base plus the checkpoint's adapters under LoRA (a LoRA checkpoint
     holds the adapters and grade-token rows only)."""
     if checkpoint is None or lora is not None:
-        model, tok = load_relevance_model(name_or_path, dtype, lora, tokenizer_path, seed=seed, tiny=tiny)
+        model, tok = load_relevance_model(name_or_path, dtype, lora, tokenizer_path, seed=seed, tiny=tiny, prefix=prefix)
         if checkpoint is not None:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
             set_peft_model_state_dict(model, load_file(Path(checkpoint) / "adapter_model.safetensors"))
         return model, tok
     return load_relevance_model(str(checkpoint), dtype)
+
+
+def freeze_lower_layers(model, n: int) -> int:
+    """Freeze the input embeddings and the first ``n`` transformer blocks (BERT's encoder.layer, a decoder's
+    layers); returns how many parameters stay trainable."""
+    blocks = None
+    for path in ("bert.encoder.layer", "model.layers", "transformer.h"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None:
+            blocks = obj
+            break
+    if blocks is None:
+        raise ModelError(f"freeze_layers: found no transformer blocks in {type(model).__name__}")
+    if n > len(blocks):
+        raise ModelError(f"freeze_layers={n} but the model has {len(blocks)} blocks")
+    for p in [*model.get_input_embeddings().parameters(), *(q for b in blocks[:n] for q in b.parameters())]:
+        p.requires_grad_(False)
+    if hasattr(model, "bert"):  # BERT's position / type embeddings and their LayerNorm belong to the input side
+        model.bert.embeddings.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @contextlib.contextmanager
@@ -296,6 +344,7 @@ def grade_probs(model, tokenizer, prompts: list[str], batch_size: int = 16) -> n
 
 MINILM_DECODER = "minilm-decoder"  # all-MiniLM-L6-v2's BERT weights run as a causal decoder
 MINILM_QWEN2 = "minilm-qwen2"  # a small Qwen2 whose token embeddings start from MiniLM's
+MINILM_BUILDS = (TINY, MINILM_DECODER, MINILM_QWEN2, MINILM_PREFIX)  # models built here over MiniLM's vocabulary
 
 
 def minilm_decoder(tokenizer):

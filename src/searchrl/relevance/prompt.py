@@ -40,6 +40,8 @@ GRADE_VALUES = ("L1", "L2", "L3", "L4")
 ALLOWED_VALUES = {"category": CATEGORY_VALUES, "attribute": ATTRIBUTE_VALUES, "verdict": GRADE_VALUES}
 SLUG = re.compile(r"[a-z0-9_]+")
 ORDERS = ("label_first", "cot_first")
+LAYOUTS = ("lines", "segments")
+MARKER, SEGMENT_START = "[SEP]", "[CLS]"  # the segments layout's boundaries (MiniLM's own special tokens)
 
 GRADE_GUIDE = (
     "<L4> Excellent: the product is exactly what the query asks for.\n"
@@ -76,10 +78,14 @@ class PromptConfig:
     order: str = "label_first"  # "label_first": grade token first (TaoSR1); "cot_first": grade token last
     instruction: str = ""  # task text at the top of the prompt; "" = DEFAULT_INSTRUCTIONS[order]
     max_note_chars: int = 160  # each reasoning note is cut to this length (keeps completions short)
+    layout: str = "lines"  # lines: instruction, labelled query / product lines, "Answer:" | segments: the query and
+    #   the product as two [SEP]-delimited texts, for the minilm-prefix model (prefix_lm.py; no instruction)
 
     def __post_init__(self):
         if self.order not in ORDERS:
             raise ConfigError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
 
     @property
     def instruction_text(self) -> str:
@@ -131,9 +137,27 @@ def product_block(query: str, product: dict, cfg: PromptConfig | None = None) ->
     return "\n".join(lines)
 
 
+def product_text(product: dict, cfg: PromptConfig | None = None) -> str:
+    """The product as one line of text (the segments layout): title, brand, category, key attribute values and
+    the description head -- what a sentence encoder reads."""
+    cfg = cfg or PromptConfig()
+    parts = [_text(product.get(f)) for f in ("title", "brand", "category")]
+    parts += [v for _, v in key_attributes(product.get("attributes"), cfg.max_attributes)]
+    parts.append(_text(product.get("description"))[: cfg.max_description_chars])
+    return " ".join(p for p in parts if p)
+
+
+def _unmarked(text: str) -> str:
+    # a marker inside user text would move a segment boundary
+    return " ".join(text.replace(MARKER, " ").replace(SEGMENT_START, " ").split())
+
+
 def build_prompt(query: str, product: dict, cfg: PromptConfig | None = None) -> str:
     """The whole prompt as plain text, ending where the completion starts."""
     cfg = cfg or PromptConfig()
+    if cfg.layout == "segments":  # segment A = the query, B = the product, then the read marker
+        return (f"{SEGMENT_START}{_unmarked(_text(query))}{MARKER}{SEGMENT_START}"
+                f"{_unmarked(product_text(product, cfg))}{MARKER}{MARKER}")
     return f"{cfg.instruction_text}\n\n{product_block(query, product, cfg)}\n\nAnswer:\n"
 
 

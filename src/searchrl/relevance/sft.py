@@ -43,19 +43,11 @@ from ..training import BatchStream, RunLoop, build_optimizer, optimizer_step, to
 from .evaluate import evaluate_examples
 from .examples import IGNORE, build_examples, check_order, collate, encode_example, split_examples, subset
 from .llm_teacher import LLMTeacherConfig
-from .model import (
-    DTYPES,
-    LoraSettings,
-    TinyModel,
-    grade_token_ids,
-    load_relevance_model,
-    render_prompt,
-    trim_minilm_tokenizer,
-)
-from .prompt import PromptConfig, build_prompt
+from .model import (DTYPES, MINILM_BUILDS, MINILM_PREFIX, LoraSettings, PrefixLMSettings, TinyModel,
+                    freeze_lower_layers, grade_token_ids, load_trainable, render_prompt, trim_minilm_tokenizer)
+from .prompt import PromptConfig, build_prompt, grade_token
 from .scorer_config import ScorerConfig, save_scorer_config
 
-MINILM_BUILDS = ("tiny-qwen2", "minilm-qwen2", "minilm-decoder")  # models built here over MiniLM's vocabulary
 
 
 @dataclass
@@ -64,13 +56,19 @@ class SFTConfig:
     model: str = "tiny-qwen2"  # local HF causal-LM directory, a GGUF file, a packaged GGUF model ("smollm2-135m",
     #   "gemma3-270m": relevance/pretrained.py; dequantised once, cached), or an offline build over MiniLM's vocabulary:
     #   "tiny-qwen2" (random Qwen2), "minilm-qwen2" (Qwen2 with MiniLM's embeddings), "minilm-decoder" (MiniLM as BERT decoder)
+    #   | "minilm-prefix" (MiniLM as a prefix-LM reading the query and the product as segments; prefix_lm.py)
     tiny: TinyModel = field(default_factory=TinyModel)  # Qwen2 sizes for tiny-qwen2 / minilm-qwen2
+    prefix: PrefixLMSettings = field(default_factory=PrefixLMSettings)  # minilm-prefix: mask and readout
     tokenizer: str = ""  # tokenizer directory; "" = the model's own (MiniLM's for tiny-qwen2)
     trim_vocab: bool = False  # MiniLM builds only: cut MiniLM's 30k-token vocabulary to the tokens the catalogue and
     #   the train completions use (model.trim_minilm_tokenizer): a ~4x smaller LM head
     dtype: str = "float32"  # float32 | bfloat16 | float16: weights' dtype (optimizer states follow it)
     lora: LoraSettings | None = None  # None = full fine-tuning; set any lora.* key to train LoRA adapters instead
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    freeze_layers: int = 0  # freeze the input embeddings and this many lower transformer blocks (0 = train all):
+    #   with ~100 training queries a pretrained encoder keeps what it knows instead of memorising them
+    head_lr: float = 0.0  # learning rate of the parameters outside the base model (LM-head transform, grade rows,
+    #   similarity weights): new parameters learn faster than pretrained ones; 0 = optim.lr
     # --- data
     data_dir: str = ""  # prepared dataset directory (run_sft builds the examples from it)
     prompt: PromptConfig = field(default_factory=PromptConfig)  # prompt fields, instruction and completion order
@@ -93,6 +91,12 @@ class SFTConfig:
     #   is one token among ~50, and a small model otherwise learns the reasoning text long before the grade
     balance_grades: float = 0.0  # 0..1: scale each grade token's weight by (inverse train frequency of that
     #   grade) ** balance_grades, normalised to mean 1 over examples; 1 = fully class-balanced (macro-F1 view)
+    cot_fraction: float = 1.0  # share of the training examples that keep their chain of thought (seeded); the others
+    #   are trained on the grade token alone: the model still writes its CoT, and an epoch costs far fewer tokens
+    rank_loss_weight: float = 0.0  # + this x a within-query pairwise (RankNet) loss on the Good log-odds
+    #   log P(L3|L4) - log P(L1|L2) of candidates with different grades: forces ranking inside a query
+    query_chunk: int = 0  # > 0: batches are made of chunks of this many candidates of one query (what the rank
+    #   loss needs); 0 = examples in random (or length-grouped) order
     # --- sections
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_ratio=0.03, schedule="cosine"))
     #   (full fine-tuning of a pretrained model wants lr ~1e-5, LoRA ~1e-4)
@@ -109,6 +113,14 @@ class SFTConfig:
                               f"{self.synthetic_queries}, {self.synthetic_per_query}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("batch_size and grad_accum must be >= 1")
+        if (self.model == MINILM_PREFIX) != (self.prompt.layout == "segments"):
+            raise ConfigError(f"model {self.model!r} with prompt.layout {self.prompt.layout!r}: the minilm-prefix "
+                              "model reads the segments layout, and the segments layout is for it alone")
+        if not 0.0 <= self.cot_fraction <= 1.0 or (self.cot_fraction < 1 and self.prompt.order != "label_first"):
+            raise ConfigError(f"cot_fraction must be in [0, 1] (and 1 unless prompt.order is label_first), got "
+                              f"{self.cot_fraction}")
+        if self.rank_loss_weight and not self.query_chunk:
+            raise ConfigError("rank_loss_weight > 0 needs query_chunk > 0 (candidates of one query in a batch)")
 
 
 @dataclass
@@ -141,8 +153,9 @@ def target_weights(labels: torch.Tensor, grade_ids: list[int], weights: list[flo
     return w
 
 
-def completion_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
-    """(summed, weighted cross-entropy over completion tokens, their count) for one right-padded batch."""
+def completion_loss(model, batch: dict, grade_ids: list[int] | None = None):
+    """(summed, weighted cross-entropy over completion tokens, their count) for one right-padded batch; with
+    ``grade_ids`` also [B, 4] the logits of <L1>..<L4> at each row's first completion position."""
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]  # [B, T] each
     width = ids.shape[1]
     # only positions from the earliest completion start on need logits (saves [B, T, V] memory on long prompts)
@@ -154,22 +167,45 @@ def completion_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
                          reduction="none")  # [B * (keep-1)]
     if "weights" in batch:
         ce = ce * batch["weights"][:, width - keep + 1:].flatten()
-    return ce.sum(), int((targets != IGNORE).sum())
+    if grade_ids is None:
+        return ce.sum(), int((targets != IGNORE).sum())
+    start = (labels != IGNORE).float().argmax(1) - 1 - (width - keep)  # [B]: kept index predicting the grade
+    grade_logits = logits[torch.arange(len(ids)), start][:, grade_ids].float()  # [B, 4]
+    return ce.sum(), int((targets != IGNORE).sum()), grade_logits
+
+
+def rank_loss(grade_logits: torch.Tensor, grades: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """RankNet on the Good log-odds s = logsumexp(l3, l4) - logsumexp(l1, l2): mean softplus(s_j - s_i) over
+    the pairs (i, j) of one query (same group) with grade_i > grade_j; 0 when the batch has none."""
+    s = torch.logsumexp(grade_logits[:, 2:], -1) - torch.logsumexp(grade_logits[:, :2], -1)  # [B]
+    pairs = (groups[:, None] == groups[None, :]) & (grades[:, None] > grades[None, :])  # [B, B]
+    if not bool(pairs.any()):
+        return s.sum() * 0.0
+    return F.softplus(-(s[:, None] - s[None, :])[pairs]).mean()
+
+
+def query_chunks(examples: list[dict], size: int, seed: int) -> list[list[int]]:
+    """Example indices in chunks of at most ``size`` candidates of one query (each query's order seeded)."""
+    by_query: dict = {}
+    for i, ex in enumerate(examples):
+        by_query.setdefault(str(ex.get("query_id", ex.get("query", i))), []).append(i)
+    rng, out = np.random.default_rng([seed, 29]), []
+    for rows in by_query.values():
+        rows = [rows[j] for j in rng.permutation(len(rows))]
+        out += [rows[s:s + size] for s in range(0, len(rows), size)]
+    return out
 
 
 # ---------------------------------------------------------------- training
 
-def _load_model(cfg: SFTConfig, ckpt: Path | None):
-    dtype = DTYPES[cfg.dtype]
-    if ckpt is None or cfg.lora is not None:
-        model, tok = load_relevance_model(cfg.model, dtype, cfg.lora, cfg.tokenizer or None, seed=cfg.run.seed,
-                                          tiny=cfg.tiny)
-        if ckpt is not None:  # LoRA checkpoints hold the adapters (and grade-token rows) only
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-            set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
-        return model, tok
-    return load_relevance_model(str(ckpt), dtype)
+class _Flat:
+    """A BatchStream of chunks seen as a stream of examples (a micro-batch = its chunks, concatenated)."""
+
+    def __init__(self, chunks: BatchStream):
+        self.chunks, self.per_epoch = chunks, chunks.per_epoch
+
+    def __call__(self, m: int) -> list:
+        return [ex for chunk in self.chunks(m) for ex in chunk]
 
 
 def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[dict] | None = None,
@@ -178,8 +214,11 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
     if resume is not None:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=resume))
     loop = RunLoop("sft", cfg.run, cfg)
-    model, tok = _load_model(cfg, loop.checkpoint)
+    model, tok = load_trainable(cfg.model, DTYPES[cfg.dtype], cfg.lora, loop.checkpoint, cfg.tokenizer or None,
+                                seed=cfg.run.seed, tiny=cfg.tiny, prefix=cfg.prefix)
     model.to(loop.device)
+    if cfg.freeze_layers:
+        freeze_lower_layers(model, cfg.freeze_layers)
     gids = grade_token_ids(tok)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -191,8 +230,10 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
     evals = subset(examples_eval or [], cfg.eval.max_examples, cfg.run.seed)
     check_order(train, cfg.prompt.order)
     gweights = grade_weights([int(ex["grade"]) for ex in train], cfg.label_loss_weight, cfg.balance_grades)
-    encoded = [encode_example(tok, render_prompt(tok, ex["prompt"], cfg.chat_template), ex["completion"],
-                              cfg.max_length) for ex in train]
+    with_cot = np.random.default_rng([cfg.run.seed, 31]).random(len(train)) < cfg.cot_fraction
+    encoded = [encode_example(tok, render_prompt(tok, ex["prompt"], cfg.chat_template),
+                              ex["completion"] if cot else grade_token(int(ex["grade"])), cfg.max_length, eos=bool(cot))
+               for ex, cot in zip(train, with_cot)]
     data = [e for e in encoded if e is not None]
     dropped = len(encoded) - len(data)
     if not data:
@@ -200,11 +241,18 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
     if dropped:
         loop.print(f"dropped {dropped} of {len(encoded)} training examples longer than {cfg.max_length} tokens")
 
-    stream = BatchStream(data, cfg.batch_size, cfg.run.seed,  # stream(m): the m-th micro-batch
-                         [len(e["input_ids"]) for e in data] if cfg.group_by_length else None)
+    if cfg.query_chunk:  # a micro-batch is whole chunks of one query's candidates: pairs for the rank loss
+        kept = [ex for ex, e in zip(train, encoded) if e is not None]
+        chunks = [[data[i] | {"group": g, "grade": int(kept[i]["grade"])} for i in c]
+                  for g, c in enumerate(query_chunks(kept, cfg.query_chunk, cfg.run.seed))]
+        units = BatchStream(chunks, max(1, cfg.batch_size // cfg.query_chunk), cfg.run.seed)
+        stream = _Flat(units)
+    else:
+        stream = BatchStream(data, cfg.batch_size, cfg.run.seed,  # stream(m): the m-th micro-batch
+                             [len(e["input_ids"]) for e in data] if cfg.group_by_length else None)
     per_step = cfg.grad_accum * loop.world  # micro-batches per optimizer step, over all ranks
     total = total_steps(cfg.optim, stream.per_epoch, per_step)
-    optimizer, scheduler = build_optimizer(model, cfg.optim, total)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, total, head_lr=cfg.head_lr)
     fwd = loop.wrap(model)
 
     def step(i: int) -> dict:
@@ -215,20 +263,30 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
             b["weights"] = target_weights(b["labels"], gids, gweights)  # [B, T]
         # normalise by the step's (weighted) completion tokens, so accumulation equals one big batch
         n_target = loop.sum(sum(float(b["weights"][:, 1:].sum()) for b in batches))
-        loss_total, n_tokens = 0.0, 0
+        loss_total, rank_total, n_tokens = 0.0, 0.0, 0
         for j, b in enumerate(batches):
             b = {k: v.to(loop.device) for k, v in b.items()}
             # DDP averages gradients over ranks; x world turns that into the global token-normalised sum
             sync = loop.world == 1 or j == len(batches) - 1
             with (contextlib.nullcontext() if sync else fwd.no_sync()):
-                loss_sum, _ = completion_loss(fwd, b)
-                (loss_sum * loop.world / n_target).backward()
+                if cfg.rank_loss_weight:
+                    loss_sum, _, glogits = completion_loss(fwd, b, gids)
+                    ranked = rank_loss(glogits, b["grade"], b["group"])  # mean over this micro-batch's pairs
+                    loss = loss_sum * loop.world / n_target + cfg.rank_loss_weight * ranked / len(batches)
+                    rank_total += float(ranked.detach()) / len(batches)
+                else:
+                    loss_sum, _ = completion_loss(fwd, b)
+                    loss = loss_sum * loop.world / n_target
+                loss.backward()
             loss_total += float(loss_sum.detach())
             n_tokens += int(b["attention_mask"].sum())
         loss_total, n_tokens = loop.sum(loss_total), loop.sum(n_tokens)
         _, lr = optimizer_step(optimizer, scheduler, cfg.optim.max_grad_norm, f"sft step {i + 1}")
-        return {"epoch": round((i + 1) * per_step / stream.per_epoch, 4), "loss": loss_total / max(n_target, 1),
-                "lr": lr, "tokens_per_s": n_tokens / max(time.perf_counter() - t0, 1e-9)}
+        row = {"epoch": round((i + 1) * per_step / stream.per_epoch, 4), "loss": loss_total / max(n_target, 1),
+               "lr": lr, "tokens_per_s": n_tokens / max(time.perf_counter() - t0, 1e-9)}
+        if cfg.rank_loss_weight:
+            row["rank_loss"] = loop.sum(rank_total) / loop.world
+        return row
 
     def save_weights(path: Path) -> None:
         model.save_pretrained(path)

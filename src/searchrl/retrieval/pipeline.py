@@ -42,7 +42,7 @@ def catalogue_subset(ds: Dataset, max_products: int, seed: int = 0) -> Dataset:
     return dataclasses.replace(ds, products=subset_products(ds.products, judged, max_products, seed))
 
 
-def _run_stage(cfg: RetrieverConfig) -> tuple[Path, float]:
+def run_stage(cfg: RetrieverConfig) -> tuple[Path, float]:
     """(final dir, seconds): trains the stage unless final/ holds a run of the same config."""
     final = Path(cfg.run.output_dir) / "final"
     saved = final / "retriever_config.yaml"
@@ -57,7 +57,7 @@ def _run_stage(cfg: RetrieverConfig) -> tuple[Path, float]:
     return final, seconds
 
 
-def _stage(cfg: RetrieverConfig, out: Path, **changes) -> RetrieverConfig:
+def stage_config(cfg: RetrieverConfig, out: Path, **changes) -> RetrieverConfig:
     """cfg with other fields and its output directory under ``out``."""
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(out)), **changes)
 
@@ -75,17 +75,17 @@ def run_retriever_stages(base: RetrieverConfig, ds: Dataset, out: str | Path, sp
     reward = dataclasses.replace(base.reward, relevance_model=relevance_model or "")
     if reward.needs_model and not relevance_model:  # no model to judge with: the relevance term is off
         reward = dataclasses.replace(reward, w_rel=0.0)
-    sft = _stage(base, out / "ret_sft", stage="sft", reward=reward)
-    sft_dir, t_sft = _run_stage(sft)
-    hardneg_dir, t_hn = _run_stage(_stage(sft, out / "ret_hardneg", stage="hardneg", encoder=str(sft_dir)))
-    rgrpo = _stage(sft, out / "ret_rgrpo", stage="rgrpo", encoder=str(sft_dir))
-    rgrpo_dir, t_rg = _run_stage(rgrpo)
+    sft = stage_config(base, out / "ret_sft", stage="sft", reward=reward)
+    sft_dir, t_sft = run_stage(sft)
+    hardneg_dir, t_hn = run_stage(stage_config(sft, out / "ret_hardneg", stage="hardneg", encoder=str(sft_dir)))
+    rgrpo = stage_config(sft, out / "ret_rgrpo", stage="rgrpo", encoder=str(sft_dir))
+    rgrpo_dir, t_rg = run_stage(rgrpo)
     trained = [("sft", sft_dir, t_sft), ("sft+hardneg", hardneg_dir, t_sft + t_hn), ("sft+rgrpo", rgrpo_dir, t_sft + t_rg)]
     for term, weight in ABLATIONS.items() if ablations else ():
         if getattr(reward, weight) == 0:
             continue  # already off (e.g. relevance without a relevance model)
-        cfg = _stage(rgrpo, out / f"ret_rgrpo_no_{term}", reward=dataclasses.replace(reward, **{weight: 0.0}))
-        path, seconds = _run_stage(cfg)
+        cfg = stage_config(rgrpo, out / f"ret_rgrpo_no_{term}", reward=dataclasses.replace(reward, **{weight: 0.0}))
+        path, seconds = run_stage(cfg)
         trained.append((f"sft+rgrpo without {term}", path, t_sft + seconds))
     sub = catalogue_subset(ds, base.max_products, base.run.seed)
     scorer = None

@@ -66,6 +66,11 @@ class RewardConfig:
         if self.exclusivity not in EXCLUSIVITY_KINDS:
             raise ConfigError(f"exclusivity must be one of {EXCLUSIVITY_KINDS}, got {self.exclusivity!r}")
 
+    @property
+    def needs_model(self) -> bool:
+        """Whether the reward needs a trained relevance model (judge=model, or model as the oracle's fallback)."""
+        return bool(self.w_rel) and (self.judge == "model" or (self.judge == "oracle" and self.oracle_fallback == "model"))
+
 
 def _filled(v) -> bool:
     if v is None or (isinstance(v, float) and np.isnan(v)):
@@ -95,10 +100,6 @@ def term_overlap(query: str, text: str) -> float:
     q = terms(query)
     return len(q & terms(text)) / len(q) if q else 0.0
 
-
-    @property
-    def needs_model(self) -> bool:
-        return bool(self.w_rel) and (self.judge == "model" or (self.judge == "oracle" and self.oracle_fallback == "model"))
 
 
 class RetrievalReward:

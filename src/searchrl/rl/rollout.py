@@ -100,11 +100,13 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, max_new_tokens: int,
-                  temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
+                  temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                  min_new_tokens: int = 0) -> Rollout:
     """``group_size`` sampled completions for each tokenized prompt; see the module docstring.
 
     temperature 0 means greedy. ``generator`` (a CPU generator) makes sampling
-    reproducible independently of the global RNG.
+    reproducible independently of the global RNG. ``min_new_tokens``: EOS is not sampled before
+    that many tokens (a benchmark's fixed-length decode).
     """
     from transformers import DynamicCache
     device = next(model.parameters()).device
@@ -123,7 +125,9 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, m
     n = len(rows)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     tokens, keep = [], []
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
+        if step < min_new_tokens:
+            logits[:, tokenizer.eos_token_id] = float("-inf")
         if temperature == 0:
             nxt = logits.argmax(-1)  # [B*G]
         else:

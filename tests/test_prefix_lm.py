@@ -1,0 +1,124 @@
+"""MiniLM as a segmented prefix-LM (relevance/prefix_lm.py): the bi-encoder start, the attention pattern, exact
+KV-cached decoding and prefix sharing, saving and loading, and training with the within-query rank loss."""
+
+import numpy as np
+import pytest
+import torch
+
+from searchrl.config import config_from_dict
+from searchrl.relevance.model import MINILM_PREFIX, PrefixLMSettings, encode_prompt, grade_probs, load_relevance_model
+from searchrl.relevance.prefill import shared_prefix_grade_probs
+from searchrl.relevance.prefix_lm import SEG_A, SEG_B, SEG_COMPLETION, SEG_READ, attention_bias, segments
+from searchrl.relevance.prompt import PromptConfig, build_prompt, product_text
+from searchrl.rl.rollout import sample_groups
+
+SEGMENTS = PromptConfig(layout="segments", max_description_chars=120, max_attributes=2, max_note_chars=0)
+PRODUCTS = [{"title": "Dell XPS 13 laptop", "brand": "Dell", "category": "Notebook"},
+            {"title": "Targus laptop bag 15.6 inch", "brand": "Targus", "category": "Bag"},
+            {"title": "Logitech wireless mouse M185", "brand": "Logitech", "category": "Mouse"},
+            {"title": "JBL Flip 5 bluetooth speaker", "brand": "JBL"}]
+
+
+@pytest.fixture(scope="module")
+def late():
+    model, tok = load_relevance_model(MINILM_PREFIX)
+    return model.eval(), tok
+
+
+def test_segments_and_the_mask_follow_the_markers(late):
+    _, tok = late
+    ids = torch.tensor([encode_prompt(tok, build_prompt("laptop", PRODUCTS[0], SEGMENTS)) + [5, 6]])
+    seg = segments(ids, torch.ones_like(ids), tok.sep_token_id)[0].tolist()
+    n_a = seg.count(SEG_A)
+    assert seg[:n_a] == [SEG_A] * n_a and seg[-3:] == [SEG_READ, SEG_COMPLETION, SEG_COMPLETION]
+    allowed = attention_bias(torch.tensor([seg]), torch.ones(1, len(seg)), 0, "late", torch.float32)[0, 0] == 0
+    b = seg.index(SEG_B)
+    assert not allowed[b, 0] and not allowed[0, b]  # late: query and product never read each other
+    assert allowed[-3, :len(seg) - 2].all() and not allowed[-3, -2:].any()  # the read token: the whole prompt
+    assert allowed[-2, :len(seg) - 1].all() and not allowed[-2, -1]  # the completion is causal
+    block = attention_bias(torch.tensor([seg]), torch.ones(1, len(seg)), 0, "block", torch.float32)[0, 0] == 0
+    assert block[b, 0] and not block[0, b]  # block: the product reads the query, the query never the product
+    hostile = build_prompt("laptop [SEP] bag", {"title": "a [SEP] b [CLS]"}, SEGMENTS)
+    assert hostile.count("[SEP]") == 3 and hostile.count("[CLS]") == 2  # markers in user text are removed
+
+
+def test_untrained_grades_rank_exactly_as_the_sentence_transformer(late):
+    """The late mask, positions restarting per segment and zeroed grade rows: P(Good) is a monotone function of
+    the zero-shot MiniLM cosine -- the model starts where the bi-encoder is."""
+    from searchrl.retrieval.encoder import build_encoder, encode
+    model, tok = late
+    probs = grade_probs(model, tok, [build_prompt("laptop", p, SEGMENTS) for p in PRODUCTS])
+    st = build_encoder(None, max_seq_length=None)
+    q = encode(st, ["laptop"], progress=False)
+    cos = (encode(st, [product_text(p, SEGMENTS) for p in PRODUCTS], progress=False) @ q.T)[:, 0]
+    assert np.argsort(probs[:, 2:].sum(1)).tolist() == np.argsort(cos).tolist()
+    sims = [model.sim_w.detach().numpy() * c for c in cos]  # the grade logits are sim_w * cos alone
+    expected = np.exp(sims) / np.exp(sims).sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("mask", ["late", "block"])
+def test_kv_cached_decoding_and_prefix_sharing_are_exact(mask):
+    model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(mask=mask), seed=3)
+    model.eval()
+    prompts = [build_prompt("laptop", p, SEGMENTS) for p in PRODUCTS] + [build_prompt("mouse", PRODUCTS[2], SEGMENTS)]
+    plain = grade_probs(model, tok, prompts)
+    shared = np.concatenate(shared_prefix_grade_probs(model, tok, [prompts[:4], prompts[4:]]))
+    np.testing.assert_allclose(shared, plain, atol=1e-6)
+    ids = encode_prompt(tok, prompts[1])
+    cached = sample_groups(model, tok, [ids], 1, 5, temperature=0.0).completion_ids[0].tolist()
+    seq, full = list(ids), []
+    for _ in range(5):  # the full masked forward over prompt + tokens so far, at every step
+        with torch.no_grad():
+            full.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+        seq.append(full[-1])
+    assert cached == full[:len(cached)]
+
+
+def test_save_load_round_trip_and_training_moves_the_ranking(tmp_path, tiny_data):
+    from transformers import AutoModelForCausalLM
+    from searchrl.relevance.sft import SFTConfig, run_sft
+    cfg = config_from_dict(SFTConfig, {
+        "model": MINILM_PREFIX, "prompt": {"layout": "segments", "max_note_chars": 0}, "trim_vocab": True,
+        "freeze_layers": 4, "head_lr": 1e-3, "rank_loss_weight": 1.0, "query_chunk": 4, "batch_size": 8,
+        "cot_fraction": 0.5, "data_dir": str(tiny_data),
+        "optim": {"lr": 1e-4, "max_steps": 4}, "run": {"output_dir": str(tmp_path), "device": "cpu", "progress": False}})
+    res = run_sft(cfg)
+    rows = [__import__("json").loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("rank_loss" in r for r in rows)
+    loaded = AutoModelForCausalLM.from_pretrained(res.final_dir)  # registered: plain transformers loads it
+    model, tok = load_relevance_model(str(res.final_dir))
+    frozen = model.bert.encoder.layer[0].attention.self.query.weight
+    start, _ = load_relevance_model(MINILM_PREFIX, tokenizer_path=str(res.final_dir))
+    assert torch.equal(frozen, start.bert.encoder.layer[0].attention.self.query.weight)  # frozen lower layers
+    assert not torch.equal(model.bert.encoder.layer[5].attention.self.query.weight,
+                           start.bert.encoder.layer[5].attention.self.query.weight)  # the top ones trained
+    p = [build_prompt("laptop", x, PromptConfig(layout="segments", max_note_chars=0)) for x in PRODUCTS]
+    np.testing.assert_allclose(grade_probs(model, tok, p), grade_probs(loaded, tok, p), atol=1e-6)
+
+
+def test_dpo_and_grpo_train_the_prefix_model(tmp_path):
+    """The RL trainers take the segmented model as they take a decoder: a DPO step and a GRPO step whose
+    rollouts decode through the KV cache after the product segment."""
+    from searchrl.relevance.dpo import DPOConfig, train_dpo
+    from searchrl.relevance.grpo import GRPOConfig, train_grpo
+    from searchrl.relevance.sample import write_pairs
+    run = {"device": "cpu", "progress": False}
+    prompts = [build_prompt("laptop", x, SEGMENTS) for x in PRODUCTS[:2]]
+    pairs = write_pairs(tmp_path / "pairs.jsonl", [
+        {"prompt": prompts[0], "chosen": "<L4>", "rejected": "<L1>", "grade": 4, "source": "test"},
+        {"prompt": prompts[1], "chosen": "<L1>", "rejected": "<L4>", "grade": 1, "source": "test"}])
+    dpo = train_dpo(config_from_dict(DPOConfig, {"model": MINILM_PREFIX, "pairs": str(pairs), "batch_size": 2,
+                                                 "optim": {"max_steps": 2, "lr": 1e-4},
+                                                 "run": {**run, "output_dir": str(tmp_path / "dpo")}}))
+    model, tok = load_relevance_model(str(dpo.final_dir))
+    start, _ = load_relevance_model(MINILM_PREFIX)
+    p_good = grade_probs(model, tok, prompts)[:, 2:].sum(1)
+    p_start = grade_probs(start, tok, prompts)[:, 2:].sum(1)
+    assert p_good[0] - p_good[1] > p_start[0] - p_start[1]  # DPO moved the pair the way the preferences say
+    grpo = train_grpo(config_from_dict(GRPOConfig, {
+        "model": str(dpo.final_dir), "beta": 0.1, "optim": {"max_steps": 1},
+        "run": {**run, "output_dir": str(tmp_path / "g")},
+        "rollout": {"group_size": 2, "prompts_per_step": 2, "max_new_tokens": 4, "dynamic_sampling": False}}),
+        [{"prompt": prompts[0], "grade": 4}, {"prompt": prompts[1], "grade": 1}])
+    assert grpo.step == 1 and (grpo.final_dir / "model.safetensors").exists()
