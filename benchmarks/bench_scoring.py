@@ -3,23 +3,26 @@
 All figures come from one run on one model and the same Chorus test pairs (about 27
 candidates per query), so the ratios hold on a noisy machine:
 
-- ``prefill_vs_decode_ratio``: pairs/s of the shared-prefix prefill scorer over
+- ``prefill_vs_decode_ratio``: pairs/s of the prefill-only scorer as deployed (``deployed_shared_prefix``:
+  1 = shared-prefix, 0 = plain: the scorer's default for the model's prompt layout) over
   decoding the whole label-first CoT (greedy, KV cache, batched; as many new tokens
   as the rule teacher's completion for the pair) and parsing its grade.
-- ``shared_vs_plain_ratio``: shared-prefix vs plain batched prefill of whole prompts
-  (the default prompt: the full instruction is the shared part);
-  ``shared_vs_plain_short_prompt_ratio``: the same with the quickstart model's
-  one-word instruction, where little is shared.
+- ``shared_vs_plain_ratio``: shared-prefix vs plain batched prefill of whole prompts, with
+  the default model's prompt (segments: only the query segment is shared, a few tokens);
+  ``shared_vs_plain_long_prompt_ratio``: the same for a decoder (minilm-qwen2) with the
+  long default instruction, where the shared part is most of the prompt.
 - ``mfu``: the scorer's achieved FLOP/s (FLOPs counted by torch's FlopCounterMode on
   the same run) over a 2048^3 fp32 matmul's FLOP/s on this machine.
 - server throughput at concurrency 1, 8, 32 (``searchrl serve`` as a real process,
-  the quickstart model's short prompt): pairs/s, p50 and p99 latency, for requests of
+  the default model and prompt): pairs/s, p50 and p99 latency, for requests of
   1 ("one") and 4 ("small") candidates and, outside ``--quick``, of one query's whole
   candidate list ("query"); ``server_*_c32_vs_c1_ratio`` is what micro-batching buys.
 
-The model has the default (quickstart) architecture, minilm-qwen2 256x4, built from
-config with random weights unless ``--model DIR`` is given; speed does not depend on
-the weights. Usage: ``python benchmarks/bench_scoring.py [--quick] [--json PATH]``.
+The model is the default relevance model (minilm-prefix, block mask, sim readout: MiniLM's
+weights, untrained head) unless ``--model DIR`` is given; speed does not depend on the
+training. ``--quick`` measures the same quantities on fewer queries, with the decode
+baseline over whole batches as in the full run (an unfilled batch decodes slower per pair
+and inflated the ratio). Usage: ``python benchmarks/bench_scoring.py [--quick] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch
 from searchrl.data.schema import load_dataset, pair_products
 from searchrl.relevance.evaluate import decode_completions
 from searchrl.relevance.examples import build_examples
-from searchrl.relevance.model import MINILM_QWEN2, encode_prompt, load_relevance_model
+from searchrl.relevance.model import MINILM_PREFIX, MINILM_QWEN2, PrefixLMSettings, encode_prompt, load_relevance_model
 from searchrl.relevance.parser import parse_completion
 from searchrl.relevance.prompt import PromptConfig
 from searchrl.relevance.rules import RuleEngine
@@ -48,7 +51,8 @@ from searchrl.relevance.scorer import RelevanceScorer
 from searchrl.relevance.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
 from searchrl.relevance.teacher import RuleTeacher
 
-SHORT_PROMPT = PromptConfig(instruction="Grade:", max_description_chars=0, max_attributes=2, max_note_chars=0)
+DEFAULT_PROMPT = PromptConfig(layout="segments", max_description_chars=120, max_attributes=2, max_note_chars=0)
+LONG_PROMPT = PromptConfig()  # a decoder's prompt with the full task description: the shared part is long
 
 
 def chorus_dir(data: str | None) -> str:
@@ -196,15 +200,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    n_queries, repeats, n_decode = (4, 1, 16) if a.quick else (40, 2, 128)
+    n_queries, repeats, n_decode = (8, 1, 2 * a.batch_size) if a.quick else (40, 2, 4 * a.batch_size)
     requests, pairs_df = chorus_requests(a.data, n_queries)
     n_pairs = sum(len(p) for _, p in requests)
     if a.model:
         model, tok = load_relevance_model(a.model)
         prompt = load_scorer_config(a.model).prompt
     else:
-        model, tok = load_relevance_model(MINILM_QWEN2)
-        prompt = PromptConfig()
+        model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(mask="block"))
+        prompt = DEFAULT_PROMPT
     shared = RelevanceScorer(model, tok, ScorerConfig(prompt=prompt), a.batch_size, shared_prefix=True)
     plain = RelevanceScorer(model, tok, ScorerConfig(prompt=prompt), a.batch_size, shared_prefix=False)
     shared.grade_probs(requests[:1])  # warm-up
@@ -214,17 +218,21 @@ def main() -> None:
     f["matmul_gflops"] = matmul_flops() / 1e9
     t_shared = timed(lambda: shared.grade_probs(requests), repeats)
     f["shared_pairs_per_s"] = n_pairs / t_shared
-    f["scorer_gflops"] = counted_flops(lambda: shared.grade_probs(requests)) / t_shared / 1e9
-    f["mfu"] = f["scorer_gflops"] / f["matmul_gflops"]
     f["plain_pairs_per_s"] = n_pairs / timed(lambda: plain.grade_probs(requests), repeats)
     f["shared_vs_plain_ratio"] = f["shared_pairs_per_s"] / f["plain_pairs_per_s"]
-    short = [RelevanceScorer(model, tok, ScorerConfig(prompt=SHORT_PROMPT), a.batch_size, shared_prefix=s)
-             for s in (True, False)]
-    t_short = [timed(lambda s=s: s.grade_probs(requests), repeats) for s in short]
-    f["shared_short_prompt_pairs_per_s"] = n_pairs / t_short[0]
-    f["shared_vs_plain_short_prompt_ratio"] = t_short[1] / t_short[0]
-    f["decode_pairs_per_s"], f["decode_new_tokens"] = decode_pairs_per_s(shared, pairs_df, min(n_decode, n_pairs))
-    f["prefill_vs_decode_ratio"] = f["shared_pairs_per_s"] / f["decode_pairs_per_s"]
+    deployed = RelevanceScorer(model, tok, ScorerConfig(prompt=prompt), a.batch_size)  # the scorer's own choice
+    f["deployed_shared_prefix"] = int(deployed.shared_prefix)  # 1 = shared-prefix path, 0 = plain prefill
+    f["prefill_pairs_per_s"] = f["shared_pairs_per_s" if deployed.shared_prefix else "plain_pairs_per_s"]
+    f["scorer_gflops"] = counted_flops(lambda: deployed.grade_probs(requests)) / (n_pairs / f["prefill_pairs_per_s"]) / 1e9
+    f["mfu"] = f["scorer_gflops"] / f["matmul_gflops"]
+    decoder, dtok = load_relevance_model(MINILM_QWEN2)
+    long = [RelevanceScorer(decoder, dtok, ScorerConfig(prompt=LONG_PROMPT), a.batch_size, shared_prefix=s)
+            for s in (True, False)]
+    t_long = [timed(lambda s=s: s.grade_probs(requests), repeats) for s in long]
+    f["shared_long_prompt_pairs_per_s"] = n_pairs / t_long[0]
+    f["shared_vs_plain_long_prompt_ratio"] = t_long[1] / t_long[0]
+    f["decode_pairs_per_s"], f["decode_new_tokens"] = decode_pairs_per_s(deployed, pairs_df, min(n_decode, n_pairs))
+    f["prefill_vs_decode_ratio"] = f["prefill_pairs_per_s"] / f["decode_pairs_per_s"]
     shapes = {  # batching across requests pays where one request is too small to fill a forward pass
         "one": ([_body(q, prods[i:i + 1]) for q, prods in requests for i in range(len(prods))], 64),
         "small": ([_body(q, prods[i:i + 4]) for q, prods in requests for i in range(0, len(prods), 4)], 64)}
@@ -233,8 +241,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
         tok.save_pretrained(d)
-        # the server runs the deployed model's prompt: the quickstart model's short one unless --model says otherwise
-        save_scorer_config(d, ScorerConfig(prompt=prompt if a.model else SHORT_PROMPT))
+        save_scorer_config(d, ScorerConfig(prompt=prompt))  # the server runs the deployed model's prompt
         f.update(server_figures(Path(d), shapes, (1, 8, 32), a.threads))
 
     report(f"Relevance scoring, Chorus test: {n_pairs} pairs, {len(requests)} queries, "

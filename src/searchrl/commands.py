@@ -7,6 +7,8 @@ that ``searchrl --help`` and the data commands start fast.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from .errors import ConfigError
 
@@ -98,7 +100,14 @@ def cmd_baseline_retrieval(a) -> None:
 def cmd_train_sft(a) -> None:
     from .config import load_config
     from .relevance.sft import SFTConfig, run_sft
-    result = run_sft(load_config(SFTConfig, a.config, a.set))
+    config = a.config
+    if config == "default":  # the default relevance model (what the pipeline trains)
+        config = Path(__file__).resolve().parent / "configs" / "sft_chorus.yaml"
+    cfg = load_config(SFTConfig, config, a.set)
+    if config is None:
+        print("sft: no --config: SFTConfig's built-in defaults (a tiny from-scratch model, for tests and smoke runs); "
+              "the default relevance model is --config default", file=sys.stderr)
+    result = run_sft(cfg)
     if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"sft: saved {result.final_dir} after {result.step} steps; last eval {result.last_eval}")
 

@@ -40,14 +40,16 @@ OUTPUT_COLUMNS = ["query", "product_id", "p_l1", "p_l2", "p_l3", "p_l4", "grade"
 class RelevanceScorer:
     """Scores (query, product) pairs with a relevance model; see the module docstring."""
 
-    def __init__(self, model, tokenizer, config: ScorerConfig, batch_size: int = 32, shared_prefix: bool = True):
+    def __init__(self, model, tokenizer, config: ScorerConfig, batch_size: int = 32, shared_prefix: bool | None = None):
         self.model, self.tokenizer, self.config = model, tokenizer, config
+        if shared_prefix is None:  # a segmented prompt shares only the query (a few tokens): measured slower than
+            shared_prefix = config.prompt.layout != "segments"  # plain prefill (benchmarks/bench_scoring.py)
         self.batch_size, self.shared_prefix = batch_size, shared_prefix
         self.model.eval()
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", batch_size: int = 32,
-             shared_prefix: bool = True) -> "RelevanceScorer":
+             shared_prefix: bool | None = None) -> "RelevanceScorer":
         """A scorer for a trained or exported model directory (safetensors weights + relevance_config.json), or,
         zero-shot with the default scorer config, a GGUF file or packaged GGUF name (pretrained.resolve_model)."""
         if Path(model_dir).is_dir():
