@@ -4,6 +4,7 @@ import json
 import math
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from searchrl.eval.metrics import (
@@ -223,3 +224,17 @@ def test_format_table(capsys):
     print_table(rows, ["ndcg@10", "n_queries"], title="Retrieval")
     assert capsys.readouterr().out == expected + "\n"
     assert format_table(rows).splitlines()[0] == "| system     | ndcg@10 | n_queries |"
+
+
+def test_fast_scores_equal_classification_metrics_on_random_grades():
+    from searchrl.eval.metrics import fast_scores
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 40, 300):
+        for _ in range(20):
+            t, p = rng.integers(1, 5, n), rng.integers(1, 5, n)
+            if rng.random() < 0.3:
+                p[:] = rng.integers(1, 3)  # degenerate predictions: a class absent, no Good predicted
+            ref = classification_metrics(t.tolist(), p.tolist())
+            got = fast_scores(t, p)
+            for m in ("accuracy", "macro_f1", "good_f1"):
+                assert got[m] == pytest.approx(ref[m], abs=1e-12), (m, t, p)

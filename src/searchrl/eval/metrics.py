@@ -72,6 +72,22 @@ def classification_metrics(y_true, y_pred) -> dict:
     return out
 
 
+def fast_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """accuracy, macro_f1 and good_f1 exactly as :func:`classification_metrics` computes them, from one
+    confusion matrix in numpy: for bootstrap loops (thousands of resamples), where scikit-learn's per-call
+    checks cost ~100x more. Takes int arrays of grades 1..4, already validated."""
+    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    k = len(LABELS)
+    cm = np.bincount((t - 1) * k + (p - 1), minlength=k * k).reshape(k, k)  # [gold, predicted]
+    tp, gold_n, pred_n = np.diag(cm), cm.sum(1), cm.sum(0)
+    denom = gold_n + pred_n
+    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+    g = GOOD_MIN_GRADE - 1
+    g_tp, g_gold, g_pred = cm[g:, g:].sum(), cm[g:].sum(), cm[:, g:].sum()
+    return {"accuracy": float(tp.sum() / len(t)), "macro_f1": float(f1.mean()),
+            "good_f1": float(2 * g_tp / (g_gold + g_pred)) if g_gold + g_pred else 0.0}
+
+
 def per_query_auc(y_true, score, query_ids) -> dict:
     """{query id: ROC AUC of ``score`` for Good (L3/L4) within that query's pairs}, for the queries that have both
     Good and not-Good pairs (the AUC of the others is undefined and left out)."""

@@ -214,7 +214,7 @@ def retriever(ctx: Context) -> dict:
 
 def evaluate(ctx: Context) -> dict:
     """Every relevance system on one split with query-bootstrap intervals; the final model's CoT decoded."""
-    from ..eval.metrics import classification_metrics, per_query_auc, write_metrics_json
+    from ..eval.metrics import classification_metrics, fast_scores, per_query_auc, write_metrics_json
     from ..eval.stats import query_bootstrap
     from ..relevance.evaluate import evaluate_model, split_probs
     from ..relevance.scorer import RelevanceScorer
@@ -240,7 +240,7 @@ def evaluate(ctx: Context) -> dict:
         if p["pred"] is not None:
             pred = np.asarray(p["pred"])
             row.update(classification_metrics(gold, pred))
-            row["x_ci"] = {m: _ci(lambda r, m=m: classification_metrics(gold[r], pred[r])[m], qids, e.bootstrap)
+            row["x_ci"] = {m: _ci(lambda r, m=m: fast_scores(gold[r], pred[r])[m], qids, e.bootstrap)
                            for m in RELEVANCE_METRICS}
         if p["score"] is not None:
             auc = per_query_auc(gold, p["score"], qids)
@@ -255,7 +255,7 @@ def evaluate(ctx: Context) -> dict:
             beta = load_scorer_config(models[name]).beta
             tiered = tiered_grades(p["probs"], beta)
             rows.append({"system": f"{name} tiered (beta={beta:g})", **classification_metrics(gold, tiered),
-                         "x_ci": {m: _ci(lambda r, m=m: classification_metrics(gold[r], tiered[r])[m], qids,
+                         "x_ci": {m: _ci(lambda r, m=m: fast_scores(gold[r], tiered[r])[m], qids,
                                          e.bootstrap) for m in RELEVANCE_METRICS}})
     out = ctx.dir("evaluate")
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..data.schema import Dataset, pair_products
 from ..errors import ConfigError
-from ..eval.metrics import classification_metrics, per_query_auc
+from ..eval.metrics import fast_scores, per_query_auc
 from ..eval.stats import paired_bootstrap, paired_metric_bootstrap, query_bootstrap
 
 
@@ -137,7 +137,7 @@ def summarize(result: dict, reference: str, n_boot: int = 2000) -> list[dict]:
             preds = np.asarray(p["pred"])  # [S, N]
             for metric in ("good_f1", "macro_f1", "accuracy"):
                 def value(r, m=metric):
-                    return float(np.mean([classification_metrics(gold[r], pr[r])[m] for pr in preds]))
+                    return float(np.mean([fast_scores(gold[r], pr[r])[m] for pr in preds]))
                 iv = query_bootstrap(metric=value, groups=qids, n_boot=n_boot)
                 row[metric] = iv.mean
                 row.setdefault("x_ci", {})[metric] = [iv.lo, iv.hi]
@@ -153,8 +153,8 @@ def summarize(result: dict, reference: str, n_boot: int = 2000) -> list[dict]:
         if other["pred"] and other["pred"][0] and ref["pred"] and ref["pred"][0]:
             a, b = np.asarray(ref["pred"]), np.asarray(other["pred"])
             d = paired_metric_bootstrap(
-                lambda r: float(np.mean([classification_metrics(gold[r], x[r])["good_f1"] for x in a])),
-                lambda r: float(np.mean([classification_metrics(gold[r], x[r])["good_f1"] for x in b])),
+                lambda r: float(np.mean([fast_scores(gold[r], x[r])["good_f1"] for x in a])),
+                lambda r: float(np.mean([fast_scores(gold[r], x[r])["good_f1"] for x in b])),
                 qids, n_boot=n_boot)
             row["x_good_f1_diff_vs_ref"] = [d.mean, d.lo, d.hi]
     return rows
