@@ -93,6 +93,12 @@ def test_save_load_round_trip_and_training_moves_the_ranking(tmp_path, tiny_data
     assert torch.equal(frozen, start.bert.encoder.layer[0].attention.self.query.weight)  # frozen lower layers
     assert not torch.equal(model.bert.encoder.layer[5].attention.self.query.weight,
                            start.bert.encoder.layer[5].attention.self.query.weight)  # the top ones trained
+    # the CoT's line and verdict tokens have no MiniLM row: their output rows learn although embeddings are frozen
+    added = [tok.convert_tokens_to_ids(t) for t in ("\n", "=>")]
+    assert set(added) <= set(model.config.added_token_ids)
+    assert not torch.equal(model.added_delta, torch.zeros_like(model.added_delta))
+    head = model.head(torch.randn(3, model.config.hidden_size))
+    assert not torch.allclose(head[:, added[0]], head[:, added[1]])  # "\n" and "=>" are told apart
     p = [build_prompt("laptop", x, PromptConfig(layout="segments", max_note_chars=0)) for x in PRODUCTS]
     np.testing.assert_allclose(grade_probs(model, tok, p), grade_probs(loaded, tok, p), atol=1e-6)
 

