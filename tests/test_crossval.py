@@ -43,3 +43,8 @@ def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_da
     assert lo <= rows["model"]["good_f1"] <= hi
     diff = rows["minilm-cosine"]["x_auc_diff_vs_ref"]
     assert diff[1] <= diff[0] <= diff[2]
+    # a re-run reuses each finished fold (same config): no training step is taken again, same predictions
+    from unittest import mock
+    with mock.patch("searchrl.relevance.sft.run_sft", side_effect=AssertionError("retrained a finished fold")):
+        again = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path)
+    assert again["systems"]["model"]["score"] == result["systems"]["model"]["score"]

@@ -70,7 +70,12 @@ def _model(cfg, ds: Dataset, fold_dir: Path) -> dict:
     from .tiering import tiered_grades
     data_dir = write_dataset(ds, fold_dir / "data")
     run = dataclasses.replace(cfg.run, output_dir=str(fold_dir / "sft"), resume=True)
-    final = run_sft(dataclasses.replace(cfg, data_dir=str(data_dir), run=run)).final_dir
+    fold_cfg = dataclasses.replace(cfg, data_dir=str(data_dir), run=run)
+    final, done = fold_dir / "sft" / "final", fold_dir / "fold_config.json"
+    wanted = json.loads(json.dumps(dataclasses.asdict(fold_cfg)))
+    if not ((final / "relevance_config.json").exists() and done.exists() and json.loads(done.read_text()) == wanted):
+        final = run_sft(fold_cfg).final_dir
+        done.write_text(json.dumps(wanted))  # this fold finished with this config: a re-run reuses it
     beta = tune_tiering(final, ds, "valid")["beta"] if len(ds.split("valid").pairs()) else 0.5
     probs, _, _ = split_probs(RelevanceScorer.load(final), ds, "test")
     return {"pred": tiered_grades(probs, beta), "argmax": probs.argmax(1) + 1, "score": probs[:, 2:].sum(1),
