@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from searchrl.data.importer import import_dataset, parse_mapping
+from searchrl.data.readers import read_rows
 from searchrl.data.schema import DataError, ErrorPolicy, load_dataset
-from searchrl.data.tables import read_rows
 from searchrl.errors import ConfigError, InputError, UserError
 
 # derandomize: the same examples in CI on every run; deadline=None: a loaded 2-core machine is slow

@@ -12,8 +12,9 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError, shown
+from .readers import columns_of, read_rows, require_columns, require_fields
 from .schema import ErrorPolicy
-from .tables import TableBuilder, columns_of, read_rows, require_columns, require_fields
+from .tables import TableBuilder
 
 CHORUS_LABELS = {"0": 1, "1": 2, "2": 3, "3": 4}
 ESCI_LABELS = {"E": 4, "S": 3, "C": 2, "I": 1}

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.readers import columns_of, read_rows, require_columns
 from ..data.schema import PRODUCT_FIELDS, ErrorPolicy
-from ..data.tables import columns_of, read_rows, require_columns
 from ..errors import ConfigError, shown
 from .model import load_relevance_model, render_prompt
 from .prefill import shared_prefix_grade_probs

@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 
 from ..config import save_config
+from ..data.readers import read_rows
 from ..data.schema import GOOD_MIN_GRADE, DataError, ErrorPolicy, load_dataset, product_text
-from ..data.tables import read_rows
 from ..errors import ConfigError
 from ..training import RunLoop, optimizer_step
 from .config import RetrieverConfig
