@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from searchrl.config import config_from_dict
+from searchrl.errors import ConfigError
 from searchrl.data.schema import load_dataset
 from searchrl.relevance.crossval import crossval, fold_dataset, query_folds, summarize
 from searchrl.relevance.sft import SFTConfig
@@ -48,3 +49,8 @@ def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_da
     with mock.patch("searchrl.relevance.sft.run_sft", side_effect=AssertionError("retrained a finished fold")):
         again = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path)
     assert again["systems"]["model"]["score"] == result["systems"]["model"]["score"]
+    with mock.patch("searchrl.relevance.sft.run_sft", side_effect=AssertionError("retrained a finished fold")):
+        part = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, folds_to_run=[1])  # a subset of the folds
+    assert set(part["fold"]) == {1} and len(part["grade"]) == result["fold"].count(1)
+    with pytest.raises(ConfigError):
+        crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, folds_to_run=[2])

@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "baselines on the same folds, report query-bootstrap 95%% intervals and paired differences")
     er.add_argument("--config", help="--cv: the SFT config (YAML) to train on each fold")
     er.add_argument("--seeds", default="0", help="--cv: comma-separated training seeds (default 0)")
+    er.add_argument("--folds", help="--cv: comma-separated folds to run (default all); the others are not tested")
     er.add_argument("--out", default="runs/cv", help="--cv: run directory (folds resume when re-run)")
     er.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="--cv: override an SFT config field")
     er.add_argument("--data", required=True)

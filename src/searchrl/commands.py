@@ -308,7 +308,8 @@ def _crossval(a) -> None:
     cfg = load_config(SFTConfig, a.config, a.set + ["run.progress=false"])
     ds = load_dataset(a.data)
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
-    result = crossval(cfg, ds, a.cv, seeds, a.out)
+    folds = [int(f) for f in a.folds.split(",") if f.strip()] if a.folds else None
+    result = crossval(cfg, ds, a.cv, seeds, a.out, folds_to_run=folds)
     rows = summarize(result, reference="model")
     shown = [{**{k: v for k, v in r.items() if not k.startswith("x_") or k == "x_good_auc_per_query"},
               **{f"{m} 95%": f"[{lo:.3f}, {hi:.3f}]" for m, (lo, hi) in r.get("x_ci", {}).items()},

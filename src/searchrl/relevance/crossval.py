@@ -83,17 +83,21 @@ def _model(cfg, ds: Dataset, fold_dir: Path) -> dict:
 
 
 def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/cv", baselines: bool = True,
-             name: str = "model") -> dict:
-    """Train ``cfg`` (an SFTConfig) on every fold and seed; predictions of it and the baselines for every pair.
+             name: str = "model", folds_to_run=None) -> dict:
+    """Train ``cfg`` (an SFTConfig) on every fold (or only ``folds_to_run``) and seed; predictions of it and the
+    baselines for every pair of those folds.
 
     Returns {"query_id", "grade" (every pair once, fold order), "fold", "systems": {name: {"pred": [S, N] or
-    [1, N], "score": [S, N] or [1, N]}}}; also written to ``out/crossval.json`` (a re-run reuses finished folds:
-    each fold trains with run.resume)."""
+    [1, N], "score": [S, N] or [1, N]}}}; also written to ``out/crossval.json`` (a re-run reuses each fold
+    finished with the same config, and resumes an unfinished one from its checkpoint)."""
     out = Path(out)
     folds = query_folds(ds.queries["query_id"], k, seed=0)  # the same folds for every seed and system
     rows = {"query_id": [], "grade": [], "fold": []}
     systems: dict[str, dict[str, list]] = {}
-    for fold in range(k):
+    run = sorted(set(folds_to_run)) if folds_to_run else range(k)  # a subset: the others are not tested
+    if any(not 0 <= f < k for f in run):
+        raise ConfigError(f"--folds must be in 0..{k - 1}, got {list(run)}")
+    for fold in run:
         fds = fold_dataset(ds, folds, fold)
         test = fds.split("test").pairs()
         rows["query_id"] += test["query_id"].astype(str).tolist()
