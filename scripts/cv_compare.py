@@ -21,7 +21,10 @@ from searchrl.relevance.crossval import summarize
 def merge(runs: dict[str, str]) -> dict:
     merged = None
     for name, d in runs.items():
-        r = json.loads((Path(d) / "crossval.json").read_text())
+        path = Path(d) / "crossval.json"
+        if not path.exists():
+            raise SystemExit(f"error: {path}: no such file (run `searchrl eval relevance --cv K --out {d}` first)")
+        r = json.loads(path.read_text())
         if merged is None:
             merged = {**r, "systems": {k: v for k, v in r["systems"].items() if k != "model"}}
         elif (r["query_id"], r["grade"]) != (merged["query_id"], merged["grade"]):
@@ -36,6 +39,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--reference")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
+    bad = [x for x in a.runs if "=" not in x]
+    if bad:
+        ap.error(f"expected NAME=RUN_DIR, got {bad}")
     runs = dict(x.split("=", 1) for x in a.runs)
     result = merge(runs)
     rows = summarize(result, reference=a.reference or next(iter(runs)))

@@ -80,6 +80,9 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
     judges = [j for j in a.judges.split(",") if j != "model" or a.model]
+    unknown = sorted(set(judges) - set(JUDGES))
+    if unknown:
+        ap.error(f"--judges: unknown {unknown}; known: {', '.join(JUDGES)}")
     base = load_pipeline_config("quickstart", [f"retriever.{kv}" for kv in a.set]).retriever
     base = dataclasses.replace(base, data_dir=str(a.data), run=dataclasses.replace(base.run, progress=False))
     ds = load_dataset(a.data)
@@ -167,4 +170,8 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from searchrl.errors import UserError
+    try:
+        main()
+    except UserError as e:  # a bad --set key, judge or data directory: one line, as the CLI prints it
+        raise SystemExit(f"error: {e}") from None
