@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from searchrl.config import config_from_dict
+from searchrl.data.schema import load_dataset, write_dataset
 from searchrl.errors import ConfigError
-from searchrl.data.schema import load_dataset
-from searchrl.relevance.crossval import crossval, fold_dataset, query_folds, summarize
+from searchrl.relevance.crossval import crossval, fold_dataset, query_folds, rl_room_split, summarize
 from searchrl.relevance.sft import SFTConfig
 
 
@@ -25,6 +25,26 @@ def test_folds_are_disjoint_cover_every_query_once_and_are_seeded(tiny_data):
     assert sorted(tested) == sorted(ds.queries["query_id"])  # each query tested exactly once
     with pytest.raises(ValueError, match="--cv 11"):
         query_folds(ds.queries["query_id"], 11)
+
+
+def test_rl_room_split_gives_sft_and_rl_disjoint_train_queries_and_keeps_valid_and_test(tiny_data, tmp_path):
+    fds = fold_dataset(load_dataset(tiny_data), query_folds(load_dataset(tiny_data).queries["query_id"], 5), 0)
+    sft, rl = rl_room_split(fds, 0.5, seed=0)
+    train = set(fds.split("train").queries["query_id"])
+    a, b = set(sft.split("train").queries["query_id"]), set(rl.split("train").queries["query_id"])
+    assert a and b and not a & b and a | b == train and len(a) == 3  # half of the 6 train queries each
+    for part in (sft, rl):
+        for name in ("valid", "test"):  # held-out splits untouched
+            assert part.split(name).queries.equals(fds.split(name).queries)
+        assert set(part.judgments["query_id"]) == set(part.queries["query_id"])  # the other share's labels gone
+        write_dataset(part, tmp_path / f"d{len(list(tmp_path.iterdir()))}")  # a valid dataset on disk
+    again, other = rl_room_split(fds, 0.5, seed=0)[0], rl_room_split(fds, 0.5, seed=1)[0]
+    assert set(again.split("train").queries["query_id"]) == a
+    assert set(other.split("train").queries["query_id"]) != a  # the split is seeded
+    assert len(rl_room_split(fds, 0.2)[0].split("train").queries) == 1
+    for bad in (0, 1, 1.5):
+        with pytest.raises(ConfigError, match="sft_fraction"):
+            rl_room_split(fds, bad)
 
 
 @pytest.mark.slow

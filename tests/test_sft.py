@@ -169,3 +169,28 @@ def test_trim_vocab_and_synthetic_settings_are_checked():
         SFTConfig(synthetic_queries=-1)
     with pytest.raises(ValueError, match="synthetic_per_query"):
         SFTConfig(synthetic_per_query=0)
+
+
+def test_hint_fraction_trains_that_share_of_prompts_with_guided_replays_hint(tmp_path, monkeypatch):
+    """hint_fraction puts guided replay's hint (hint_text, where hinted_prompt puts it) into a seeded share of the
+    training prompts, the rest unchanged; the completions stay the gold ones."""
+    import searchrl.relevance.sft as sft
+    from searchrl.relevance.guided_replay import hint_text, hinted_prompt
+    seen = []
+    real = sft.encode_example
+    monkeypatch.setattr(sft, "encode_example", lambda tok, prompt, completion, *a, **k:
+                        seen.append((prompt, completion)) or real(tok, prompt, completion, *a, **k))
+    examples = make_examples(40)
+    train_sft(small_cfg(tmp_path, batch_size=8, hint_fraction=0.5, optim={"max_steps": 1}), examples, None)
+    hinted = [hinted_prompt(ex["prompt"], hint_text(ex)) for ex in examples]
+    got = [(prompt == h, prompt == ex["prompt"], completion == ex["completion"])
+           for (prompt, completion), ex, h in zip(seen, examples, hinted)]
+    assert len(got) == 40 and all((a or b) and c for a, b, c in got)  # hinted or plain, the gold completion
+    assert 10 <= sum(a for a, _, _ in got) <= 30  # about half carry the hint
+    assert all(f"correct grade is L{ex['grade']}" in p for (p, _), ex in zip(seen, examples) if "Hint:" in p)
+    seen.clear()
+    train_sft(small_cfg(tmp_path / "none", batch_size=8, optim={"max_steps": 1}), examples, None)
+    assert [p for p, _ in seen] == [ex["prompt"] for ex in examples]  # the default trains no hint
+    for bad in (-0.1, 1.0):
+        with pytest.raises(Exception, match="hint_fraction"):
+            small_cfg(tmp_path, hint_fraction=bad)

@@ -50,6 +50,29 @@ def fold_dataset(ds: Dataset, folds: dict[str, int], fold: int) -> Dataset:
     return dataclasses.replace(ds, queries=queries)
 
 
+def rl_room_split(ds: Dataset, sft_fraction: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(sft_ds, rl_ds): ``ds``'s train queries divided at random, ``sft_fraction`` of them for SFT and the rest
+    for RL. sft_ds's train split is the SFT share, rl_ds's is the RL share (the RL trainers read the train
+    split, so their prompts come from queries SFT never saw); valid and test are ``ds``'s in both. An SFT model
+    trained on part of the labels has room left for RL to fill (scripts/rl_room.py)."""
+    if not 0 < sft_fraction < 1:
+        raise ConfigError(f"sft_fraction must be in (0, 1), got {sft_fraction}")
+    train = sorted(ds.queries.loc[ds.queries["split"] == "train", "query_id"].astype(str))
+    if len(train) < 2:
+        raise ConfigError(f"{len(train)} train queries: an SFT share and an RL share need at least 2")
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_sft = min(max(1, round(sft_fraction * len(train))), len(train) - 1)
+    sft_queries = {train[i] for i in order[:n_sft]}
+
+    def only(keep_sft: bool) -> Dataset:  # the other share's queries and judgments left out
+        qid = ds.queries["query_id"].astype(str)
+        drop = (ds.queries["split"] == "train") & (qid.isin(sft_queries) != keep_sft)
+        kept = ds.queries[~drop].reset_index(drop=True)
+        judged = ds.judgments[ds.judgments["query_id"].astype(str).isin(set(kept["query_id"].astype(str)))]
+        return dataclasses.replace(ds, queries=kept, judgments=judged.reset_index(drop=True))
+    return only(True), only(False)
+
+
 def _baselines(ds: Dataset) -> dict[str, dict]:
     from ..eval.baselines import relevance_baseline_predictions
     from .rules import RuleEngine
@@ -78,6 +101,7 @@ def _model(cfg, ds: Dataset, fold_dir: Path) -> dict:
         done.write_text(json.dumps(wanted))  # this fold finished with this config: a re-run reuses it
     beta = tune_tiering(final, ds, "valid")["beta"] if len(ds.split("valid").pairs()) else 0.5
     probs, _, _ = split_probs(RelevanceScorer.load(final), ds, "test")
+    np.save(fold_dir / "test_probs.npy", probs)  # [N, 4]: for analyses beyond the report (thresholds, calibration)
     return {"pred": tiered_grades(probs, beta), "argmax": probs.argmax(1) + 1, "score": probs[:, 2:].sum(1),
             "beta": beta}
 

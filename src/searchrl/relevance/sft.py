@@ -42,6 +42,7 @@ from ..errors import ConfigError, InputError
 from ..training import BatchStream, RunLoop, build_optimizer, optimizer_step, total_steps
 from .evaluate import evaluate_examples
 from .examples import IGNORE, build_examples, check_order, collate, encode_example, split_examples, subset
+from .guided_replay import hint_text, hinted_prompt
 from .llm_teacher import LLMTeacherConfig
 from .model import (DTYPES, MINILM_BUILDS, MINILM_PREFIX, LoraSettings, PrefixLMSettings, TinyModel,
                     freeze_lower_layers, grade_token_ids, load_trainable, render_prompt, trim_minilm_tokenizer)
@@ -93,6 +94,9 @@ class SFTConfig:
     #   grade) ** balance_grades, normalised to mean 1 over examples; 1 = fully class-balanced (macro-F1 view)
     cot_fraction: float = 1.0  # share of the training examples that keep their chain of thought (seeded); the others
     #   are trained on the grade token alone: the model still writes its CoT, and an epoch costs far fewer tokens
+    hint_fraction: float = 0.0  # share of the training examples whose prompt carries guided replay's hint (the
+    #   gold grade and the rule verdicts, guided_replay.hint_text) as the replay will give it: a policy that has
+    #   read hints in SFT can use them in AGRL's guided rollouts; serving prompts never carry one
     rank_loss_weight: float = 0.0  # + this x a within-query pairwise (RankNet) loss on the Good log-odds
     #   log P(L3|L4) - log P(L1|L2) of candidates with different grades: forces ranking inside a query
     query_chunk: int = 0  # > 0: batches are made of chunks of this many candidates of one query (what the rank
@@ -119,6 +123,8 @@ class SFTConfig:
         if not 0.0 <= self.cot_fraction <= 1.0 or (self.cot_fraction < 1 and self.prompt.order != "label_first"):
             raise ConfigError(f"cot_fraction must be in [0, 1] (and 1 unless prompt.order is label_first), got "
                               f"{self.cot_fraction}")
+        if not 0.0 <= self.hint_fraction < 1.0:
+            raise ConfigError(f"hint_fraction must be in [0, 1), got {self.hint_fraction}")
         if self.rank_loss_weight and not self.query_chunk:
             raise ConfigError("rank_loss_weight > 0 needs query_chunk > 0 (candidates of one query in a batch)")
 
@@ -231,9 +237,11 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
     check_order(train, cfg.prompt.order)
     gweights = grade_weights([int(ex["grade"]) for ex in train], cfg.label_loss_weight, cfg.balance_grades)
     with_cot = np.random.default_rng([cfg.run.seed, 31]).random(len(train)) < cfg.cot_fraction
-    encoded = [encode_example(tok, render_prompt(tok, ex["prompt"], cfg.chat_template),
+    with_hint = np.random.default_rng([cfg.run.seed, 37]).random(len(train)) < cfg.hint_fraction
+    encoded = [encode_example(tok, render_prompt(tok, hinted_prompt(ex["prompt"], hint_text(ex)) if hint else
+                                                 ex["prompt"], cfg.chat_template),
                               ex["completion"] if cot else grade_token(int(ex["grade"])), cfg.max_length, eos=bool(cot))
-               for ex, cot in zip(train, with_cot)]
+               for ex, cot, hint in zip(train, with_cot, with_hint)]
     data = [e for e in encoded if e is not None]
     dropped = len(encoded) - len(data)
     if not data:
