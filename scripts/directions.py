@@ -10,11 +10,15 @@ test queries over the same catalogue. Per judge it reports:
 - nDCG@10, hitrate@10, BM25 overlap@10 and quality@10 of its R-GRPO encoder, averaged over seeds;
 - the paired difference in nDCG@10 against SFT and against hardneg, with a 95% bootstrap
   interval over seeds and queries (eval/stats.paired_bootstrap), and a verdict;
+- the claims: the curve's two ends (R-GRPO with the strongest judge minus with the weakest, nDCG@10) and
+  exclusivity (R-GRPO with ``--exclusivity-judge`` minus the same run with ``reward.w_x=0``, BM25 overlap@10),
+  each a paired interval with a verdict;
 - goodrate@10 graded by the rule engine (independent of every judge but ``rules``/``oracle``'s
   fallback: marked there), and wall time.
 
     python scripts/directions.py --data DIR [--model RELEVANCE_MODEL] [--seeds 0,1,2] [--out runs/directions]
-        [--judges random,bm25,model,rules,oracle] [--set retriever.KEY=VALUE ...] [--json PATH] [--md PATH]
+        [--judges random,bm25,model,rules,oracle] [--exclusivity-judge model] [--set KEY=VALUE ...]
+        [--json PATH] [--md PATH]
 
 The retriever's settings are the quickstart pipeline's ``retriever`` section (3,000-product
 catalogue, 12 steps a stage) unless overridden, e.g. ``--set max_products=0`` for the whole
@@ -53,17 +57,21 @@ class RulesGrader:
         return [[{"tier": self.engine.judge(q, p).grade} for p in products] for q, products in requests]
 
 
-def per_query_ndcg(retriever, ds, split: str, k: int = 10) -> dict[str, float]:
+def per_query(retriever, ds, split: str, bm25: BM25Index, k: int = 10) -> tuple[dict, dict]:
+    """({query: nDCG@k} over queries with a judged Good item, {query: BM25 overlap@k} over queries that retrieve
+    anything): the per-query values the paired intervals resample."""
     sub = ds.split(split)
     qids, texts = sub.queries["query_id"].astype(str).tolist(), sub.queries["text"].tolist()
-    hits = retriever.search(texts, k)
-    out = {}
-    for q, h in zip(qids, hits):
+    hits, lexical = retriever.search(texts, k), bm25.search(texts, k)
+    ndcg, overlap = {}, {}
+    for q, h, lx in zip(qids, hits, lexical):
         judged = sub.judgments[sub.judgments["query_id"].astype(str) == q]
         qrels = {q: dict(zip(judged["product_id"].astype(str), judged["grade"].astype(int)))}
         if (judged["grade"] >= 3).any():
-            out[q] = retrieval_metrics({q: [p for p, _ in h]}, qrels, (k,))[f"ndcg@{k}"]
-    return out
+            ndcg[q] = retrieval_metrics({q: [p for p, _ in h]}, qrels, (k,))[f"ndcg@{k}"]
+        if h:
+            overlap[q] = len({p for p, _ in h} & {p for p, _ in lx}) / len(h)
+    return ndcg, overlap
 
 
 def main(argv=None) -> dict:
@@ -75,6 +83,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="runs/directions")
     ap.add_argument("--split", default="test")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a retriever config field")
+    ap.add_argument("--exclusivity-judge", default="model",
+                    help="also train R-GRPO with this judge and reward.w_x=0 (exclusivity off): does the "
+                         "exclusivity term lower BM25 overlap? (default model, else rules; none = skip)")
     ap.add_argument("--json", help="write the table and intervals as JSON here")
     ap.add_argument("--md", help="write the Markdown table here")
     a = ap.parse_args(argv)
@@ -93,8 +104,11 @@ def main(argv=None) -> dict:
         from searchrl.relevance.scorer import RelevanceScorer
         scorer = RelevanceScorer.load(a.model)
     quality = {j: judge_quality(build_judge(j, ds, scorer, bm25=bm25), ds, a.split) for j in judges}
+    no_x = a.exclusivity_judge if a.exclusivity_judge in judges else "rules" if a.exclusivity_judge != "none" \
+        and "rules" in judges else None
     grader, out = RulesGrader(), Path(a.out)
     ndcg: dict[str, list[dict]] = {}
+    overlap: dict[str, list[dict]] = {}
     rows: dict[str, list[dict]] = {}
     for seed in seeds:
         run = dataclasses.replace(base.run, seed=seed)
@@ -110,30 +124,51 @@ def main(argv=None) -> dict:
                                reward=reward)
             d, t = run_stage(cfg)
             systems[f"rgrpo:{j}"] = (d, t_sft + t)
+        if no_x:
+            reward = dataclasses.replace(base.reward, judge=no_x, w_x=0.0,
+                                         relevance_model=a.model if no_x == "model" else "")
+            d, t = run_stage(stage_config(sft, out / f"seed{seed}" / f"rgrpo_{no_x}_no_exclusivity", stage="rgrpo",
+                                          encoder=str(sft_dir), reward=reward))
+            systems[f"rgrpo:{no_x}:no_exclusivity"] = (d, t_sft + t)
         for name, (d, seconds) in systems.items():
             retriever = Retriever(d, sub.products, batch_size=base.encode_batch_size, progress=False,
                                   max_seq_length=base.max_seq_length)
-            ndcg.setdefault(name, []).append(per_query_ndcg(retriever, sub, a.split))
+            n, o = per_query(retriever, sub, a.split, bm25)
+            ndcg.setdefault(name, []).append(n)
+            overlap.setdefault(name, []).append(o)
             rows.setdefault(name, []).append({**evaluate_retrieval(retriever, sub, a.split, (10,), grader, bm25=bm25,
                                                                    system=name), "seconds": seconds})
     queries = sorted(set.intersection(*[set(d) for runs in ndcg.values() for d in runs]))
+    found = sorted(set.intersection(*[set(d) for runs in overlap.values() for d in runs]))
 
-    def values(name):  # [S, Q]
-        return np.array([[d[q] for q in queries] for d in ndcg[name]])
+    def values(name, of=ndcg, keys=queries):  # [S, Q]
+        return np.array([[d[q] for q in keys] for d in of[name]])
 
     table = []
-    for name in rows:
-        mean = {k: float(np.mean([r[k] for r in rows[name]])) for k in
+    for name, runs in rows.items():
+        mean = {k: float(np.mean([r[k] for r in runs])) for k in
                 ("ndcg@10", "hitrate@10", "bm25_overlap@10", "quality@10", "goodrate@10", "seconds")}
         entry = {"system": name, **mean}
         if name.startswith("rgrpo:"):
-            j = name.split(":", 1)[1]
+            j = name.split(":")[1]
             entry["judge_auc"] = quality[j]["auc_per_query"]
             for ref in ("sft", "hardneg"):
                 iv = paired_bootstrap(values(name), values(ref), n_boot=2000, seed=0)
                 entry[f"vs_{ref}"] = {"mean": iv.mean, "lo": iv.lo, "hi": iv.hi}
         table.append(entry)
-    result = {"seeds": seeds, "queries": len(queries), "catalogue": len(sub.products), "judge_quality": quality,
+    claims = []
+    ranked = sorted(judges, key=lambda j: quality[j]["auc_per_query"])
+    if len(ranked) >= 2:  # the curve's two ends: does the strongest judge's R-GRPO beat the weakest's?
+        iv = paired_bootstrap(values(f"rgrpo:{ranked[-1]}"), values(f"rgrpo:{ranked[0]}"), n_boot=2000, seed=0)
+        claims.append({"claim": f"gain grows with judge quality (nDCG@10, rgrpo:{ranked[-1]} - rgrpo:{ranked[0]})",
+                       "mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "verdict": verdict(iv)})
+    if no_x:
+        iv = paired_bootstrap(values(f"rgrpo:{no_x}", overlap, found),
+                              values(f"rgrpo:{no_x}:no_exclusivity", overlap, found), n_boot=2000, seed=0)
+        claims.append({"claim": f"exclusivity lowers BM25 overlap@10 (rgrpo:{no_x} - same with w_x=0)",
+                       "mean": iv.mean, "lo": iv.lo, "hi": iv.hi,
+                       "verdict": "holds" if iv.hi < 0 else "reversed" if iv.lo > 0 else "no difference"})
+    result = {"claims": claims, "seeds": seeds, "queries": len(queries), "catalogue": len(sub.products), "judge_quality": quality,
               "rows": table, "retriever": {"max_steps": base.optim.max_steps, "max_products": base.max_products}}
     md = markdown(result)
     print(md)
@@ -144,7 +179,9 @@ def main(argv=None) -> dict:
     return result
 
 
-def verdict(iv: dict) -> str:
+def verdict(iv) -> str:
+    """better / worse / no difference for a paired interval (a dict with lo/hi, or an eval.stats.Interval)."""
+    iv = iv if isinstance(iv, dict) else {"lo": iv.lo, "hi": iv.hi}
     if iv["lo"] > 0:
         return "better"
     if iv["hi"] < 0:
@@ -164,6 +201,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['system']} | {auc} | {r['ndcg@10']:.3f} | {cell('sft')} | {cell('hardneg')} | "
                      f"{r['hitrate@10']:.3f} | {r['goodrate@10']:.3f} | {r['bm25_overlap@10']:.3f} | "
                      f"{r['quality@10']:.3f} | {r['seconds']:.0f} |")
+    if result.get("claims"):
+        lines += ["", "| claim | difference [95% CI] | verdict |", "|---|---|---|"]
+        lines += [f"| {c['claim']} | {c['mean']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}] | {c['verdict']} |"
+                  for c in result["claims"]]
     lines.append(f"\n{len(result['seeds'])} seeds x {result['queries']} test queries with a Good item; catalogue "
                  f"{result['catalogue']} products; {result['retriever']['max_steps']} steps a stage.")
     return "\n".join(lines)

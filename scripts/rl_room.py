@@ -9,7 +9,8 @@ seed it trains, each with the project's own CLI (one process per stage, finished
 
 - ``sft``: `searchrl train sft --config sft_chorus.yaml` on the SFT half, with guided replay's hint in 10% of
   the prompts (``--hint-fraction``; SFTConfig.hint_fraction) so that the policy can read a hint;
-- ``dpo``: pass@N pairs sampled on the RL half (`searchrl sample`), then `searchrl train dpo`;
+- ``dpo``: pass@N pairs sampled on the RL half (`searchrl sample`; where all N are wrong the chosen side is
+  the gold grade token), then `searchrl train dpo` (at most 60 steps, ``--dpo-steps``);
 - ``grpo``: `searchrl train grpo` from dpo, dynamic sampling and class balance on (grpo_chorus.yaml);
 - ``grpo_no_dynamic_sampling``, ``grpo_no_class_balance``: one option off each;
 - ``grpo_replay``: + adaptive guided replay (AGRL): groups that are nearly all wrong get hinted rollouts;
@@ -52,6 +53,7 @@ from searchrl.data.schema import load_dataset, write_dataset
 from searchrl.eval.metrics import fast_scores, per_query_auc
 from searchrl.eval.stats import paired_bootstrap, paired_metric_bootstrap
 from searchrl.relevance.crossval import fold_dataset, query_folds, rl_room_split, summarize
+from searchrl.relevance.prompt import grade_token
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "searchrl" / "configs"
 GRPO_VARIANTS = {  # name: extra --set overrides on top of grpo_chorus.yaml
@@ -102,10 +104,15 @@ def run_fold(ds, folds, fold: int, seed: int, out: Path, a) -> dict[str, Path]:
         searchrl("sample", "--model", str(models["sft"]), "--data", str(d / "rl_data"), "--n", str(a.n),
                  "--max-new-tokens", "1", "--max-prompts", str(a.max_prompts), "--prompts-per-batch", "64",
                  "--seed", str(seed), "--out", str(d / "pairs.jsonl"), "--json", str(d / "pass_at_n.json"), log=log)
+    if not (d / "pairs_grade_only.jsonl").exists():  # all-wrong prompts: the teacher's grade token, not its CoT,
+        # is the chosen side, as long as the sampled grade it is preferred to
+        rows = [json.loads(x) for x in (d / "pairs.jsonl").read_text().splitlines() if x.strip()]
+        rows = [r | {"chosen": grade_token(r["grade"])} if r["source"] == "teacher" else r for r in rows]
+        (d / "pairs_grade_only.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if not models["dpo"].exists():
         searchrl("train", "dpo", "--config", str(CONFIGS / "dpo_chorus.yaml"), *sets(
-            [f"model={models['sft']}", f"pairs={d / 'pairs.jsonl'}", f"data_dir={d / 'rl_data'}",
-             f"run.output_dir={d / 'dpo'}", *common, *a.dpo_set]), log=log)
+            [f"model={models['sft']}", f"pairs={d / 'pairs_grade_only.jsonl'}", f"data_dir={d / 'rl_data'}",
+             f"run.output_dir={d / 'dpo'}", f"optim.max_steps={a.dpo_steps}", *common, *a.dpo_set]), log=log)
     for name, extra in GRPO_VARIANTS.items():
         models[name] = d / name / "final"
         if not models[name].exists():
@@ -287,6 +294,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=4, help="pass@N samples per prompt for the DPO pairs")
     ap.add_argument("--max-prompts", type=int, default=0, help="pass@N prompts (0 = every RL pair)")
     ap.add_argument("--grpo-steps", type=int, default=40)
+    ap.add_argument("--dpo-steps", type=int, default=60)
     ap.add_argument("--hint-fraction", type=float, default=0.1,
                     help="share of SFT prompts with guided replay's hint, so the policy can read one (0 = none)")
     ap.add_argument("--cv-dir", help="a finished `eval relevance --cv 5` run of sft_chorus.yaml: adds sft_all")
@@ -303,7 +311,7 @@ def main(argv=None) -> dict:
         ap.error(f"--folds must be in 0..4, got {a.folds}")
     if a.smoke:
         a.sft_set = ["optim.epochs=1", "optim.max_steps=4", *a.sft_set]
-        a.dpo_set = ["optim.max_steps=2", *a.dpo_set]
+        a.dpo_steps = 2
         a.grpo_set = ["rollout.prompts_per_step=2", "rollout.group_size=4", *a.grpo_set]
         a.grpo_steps, a.max_prompts = min(a.grpo_steps, 2), a.max_prompts or 16
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

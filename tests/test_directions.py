@@ -24,7 +24,11 @@ def test_the_smallest_setting_trains_every_system_and_orders_the_judges(chorus_d
                                  "--set", "max_products=600", "--set", "optim.max_steps=1",
                                  "--set", "run.save_every=1"])
     systems = {r["system"]: r for r in result["rows"]}
-    assert set(systems) == {"sft", "hardneg", "rgrpo:random", "rgrpo:rules"}
+    assert set(systems) == {"sft", "hardneg", "rgrpo:random", "rgrpo:rules", "rgrpo:rules:no_exclusivity"}
+    claims = {c["claim"].split(" (")[0]: c for c in result["claims"]}
+    assert set(claims) == {"gain grows with judge quality", "exclusivity lowers BM25 overlap@10"}
+    assert "rgrpo:rules - rgrpo:random" in claims["gain grows with judge quality"]["claim"]  # ends by judge AUC
+    assert all(c["lo"] <= c["mean"] <= c["hi"] for c in claims.values())
     q = result["judge_quality"]
     assert q["random"]["auc_per_query"] < 0.65 < q["rules"]["auc_per_query"]  # the judges differ in quality
     for name in ("rgrpo:random", "rgrpo:rules"):

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The README's "Directions" section in one command: each recipe's claim, over seeds and queries, with intervals.
+#   1. scripts/directions.py: Retrieval-GRPO with judges of known quality (random, bm25, model, rules, oracle),
+#      against SFT and hardneg, plus exclusivity on/off;
+#   2. scripts/rl_room.py: relevance RL with room to improve (SFT on half of each CV fold's train queries, DPO /
+#      GRPO variants / guided replay on the other half), with the default SFT on all labels beside it (CV=).
+# Needs the quickstart's data and exported relevance model (bash scripts/quickstart.sh) and, for the sft_all row,
+# the CV run of scripts/relevance_cv.sh. The two halves run side by side, one thread each: about 2 hours on 2 cores
+# at these sizes (2 seeds x 7 retriever runs of 40 steps; 3 folds x 7 relevance runs). On a GPU both would be
+# minutes: the cost is MiniLM forwards and backwards, which a GPU runs ~100x faster.
+# Usage: DATA=runs/quickstart/data/chorus MODEL=runs/quickstart/export/model CV=runs/relevance_cv/default \
+#        bash scripts/directions.sh [OUT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-runs/quickstart/data/chorus}
+MODEL=${MODEL:-runs/quickstart/export/model}
+CV=${CV:-runs/relevance_cv/default}
+OUT=${1:-runs/directions}
+PY=${PY:-.venv/bin/python}
+mkdir -p "$OUT"
+cv_dir=(); [ -d "$CV" ] && cv_dir=(--cv-dir "$CV")
+OMP_NUM_THREADS=1 "$PY" scripts/directions.py --data "$DATA" --model "$MODEL" --seeds "${SEEDS:-0,1}" \
+  --out "$OUT/retriever" --set optim.max_steps="${STEPS:-40}" --json "$OUT/retriever.json" --md "$OUT/retriever.md" \
+  > "$OUT/retriever.log" 2>&1 & retriever=$!
+OMP_NUM_THREADS=1 "$PY" scripts/rl_room.py --data "$DATA" --folds "${FOLDS:-0,1,2}" --seeds 0 "${cv_dir[@]}" \
+  --out "$OUT/rl_room" --json "$OUT/rl_room.json" --md "$OUT/rl_room.md" > "$OUT/rl_room.log" 2>&1 & room=$!
+wait "$retriever" || { echo "scripts/directions.py failed: see $OUT/retriever.log" >&2; exit 1; }
+wait "$room" || { echo "scripts/rl_room.py failed: see $OUT/rl_room.log" >&2; exit 1; }
+{ echo "#### Retrieval-GRPO with judges of known quality"; echo; cat "$OUT/retriever.md"; echo
+  echo "#### Relevance RL with room to improve"; echo; cat "$OUT/rl_room.md"; } > "$OUT/section.md"
+cat "$OUT/section.md"
