@@ -1,25 +1,15 @@
 """scripts/directions.py at its smallest setting (what CI runs): one seed, two judges, one step a stage."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "directions.py"
-
-
-def _directions():
-    spec = importlib.util.spec_from_file_location("directions", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 @pytest.mark.slow
 def test_the_smallest_setting_trains_every_system_and_orders_the_judges(chorus_dir, tmp_path):
     out = tmp_path / "d"
-    result = _directions().main(["--data", str(chorus_dir), "--seeds", "0", "--judges", "random,rules",
+    result = load_script("directions").main(["--data", str(chorus_dir), "--seeds", "0", "--judges", "random,rules",
                                  "--out", str(out), "--json", str(tmp_path / "d.json"), "--md", str(tmp_path / "d.md"),
                                  "--set", "max_products=600", "--set", "optim.max_steps=1",
                                  "--set", "run.save_every=1"])
@@ -37,7 +27,7 @@ def test_the_smallest_setting_trains_every_system_and_orders_the_judges(chorus_d
     assert json.loads((tmp_path / "d.json").read_text())["queries"] == result["queries"] > 0
     assert "rgrpo:rules" in (tmp_path / "d.md").read_text()
     # a re-run reuses every stage (same config) and only evaluates
-    again = _directions().main(["--data", str(chorus_dir), "--seeds", "0", "--judges", "random,rules",
+    again = load_script("directions").main(["--data", str(chorus_dir), "--seeds", "0", "--judges", "random,rules",
                                 "--out", str(out), "--set", "max_products=600", "--set", "optim.max_steps=1",
                                 "--set", "run.save_every=1"])
     assert [r["ndcg@10"] for r in again["rows"]] == pytest.approx([r["ndcg@10"] for r in result["rows"]])

@@ -1,27 +1,17 @@
 """scripts/rl_room.py at its smallest setting (what CI runs): one fold of 40 Chorus queries, tiny stages."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "rl_room.py"
-
-
-def _rl_room():
-    spec = importlib.util.spec_from_file_location("rl_room", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 @pytest.mark.slow
 def test_the_smoke_setting_trains_every_stage_on_its_share_and_tables_the_claims(chorus_dir, tmp_path):
     out = tmp_path / "r"
     args = ["--data", str(chorus_dir), "--folds", "0", "--smoke", "--out", str(out), "--json", str(tmp_path / "r.json")]
-    report = _rl_room().main(args)
+    report = load_script("rl_room").main(args)
     systems = {r["system"] for r in report["rows"]}
     assert systems == {"sft", "dpo", "grpo", "grpo_no_dynamic_sampling", "grpo_no_class_balance", "grpo_replay"}
     d = out / "fold0" / "seed0"
@@ -47,5 +37,5 @@ def test_the_smoke_setting_trains_every_stage_on_its_share_and_tables_the_claims
     probs = [np.load(d / f"{s}.test_probs.npy") for s in ("sft", "dpo", "grpo")]
     assert not np.allclose(probs[0], probs[1]) and not np.allclose(probs[1], probs[2])
     # a re-run reuses every stage and the cached predictions
-    again = _rl_room().main(args)
+    again = load_script("rl_room").main(args)
     assert [r["macro_f1"] for r in again["rows"]] == [r["macro_f1"] for r in report["rows"]]
