@@ -50,9 +50,9 @@ from pathlib import Path
 import numpy as np
 
 from searchrl.data.schema import load_dataset, write_dataset
-from searchrl.eval.metrics import fast_scores, per_query_auc
+from searchrl.eval.metrics import fast_scores
 from searchrl.eval.stats import paired_bootstrap, paired_metric_bootstrap
-from searchrl.relevance.crossval import fold_dataset, query_folds, rl_room_split, summarize
+from searchrl.relevance.crossval import fold_dataset, per_query_auc_matrix, query_folds, rl_room_split, summarize
 from searchrl.relevance.prompt import grade_token
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "searchrl" / "configs"
@@ -213,8 +213,8 @@ def contrasts(result: dict, n_boot: int = 2000) -> list[dict]:
     def pooled(preds, metric):
         return lambda r: float(np.mean([fast_scores(gold[r], p[r])[metric] for p in preds]))
 
-    def auc_by_query(scores):
-        return np.nanmean([[per_query_auc(gold, s, qids).get(q, np.nan) for q in queries] for s in scores], 0)
+    def auc_by_query(scores):  # [Q]: the seeds' per-query AUC averaged
+        return np.nanmean(per_query_auc_matrix(scores, gold, qids, queries), 0)
     for claim, better, worse in CONTRASTS:
         if better not in systems or worse not in systems:
             continue
@@ -272,7 +272,8 @@ def markdown(rows: list[dict], claims: list[dict], result: dict, wall_s: float) 
               "|---|---|---|---|---|"]
     lines += [f"| {c['claim']} ({c['better']} - {c['worse']}) | {diff(c['macro_f1'])} | {diff(c['good_f1'])} | "
               f"{diff(c['auc'])} | {c['verdict']} |" for c in claims]
-    lines += ["", "| on the stuck RL prompts (SFT's N samples all wrong) | prompts | accuracy [95% CI] |", "|---|---|---|"]
+    lines += ["", "| on the stuck RL prompts (SFT's N samples all wrong) | prompts | accuracy [95% CI] |",
+              "|---|---|---|"]
     lines += [f"| {r['system']} | {r['n']} | {diff(r['accuracy']) if ' - ' in r['system'] else iv3(r['accuracy'])}"
               f"{' (' + r['verdict'] + ')' if 'verdict' in r else ''} |" for r in stuck_rows(result)]
     replay = stab.get("grpo_replay", [])
@@ -339,4 +340,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from searchrl.errors import UserError
+    try:
+        main()
+    except UserError as e:  # a bad --sft-fraction, data directory or config override: one line, as the CLI prints
+        raise SystemExit(f"error: {e}") from None

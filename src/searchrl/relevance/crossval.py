@@ -145,7 +145,7 @@ def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/c
     return result
 
 
-def _per_query_auc_matrix(score: np.ndarray, gold: np.ndarray, qids: np.ndarray, queries: list[str]) -> np.ndarray:
+def per_query_auc_matrix(score: np.ndarray, gold: np.ndarray, qids: np.ndarray, queries: list[str]) -> np.ndarray:
     """[S, Q] per-query AUC (NaN where undefined) for [S, N] scores."""
     out = np.full((len(score), len(queries)), np.nan)
     for s, row in enumerate(score):
@@ -163,7 +163,7 @@ def summarize(result: dict, reference: str, n_boot: int = 2000) -> list[dict]:
     for system, p in result["systems"].items():
         row = {"system": system, "n": len(gold), "x_queries": len(queries)}
         if p["score"] and p["score"][0]:
-            aucs[system] = _per_query_auc_matrix(np.asarray(p["score"], dtype=float), gold, qids, queries)
+            aucs[system] = per_query_auc_matrix(np.asarray(p["score"], dtype=float), gold, qids, queries)
             iv = query_bootstrap(aucs[system], n_boot=n_boot)
             row.update(x_good_auc_per_query=iv.mean, x_ci={"x_good_auc_per_query": [iv.lo, iv.hi]})
         if p["pred"] and p["pred"][0]:
