@@ -74,3 +74,21 @@ def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_da
     assert set(part["fold"]) == {1} and len(part["grade"]) == result["fold"].count(1)
     with pytest.raises(ConfigError):
         crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, folds_to_run=[2])
+
+
+@pytest.mark.slow
+def test_a_cot_first_recipe_is_decoded_and_its_written_grade_scored(tiny_data, tmp_path):
+    ds = load_dataset(tiny_data)
+    cfg = config_from_dict(SFTConfig, {"model": "tiny-qwen2", "prompt": {"order": "cot_first", "instruction": "Grade.",
+                                                                        "max_note_chars": 20},
+                                       "max_length": 256, "batch_size": 4, "optim": {"lr": 3e-3, "max_steps": 2},
+                                       "eval": {"max_new_tokens": 12}, "run": {"device": "cpu", "progress": False}})
+    result = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, baselines=False)
+    pred, score = result["systems"]["model"]["pred"][0], result["systems"]["model"]["score"][0]
+    assert len(pred) == len(result["grade"]) and set(pred) <= {1, 2, 3, 4} and score == [float(g) for g in pred]
+    import json
+    for fold in (0, 1):
+        lines = [json.loads(x) for x in (tmp_path / f"fold{fold}" / "seed0" / "test_completions.jsonl").open()]
+        assert len(lines) == result["fold"].count(fold) and all(set(x) == {"completion", "grade", "parsed",
+                                                                             "consistent"} for x in lines)
+        assert not (tmp_path / f"fold{fold}" / "seed0" / "test_probs.npy").exists()  # no probabilities to save

@@ -90,6 +90,22 @@ def test_loss_falls_and_logs(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_best_metric_puts_the_best_evals_weights_in_final(tmp_path):
+    train, valid = make_examples(8), [{**ex, "query_id": f"q{i % 2}"} for i, ex in enumerate(make_examples(16))]
+    cfg = small_cfg(tmp_path, batch_size=8, optim={"max_steps": 12, "lr": 1e-2}, eval={"every": 2,
+                    "best_metric": "valid_good_auc"})
+    res = train_sft(cfg, train, valid)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if "valid_good_auc" in x]
+    aucs = [r["valid_good_auc"] for r in rows]
+    assert len(aucs) == 6 and len(set(aucs)) > 1  # the eval's per-query AUC moved during training
+    best = json.loads((res.final_dir / "best.json").read_text())
+    assert best["step"] == rows[aucs.index(max(aucs))]["step"] < 12 and res.last_eval == best["eval"]
+    from searchrl.relevance.evaluate import evaluate_examples
+    model, tok = load_relevance_model(str(res.final_dir))
+    again = evaluate_examples(model, tok, valid, cfg.eval, "label_first", cfg.chat_template)
+    assert again["valid_good_auc"] == pytest.approx(max(aucs), abs=1e-6)  # final/ is that eval's model
+
+
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     train = make_examples(12)  # 3 micro-batches per epoch: steps cross epoch boundaries mid-accumulation
     kw = dict(grad_accum=2, optim={"max_steps": 8, "schedule": "cosine", "weight_decay": 0.01})

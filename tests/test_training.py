@@ -11,8 +11,10 @@ from searchrl.errors import UserError
 from searchrl.training import RunLoop, build_optimizer, optimizer_step
 
 
-def run_toy(out, total=6, stop=0, resume=False, save_every=2):
-    """Fit y = 3x on a fixed stream with the run loop; returns (result, the weight)."""
+def run_toy(out, total=6, stop=0, resume=False, save_every=2, best_metric="", history=None):
+    """Fit y = 3x on a fixed stream with the run loop; returns (result, the weight, examples seen).
+    With ``best_metric`` an eval after every step scores -|step - 3| under that name (the best is step 3) and
+    ``history`` gets each step's weight."""
     loop = RunLoop("toy", RunConfig(output_dir=str(out), device="cpu", progress=False, save_every=save_every,
                                     stop_at_step=stop, resume=resume))
     model = torch.nn.Linear(1, 1, bias=False)
@@ -33,7 +35,14 @@ def run_toy(out, total=6, stop=0, resume=False, save_every=2):
     def save(path):
         torch.save(model.state_dict(), path / "weights.pt")
 
-    res = loop.fit(step, total, optimizer, scheduler, save, save_final=save, rank_state=lambda: {"seen": seen})
+    def evaluate():
+        done = int(scheduler.last_epoch)
+        history[done] = float(model.weight)
+        return {"valid_peak": -abs(done - 3)}
+
+    res = loop.fit(step, total, optimizer, scheduler, save, save_final=save, rank_state=lambda: {"seen": seen},
+                   **({"evaluate": evaluate, "eval_every": 1, "best_metric": best_metric, "model": model}
+                      if best_metric else {}))
     return res, float(model.weight), seen
 
 
@@ -47,6 +56,33 @@ def test_stop_and_resume_equal_an_uninterrupted_run(tmp_path):
     assert resumed.step == 6 and w_res == pytest.approx(w_full, abs=1e-7) and seen_res == seen_full == 48
     steps = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_best_metric_gives_final_the_best_evals_weights_across_a_resume(tmp_path):
+    history = {}
+    res, w, _ = run_toy(tmp_path / "a", best_metric="valid_peak", history=history)
+    assert history[3] != history[6]  # the weights moved after the best eval
+    assert w == pytest.approx(history[3], abs=1e-7)  # the returned model is the best one, and so is final/
+    assert float(torch.load(res.final_dir / "weights.pt")["weight"]) == pytest.approx(history[3], abs=1e-7)
+    assert json.loads((res.final_dir / "best.json").read_text())["step"] == 3 and res.last_eval == {"valid_peak": 0}
+    # killed after the best eval, resumed: best/ on disk still wins over the later steps
+    run_toy(tmp_path / "b", stop=4, best_metric="valid_peak", history={})
+    res_b, w_b, _ = run_toy(tmp_path / "b", resume=True, best_metric="valid_peak", history={})
+    assert w_b == pytest.approx(history[3], abs=1e-7) and res_b.last_eval == {"valid_peak": 0}
+    # a fresh run in the same directory forgets the old best
+    run_toy(tmp_path / "b", stop=2, best_metric="valid_peak", history={})
+    assert json.loads((tmp_path / "b" / "best" / "best.json").read_text())["step"] == 2
+
+
+def test_best_metric_must_name_an_eval_metric_of_the_split(tmp_path):
+    from searchrl.config import EvalConfig
+    from searchrl.errors import ConfigError
+    with pytest.raises(ConfigError, match="eval.every"):
+        EvalConfig(best_metric="valid_good_auc")
+    with pytest.raises(ConfigError, match="valid_good_auc"):
+        EvalConfig(best_metric="test_good_auc", every=5)
+    with pytest.raises(ConfigError, match="not among this eval's metrics"):
+        run_toy(tmp_path, best_metric="valid_auc", history={})  # the eval reports valid_peak only
 
 
 def test_manifest_lists_every_file_and_detects_damage(tmp_path):

@@ -241,3 +241,12 @@ class EvalConfig:
     max_examples: int = 512  # evaluate on a seeded random subset of this size; 0 = all
     batch_size: int = 16  # prompts per scoring batch
     max_new_tokens: int = 160  # cot_first only: greedy tokens generated to reach the grade token
+    best_metric: str = ""  # e.g. "valid_good_auc": final/ gets the weights of the eval where this metric was
+    #   highest (transformers' metric_for_best_model + load_best_model_at_end); "" = the last step's weights
+
+    def __post_init__(self):
+        if self.best_metric and not self.best_metric.startswith(f"{self.split}_"):
+            raise ConfigError(f"eval.best_metric {self.best_metric!r} must name a metric of the eval split, "
+                              f"e.g. {self.split}_good_auc or {self.split}_macro_f1")
+        if self.best_metric and self.every < 1:
+            raise ConfigError("eval.best_metric needs eval.every >= 1: with one eval at the end there is no choice")

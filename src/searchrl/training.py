@@ -12,7 +12,9 @@ all-rank means to log. The loop owns the rest, once:
   and each rank's own extra state (``loop.rank_state``: GRPO's samplers, R-GRPO's index);
   metric lines logged after that checkpoint are dropped, so none appears twice;
 - the tqdm bar, ``metrics.jsonl`` (rank 0), the eval and save cadence, ``stop_at_step``
-  (checkpoint and stop without changing the schedule), and ``final/``.
+  (checkpoint and stop without changing the schedule), and ``final/``;
+- ``eval.best_metric`` (:class:`BestWeights`): the trainable weights of the best eval are kept in
+  ``best/`` and are what ``final/`` gets, as transformers' ``load_best_model_at_end``.
 
 Checkpoints (checkpoint.py) are verified before use: a damaged one is skipped with a
 warning naming the file, and the previous one is used; ``final/`` is written aside and
@@ -28,6 +30,7 @@ import json
 import math
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -46,7 +49,7 @@ from .checkpoint import (
     write_aside,
 )
 from .config import OptimConfig, RunConfig, save_config
-from .errors import OutputError, UserError, disk_full
+from .errors import ConfigError, OutputError, UserError, disk_full
 
 # ---------------------------------------------------------------- seeding, device, torchrun
 
@@ -194,6 +197,50 @@ class FitResult:
     last_eval: dict  # the last eval metrics ({} when there was none)
 
 
+class BestWeights:
+    """The trainable parameters (all of them, or the LoRA adapters, or the blocks above freeze_layers) at the
+    eval where ``metric`` was highest, in ``path`` (written aside: never half a file) with ``best.json``
+    ({"step", "metric", "value", "eval"}); :meth:`restore` puts them back into the model before final/ is
+    written. Kept on disk rather than in memory so a resumed run still knows its best."""
+
+    def __init__(self, path: Path, metric: str, model):
+        self.path, self.metric, self.model = path, metric, model
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        f = self.path / "best.json"
+        return json.loads(f.read_text()) if f.exists() else {"step": 0, "value": -math.inf, "eval": {}}
+
+    def update(self, step: int, metrics: dict) -> None:
+        if self.metric not in metrics:
+            raise ConfigError(f"eval.best_metric {self.metric!r} is not among this eval's metrics "
+                              f"({', '.join(sorted(metrics)) or 'none'})")
+        value = float(metrics[self.metric])
+        if not value > self.info["value"]:  # ties keep the earlier step; NaN never wins
+            return
+        from safetensors.torch import save_file
+        info = {"step": step, "metric": self.metric, "value": value, "eval": metrics}
+
+        def write(tmp: Path) -> None:
+            save_file({n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad},
+                      str(tmp / "trainable.safetensors"))
+            (tmp / "best.json").write_text(json.dumps(info) + "\n")
+        write_aside(self.path, [("weights", write)], "the best eval's weights", "the checkpoints are untouched")
+        self.info = info
+
+    def restore(self, step: int) -> dict:
+        """Load the best weights unless ``step`` (the last) is the best; returns best.json (read from disk, so
+        every torchrun rank restores what rank 0 saved)."""
+        self.info = self._read()
+        if self.info["step"] not in (0, step):
+            from safetensors.torch import load_file
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name, value in load_file(str(self.path / "trainable.safetensors")).items():
+                    params[name].copy_(value)
+        return self.info
+
+
 class RunLoop:
     """One training run of trainer ``name`` under ``run``; see the module docstring.
 
@@ -262,9 +309,13 @@ class RunLoop:
     def fit(self, step: Callable[[int], dict], total: int, optimizer, scheduler, save_weights: Callable[[Path], None],
             *, evaluate: Callable[[], dict] | None = None, eval_every: int = 0,
             save_final: Callable[[Path], None] | None = None, rank_state: Callable[[], dict] | None = None,
-            postfix: tuple[str, ...] = ("loss",)) -> FitResult:
-        """Run ``step(i)`` for i = start..total-1 (see the module docstring); ``save_final(path)`` writes final/."""
+            postfix: tuple[str, ...] = ("loss",), best_metric: str = "", model=None) -> FitResult:
+        """Run ``step(i)`` for i = start..total-1 (see the module docstring); ``save_final(path)`` writes final/.
+        With ``best_metric`` (eval.best_metric) final/ gets ``model``'s weights from the eval where it was highest."""
         run, done, last_eval = self.run, 0, {}
+        if self.checkpoint is None and self.main:  # a fresh run: a best/ left here by an earlier run is not ours
+            shutil.rmtree(self.out / "best", ignore_errors=True)
+        best = BestWeights(self.out / "best", best_metric, model) if best_metric and model is not None else None
         if self.checkpoint is not None:
             optimizer.load_state_dict(self.state["optimizer"])
             scheduler.load_state_dict(self.state["scheduler"])
@@ -287,6 +338,8 @@ class RunLoop:
             if self.main and evaluate is not None and ((eval_every and done % eval_every == 0) or done == total):
                 last_eval = evaluate()
                 row = {"step": done, **row, **last_eval}
+                if best is not None:
+                    best.update(done, last_eval)
             if row and self.main:
                 self._log(row)
             if (run.save_every and done % run.save_every == 0) or done == stop < total:
@@ -298,10 +351,16 @@ class RunLoop:
         bar.close()
         if done < total:
             return FitResult(done, None, last_eval)
-        final = self.out / "final"
+        final, steps = self.out / "final", [("the final model", save_final)]
+        if best is not None:
+            barrier(self.world)  # rank 0's best/ is complete before any rank reads it
+            info = best.restore(done)
+            last_eval = info["eval"] or last_eval
+            steps.append(("best.json", lambda p: (p / "best.json").write_text(json.dumps(info) + "\n")))
+            self.print(f"final/ has the weights of step {info['step']} of {done} "
+                       f"({best_metric} {info['value']:.4f}, the best eval)")
         if self.main and save_final is not None:  # written aside and renamed, as a checkpoint
-            write_aside(final, [("the final model", save_final)], "the final model",
-                        "and the checkpoints are untouched")
+            write_aside(final, steps, "the final model", "and the checkpoints are untouched")
         barrier(self.world)
         return FitResult(done, final, last_eval)
 

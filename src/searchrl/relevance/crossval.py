@@ -6,7 +6,8 @@ seeded permutation of the sorted query ids; fold f is the test split, fold f+1 (
 valid split (beta; none when K = 2), the rest train. :func:`fold_dataset` re-splits a
 dataset that way. :func:`crossval` trains the relevance recipe (an SFTConfig, run through
 sft.run_sft with tiering on the fold's valid split) on each fold and seed, scores the fold's
-test pairs, and scores the baselines (BM25 thresholds, lexical logistic regression, MiniLM
+test pairs (a cot-first recipe's are decoded, its written grade being its score: the order ablation), and
+scores the baselines (BM25 thresholds, lexical logistic regression, MiniLM
 cosine, the rule engine) on the same folds. Its result holds every system's per-pair
 predictions over all queries, so :func:`summarize` reports per-query AUC of P(Good),
 Good-F1, macro-F1 and accuracy with query-bootstrap 95% intervals, and paired bootstraps of
@@ -99,11 +100,35 @@ def _model(cfg, ds: Dataset, fold_dir: Path) -> dict:
     if not ((final / "relevance_config.json").exists() and done.exists() and json.loads(done.read_text()) == wanted):
         final = run_sft(fold_cfg).final_dir
         done.write_text(json.dumps(wanted))  # this fold finished with this config: a re-run reuses it
+    if cfg.prompt.order == "cot_first":
+        return _decoded(final, ds, fold_dir, cfg.eval)
     beta = tune_tiering(final, ds, "valid")["beta"] if len(ds.split("valid").pairs()) else 0.5
     probs, _, _ = split_probs(RelevanceScorer.load(final), ds, "test")
     np.save(fold_dir / "test_probs.npy", probs)  # [N, 4]: for analyses beyond the report (thresholds, calibration)
     return {"pred": tiered_grades(probs, beta), "argmax": probs.argmax(1) + 1, "score": probs[:, 2:].sum(1),
             "beta": beta}
+
+
+def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg) -> dict:
+    """A cot-first model's test predictions: its grade exists only after its reasoning, so every test pair is
+    decoded greedily and the written grade read (none readable = L1, as evaluate_model counts it); the grade is
+    also the ranking score, as for the rules. The completions are saved (test_completions.jsonl) with their
+    parse: format errors and rule adherence can be read from them."""
+    from .evaluate import decode_completions
+    from .parser import is_consistent, parse_completion
+    from .scorer import RelevanceScorer
+    scorer = RelevanceScorer.load(final)
+    pairs = ds.split("test").pairs()
+    prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], pair_products(pairs))]
+    texts = decode_completions(scorer.model, scorer.tokenizer, prompts, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    parsed = [parse_completion(t, "cot_first") for t in texts]
+    grades = np.array([p.grade or 1 for p in parsed])
+    with (fold_dir / "test_completions.jsonl").open("w") as f:
+        for t, p in zip(texts, parsed):
+            ok = p.grade is not None and len(p.verdicts) == 5
+            f.write(json.dumps({"completion": t, "grade": p.grade, "parsed": ok,
+                                "consistent": bool(ok and is_consistent(p.grade, p.verdicts))}) + "\n")
+    return {"pred": grades, "argmax": grades, "score": grades.astype(float), "beta": None}
 
 
 def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/cv", baselines: bool = True,
@@ -181,7 +206,9 @@ def summarize(result: dict, reference: str, n_boot: int = 2000) -> list[dict]:
         if row["system"] == reference or ref is None:
             continue
         if row["system"] in aucs and reference in aucs:  # the reference's seeds averaged, against this system's
-            d = paired_bootstrap(np.nanmean(aucs[reference], 0), np.nanmean(aucs[row["system"]], 0), n_boot=n_boot)
+            a, b = aucs[reference], aucs[row["system"]]
+            keep = ~(np.isnan(a).all(0) | np.isnan(b).all(0))  # a query with one grade class has no AUC
+            d = paired_bootstrap(np.nanmean(a[:, keep], 0), np.nanmean(b[:, keep], 0), n_boot=n_boot)
             row["x_auc_diff_vs_ref"] = [d.mean, d.lo, d.hi]
         if other["pred"] and other["pred"][0] and ref["pred"] and ref["pred"][0]:
             a, b = np.asarray(ref["pred"]), np.asarray(other["pred"])

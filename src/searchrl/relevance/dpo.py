@@ -173,7 +173,8 @@ def train_dpo(cfg: DPOConfig) -> DPOResult:
     result = loop.fit(step, total, optimizer, scheduler, save_weights, save_final=save_final,
                       evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, scorer.prompt.order,
                                                           scorer.chat_template)) if evals else None,
-                      eval_every=cfg.eval.every, postfix=("loss", "reward_margin"))
+                      eval_every=cfg.eval.every, postfix=("loss", "reward_margin"),
+                      best_metric=cfg.eval.best_metric, model=model)
     if result.final_dir is not None and cfg.lora is not None and not loop.main:
         export = model.merge_and_unload()  # every rank returns the same merged model
     return DPOResult(export if result.final_dir else model, reference, tok, result.step, result.final_dir, dropped,

@@ -75,12 +75,22 @@ def predict_grades(model, tokenizer, prompts: list[str], order: str, batch_size:
 
 
 def evaluate_examples(model, tokenizer, examples: list[dict], cfg, order: str, chat_template: bool) -> dict:
-    """{"<split>_macro_f1", "<split>_accuracy", "<split>_good_f1"} on examples ({"prompt", "grade"});
-    ``cfg`` is the trainer's config.EvalConfig."""
+    """{"<split>_macro_f1", "<split>_accuracy", "<split>_good_f1"} on examples ({"prompt", "grade"}), and for a
+    label-first model whose examples carry query ids, "<split>_good_auc": the mean per-query AUC of P(Good)
+    (what eval.best_metric selects on by default); ``cfg`` is the trainer's config.EvalConfig."""
     prompts = [render_prompt(tokenizer, ex["prompt"], chat_template) for ex in examples]
-    pred = predict_grades(model, tokenizer, prompts, order, cfg.batch_size, cfg.max_new_tokens)
-    m = classification_metrics([int(ex["grade"]) for ex in examples], pred.tolist())
-    return {f"{cfg.split}_{k}": m[k] for k in ("macro_f1", "accuracy", "good_f1")}
+    gold = [int(ex["grade"]) for ex in examples]
+    out = {}
+    if order == "label_first":
+        probs = grade_probs(model, tokenizer, prompts, cfg.batch_size)  # [N, 4]
+        pred = probs.argmax(1) + 1
+        qids = [ex.get("query_id") for ex in examples]
+        if None not in qids and "x_good_auc_per_query" in (auc := good_auc(gold, probs[:, 2:].sum(1), qids)):
+            out[f"{cfg.split}_good_auc"] = auc["x_good_auc_per_query"]
+    else:
+        pred = predict_grades(model, tokenizer, prompts, order, cfg.batch_size, cfg.max_new_tokens)
+    m = classification_metrics(gold, pred.tolist())
+    return {**{f"{cfg.split}_{k}": m[k] for k in ("macro_f1", "accuracy", "good_f1")}, **out}
 
 
 def split_probs(scorer, ds: Dataset, split: str) -> tuple[np.ndarray, list[int], list[str]]:

@@ -319,7 +319,8 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
     result = loop.fit(step, total, optimizer, scheduler, save_weights, save_final=save_final, rank_state=rank_state,
                       evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, cfg.prompt.order,
                                                           cfg.chat_template)) if evals else None,
-                      eval_every=cfg.eval.every, postfix=("reward_mean", "tokens_per_s"))
+                      eval_every=cfg.eval.every, postfix=("reward_mean", "tokens_per_s"),
+                      best_metric=cfg.eval.best_metric, model=model)
     if result.final_dir is not None and cfg.lora is not None and not loop.main:
         export = model.merge_and_unload()  # every rank returns the same merged model
     return GRPOResult(export if result.final_dir else model, tok, result.step, result.final_dir, result.last_eval,

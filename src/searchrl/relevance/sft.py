@@ -312,7 +312,8 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
     result = loop.fit(step, total, optimizer, scheduler, save_weights, save_final=save_final,
                       evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, cfg.prompt.order,
                                                           cfg.chat_template)) if evals else None,
-                      eval_every=cfg.eval.every, postfix=("loss", "tokens_per_s"))
+                      eval_every=cfg.eval.every, postfix=("loss", "tokens_per_s"),
+                      best_metric=cfg.eval.best_metric, model=model)
     if result.final_dir is not None and cfg.lora is not None and not loop.main:
         export = model.merge_and_unload()  # every rank returns the same merged model
     return SFTResult(export if result.final_dir else model, tok, result.step, result.final_dir, dropped,
