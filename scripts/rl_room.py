@@ -32,13 +32,14 @@ no reward signal. Rule-aware shaping grades CoT steps, so it is not measured her
     python scripts/rl_room.py --data DIR [--folds 0,1,2,3,4] [--seeds 0] [--out runs/rl_room]
         [--cv-dir runs/relevance_cv/default] [--grpo-steps 40] [--json PATH] [--md PATH] [--smoke]
 
-``--smoke`` is the CI size (40 queries, tiny steps; tests/test_rl_room.py). About 25 min per fold and seed on
-one thread at the default sizes.
+``--smoke`` is the CI size (40 queries, tiny steps, every stage in this process; tests/test_rl_room.py). About
+25 min per fold and seed on one thread at the default sizes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -71,14 +72,21 @@ CONTRASTS = [  # (claim, better, worse): the paired difference better - worse, i
 ]
 
 
-def searchrl(*args: str, log: Path) -> None:
-    """One CLI stage in its own process (memory is returned when it ends); its output appended to log."""
+def searchrl(*args: str, log: Path, in_process: bool = False) -> None:
+    """One CLI stage in its own process (memory is returned when it ends), or in this one (``--smoke``: its
+    stages are tiny, and a process's start-up would be most of their time); its output appended to log."""
     cmd = [str(Path(sys.executable).with_name("searchrl")), *args]
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        if subprocess.run(cmd, check=False, stdout=f, stderr=subprocess.STDOUT).returncode:
-            raise SystemExit(f"error: stage failed: {' '.join(args[:2])} (see {log})")
+        if in_process:
+            from searchrl.cli import main as cli
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                failed = cli(list(args))
+        else:
+            failed = subprocess.run(cmd, check=False, stdout=f, stderr=subprocess.STDOUT).returncode
+    if failed:
+        raise SystemExit(f"error: stage failed: {' '.join(args[:2])} (see {log})")
 
 
 def run_fold(ds, folds, fold: int, seed: int, out: Path, a) -> dict[str, Path]:
@@ -95,31 +103,35 @@ def run_fold(ds, folds, fold: int, seed: int, out: Path, a) -> dict[str, Path]:
 
     def sets(kv):
         return [x for s in kv for x in ("--set", s)]
+
+    def stage(*args):
+        searchrl(*args, log=log, in_process=a.smoke)
+
     models = {"sft": d / "sft" / "final", "dpo": d / "dpo" / "final"}
     if not models["sft"].exists():
-        searchrl("train", "sft", "--config", str(CONFIGS / "sft_chorus.yaml"), *sets(
+        stage("train", "sft", "--config", str(CONFIGS / "sft_chorus.yaml"), *sets(
             [f"data_dir={d / 'sft_data'}", f"run.output_dir={d / 'sft'}", f"hint_fraction={a.hint_fraction}",
-             *common, *a.sft_set]), log=log)
+             *common, *a.sft_set]))
     if not (d / "pairs.jsonl").exists():
-        searchrl("sample", "--model", str(models["sft"]), "--data", str(d / "rl_data"), "--n", str(a.n),
-                 "--max-new-tokens", "1", "--max-prompts", str(a.max_prompts), "--prompts-per-batch", "64",
-                 "--seed", str(seed), "--out", str(d / "pairs.jsonl"), "--json", str(d / "pass_at_n.json"), log=log)
+        stage("sample", "--model", str(models["sft"]), "--data", str(d / "rl_data"), "--n", str(a.n),
+              "--max-new-tokens", "1", "--max-prompts", str(a.max_prompts), "--prompts-per-batch", "64",
+              "--seed", str(seed), "--out", str(d / "pairs.jsonl"), "--json", str(d / "pass_at_n.json"))
     if not (d / "pairs_grade_only.jsonl").exists():  # all-wrong prompts: the teacher's grade token, not its CoT,
         # is the chosen side, as long as the sampled grade it is preferred to
         rows = [json.loads(x) for x in (d / "pairs.jsonl").read_text().splitlines() if x.strip()]
         rows = [r | {"chosen": grade_token(r["grade"])} if r["source"] == "teacher" else r for r in rows]
         (d / "pairs_grade_only.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if not models["dpo"].exists():
-        searchrl("train", "dpo", "--config", str(CONFIGS / "dpo_chorus.yaml"), *sets(
+        stage("train", "dpo", "--config", str(CONFIGS / "dpo_chorus.yaml"), *sets(
             [f"model={models['sft']}", f"pairs={d / 'pairs_grade_only.jsonl'}", f"data_dir={d / 'rl_data'}",
-             f"run.output_dir={d / 'dpo'}", f"optim.max_steps={a.dpo_steps}", *common, *a.dpo_set]), log=log)
+             f"run.output_dir={d / 'dpo'}", f"optim.max_steps={a.dpo_steps}", *common, *a.dpo_set]))
     for name, extra in GRPO_VARIANTS.items():
         models[name] = d / name / "final"
         if not models[name].exists():
-            searchrl("train", "grpo", "--config", str(CONFIGS / "grpo_chorus.yaml"), *sets(
+            stage("train", "grpo", "--config", str(CONFIGS / "grpo_chorus.yaml"), *sets(
                 [f"model={models['dpo']}", f"data_dir={d / 'rl_data'}", f"run.output_dir={d / name}",
                  "rollout.max_new_tokens=1", "reward.grade.format_weight=0", f"optim.max_steps={a.grpo_steps}",
-                 *common, *extra, *a.grpo_set]), log=log)
+                 *common, *extra, *a.grpo_set]))
     if a.cv_dir:
         models["sft_all"] = Path(a.cv_dir) / f"fold{fold}" / f"seed{seed}" / "sft" / "final"
         if not models["sft_all"].exists():
@@ -264,8 +276,8 @@ def markdown(rows: list[dict], claims: list[dict], result: dict, wall_s: float) 
     lines = [("| system | macro-F1 [95% CI] | Good-F1 [95% CI] | accuracy | per-query AUC [95% CI] | "
               "train reward var |"), "|---|---|---|---|---|---|"]
     for r in rows:
-        s = stab.get(r["system"], [])
-        var = np.nanmean([x["reward_var"] for x in s]) if s else float("nan")
+        logged = [x["reward_var"] for x in stab.get(r["system"], []) if not np.isnan(x["reward_var"])]
+        var = float(np.mean(logged)) if logged else float("nan")  # no train reward: SFT, DPO, or under 2 steps
         lines.append(f"| {r['system']} | {iv(r, 'macro_f1')} | {iv(r, 'good_f1')} | {r['accuracy']:.3f} | "
                      f"{iv(r, 'x_good_auc_per_query')} | {'-' if np.isnan(var) else f'{var:.4f}'} |")
     lines += ["", "| claim | macro-F1 difference [95% CI] | Good-F1 difference | per-query AUC difference | verdict |",
