@@ -4,22 +4,24 @@
 # cot_first needs), on the same folds. Label-first reads its grade from the first completion position;
 # cot-first's grade is decoded after its reasoning (crossval saves each fold's test_completions.jsonl).
 # The two orders run side by side, one thread each: about 15 min a fold and order on 2 cores.
-# Usage: DATA=runs/quickstart/data/chorus FOLDS=0,1 bash scripts/ablation_sft_order.sh [OUT]
+# Usage: DATA=runs/quickstart/data/chorus FOLDS=0,1 bash scripts/ablation_sft_order.sh [OUT [--set KEY=VALUE ...]]
+# (e.g. `--set freeze_layers=4`: both orders with the top two blocks training, so that the CoT can be learned)
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 D=${DATA:-runs/quickstart/data/chorus}
 FOLDS=${FOLDS:-0,1}
 OUT=${1:-runs/ablation_sft_order}
+shift || true
 [ -d "$D" ] || .venv/bin/searchrl data prepare chorus --out "$D"
 mkdir -p "$OUT"
-order_cv() {  # ORDER: each fold in its own process (memory is returned), then the table of those folds
+order_cv() {  # ORDER [--set ...]: each fold in its own process (memory is returned), then the table of those folds
+  local args=(--data "$D" --out "$OUT/$1" --config src/searchrl/configs/sft_chorus.yaml
+              --set prompt.order="$1" --set cot_fraction=1 "${@:2}")
   for fold in ${FOLDS//,/ }; do
-    OMP_NUM_THREADS=1 .venv/bin/searchrl eval relevance --cv 5 --folds "$fold" --data "$D" --out "$OUT/$1" \
-      --config src/searchrl/configs/sft_chorus.yaml --set prompt.order="$1" --set cot_fraction=1 >> "$OUT/$1.log" 2>&1
+    OMP_NUM_THREADS=1 .venv/bin/searchrl eval relevance --cv 5 --folds "$fold" "${args[@]}" >> "$OUT/$1.log" 2>&1
   done
-  OMP_NUM_THREADS=1 .venv/bin/searchrl eval relevance --cv 5 --folds "$FOLDS" --data "$D" --out "$OUT/$1" \
-    --config src/searchrl/configs/sft_chorus.yaml --set prompt.order="$1" --set cot_fraction=1 >> "$OUT/$1.log" 2>&1
+  OMP_NUM_THREADS=1 .venv/bin/searchrl eval relevance --cv 5 --folds "$FOLDS" "${args[@]}" >> "$OUT/$1.log" 2>&1
 }
-order_cv label_first & order_cv cot_first & wait
+order_cv label_first "$@" & order_cv cot_first "$@" & wait
 .venv/bin/python scripts/cv_compare.py label_first="$OUT/label_first" cot_first="$OUT/cot_first" \
   --json "$OUT/summary.json" | tee "$OUT/summary.md"
 .venv/bin/python - "$OUT" <<'EOF'
