@@ -21,10 +21,12 @@ order_cv() {  # ORDER [--set ...]: each fold in its own process (memory is retur
   done
   OMP_NUM_THREADS=1 .venv/bin/searchrl eval relevance --cv 5 --folds "$FOLDS" "${args[@]}" >> "$OUT/$1.log" 2>&1
 }
-order_cv label_first "$@" & order_cv cot_first "$@" & wait
+order_cv label_first "$@" & first=$!
+order_cv cot_first "$@" & second=$!
+wait "$first" && wait "$second" || { echo "a fold failed: see $OUT/*.log" >&2; exit 1; }
 .venv/bin/python scripts/cv_compare.py label_first="$OUT/label_first" cot_first="$OUT/cot_first" \
   --json "$OUT/summary.json" | tee "$OUT/summary.md"
-.venv/bin/python - "$OUT" <<'EOF'
+.venv/bin/python - "$OUT" <<'EOF' | tee -a "$OUT/summary.md"
 import json, pathlib, sys
 rows = [json.loads(x) for f in sorted(pathlib.Path(sys.argv[1], "cot_first").glob("fold*/seed*/test_completions.jsonl"))
         for x in f.open()]

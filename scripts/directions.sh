@@ -3,10 +3,11 @@
 #   1. scripts/directions.py: Retrieval-GRPO with judges of known quality (random, bm25, model, rules, oracle),
 #      against SFT and hardneg, plus exclusivity on/off;
 #   2. scripts/rl_room.py: relevance RL with room to improve (SFT on half of each CV fold's train queries, DPO /
-#      GRPO variants / guided replay on the other half), with the default SFT on all labels beside it (CV=).
+#      GRPO variants / guided replay on the other half), with the default SFT on all labels beside it (CV=);
+#   3. then scripts/ablation_sft_order.sh: label-first vs CoT-first on CV fold 0 (ORDER_FOLDS=), ~25 min.
 # Needs the quickstart's data and exported relevance model (bash scripts/quickstart.sh) and, for the sft_all row,
-# the CV run of scripts/relevance_cv.sh. The two halves run side by side, one thread each: about 2 hours on 2 cores
-# at these sizes (2 seeds x 7 retriever runs of 40 steps; 3 folds x 7 relevance runs). On a GPU both would be
+# the CV run of scripts/relevance_cv.sh. The first two run side by side, one thread each: about 2 hours on 2 cores
+# at these sizes, and the order ablation after them (2 seeds x 7 retriever runs of 40 steps; 3 folds x 7 relevance runs). On a GPU both would be
 # minutes: the cost is MiniLM forwards and backwards, which a GPU runs ~100x faster.
 # Usage: DATA=runs/quickstart/data/chorus MODEL=runs/quickstart/export/model CV=runs/relevance_cv/default \
 #        bash scripts/directions.sh [OUT]
@@ -26,6 +27,9 @@ OMP_NUM_THREADS=1 "$PY" scripts/rl_room.py --data "$DATA" --folds "${FOLDS:-0,1,
   --out "$OUT/rl_room" --json "$OUT/rl_room.json" --md "$OUT/rl_room.md" > "$OUT/rl_room.log" 2>&1 & room=$!
 wait "$retriever" || { echo "scripts/directions.py failed: see $OUT/retriever.log" >&2; exit 1; }
 wait "$room" || { echo "scripts/rl_room.py failed: see $OUT/rl_room.log" >&2; exit 1; }
+DATA="$DATA" FOLDS="${ORDER_FOLDS:-0}" bash scripts/ablation_sft_order.sh "$OUT/order" > "$OUT/order.log" 2>&1 \
+  || { echo "scripts/ablation_sft_order.sh failed: see $OUT/order.log" >&2; exit 1; }
 { echo "#### Retrieval-GRPO with judges of known quality"; echo; cat "$OUT/retriever.md"; echo
-  echo "#### Relevance RL with room to improve"; echo; cat "$OUT/rl_room.md"; } > "$OUT/section.md"
+  echo "#### Relevance RL with room to improve"; echo; cat "$OUT/rl_room.md"; echo
+  echo "#### Label-first vs CoT-first"; echo; cat "$OUT/order/summary.md"; } > "$OUT/section.md"
 cat "$OUT/section.md"

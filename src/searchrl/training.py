@@ -315,7 +315,8 @@ class RunLoop:
         run, done, last_eval = self.run, 0, {}
         if self.checkpoint is None and self.main:  # a fresh run: a best/ left here by an earlier run is not ours
             shutil.rmtree(self.out / "best", ignore_errors=True)
-        best = BestWeights(self.out / "best", best_metric, model) if best_metric and model is not None else None
+        keep_best = best_metric and model is not None and evaluate is not None
+        best = BestWeights(self.out / "best", best_metric, model) if keep_best else None
         if self.checkpoint is not None:
             optimizer.load_state_dict(self.state["optimizer"])
             scheduler.load_state_dict(self.state["scheduler"])
