@@ -225,8 +225,10 @@ def contrasts(result: dict, n_boot: int = 2000) -> list[dict]:
     def pooled(preds, metric):
         return lambda r: float(np.mean([fast_scores(gold[r], p[r])[metric] for p in preds]))
 
-    def auc_by_query(scores):  # [Q]: the seeds' per-query AUC averaged
-        return np.nanmean(per_query_auc_matrix(scores, gold, qids, queries), 0)
+    def auc_by_query(scores):  # [Q]: the seeds' per-query AUC averaged (NaN for a query with one grade class)
+        m = per_query_auc_matrix(scores, gold, qids, queries)  # [S, Q]
+        defined = ~np.isnan(m)
+        return np.where(defined.any(0), np.where(defined, m, 0).sum(0) / np.maximum(defined.sum(0), 1), np.nan)
     for claim, better, worse in CONTRASTS:
         if better not in systems or worse not in systems:
             continue
