@@ -56,8 +56,9 @@ def main(argv=None) -> list[dict]:
 
         def diff(key, r=r):
             return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*r[key]) if key in r else "-"
+        accuracy = format(r["accuracy"], ".3f") if "accuracy" in r else "-"
         print(f"| {r['system']} | {cell('x_good_auc_per_query')} | {cell('good_f1')} | {cell('macro_f1')} | "
-              f"{format(r['accuracy'], '.3f') if 'accuracy' in r else '-'} | {diff('x_auc_diff_vs_ref')} | {diff('x_good_f1_diff_vs_ref')} |")
+              f"{accuracy} | {diff('x_auc_diff_vs_ref')} | {diff('x_good_f1_diff_vs_ref')} |")
     print(f"\n{result['k']}-fold CV over {rows[0]['x_queries']} queries, {rows[0]['n']} pairs; seeds {result['seeds']}")
     if a.json:
         write_metrics_json(a.json, "relevance", "cv", f"cv{result['k']}", rows)

@@ -7,8 +7,8 @@
 #   3. then scripts/ablation_sft_order.sh: label-first vs CoT-first on CV fold 0 (ORDER_FOLDS=), ~25 min.
 # Needs the quickstart's data and exported relevance model (bash scripts/quickstart.sh) and, for the sft_all row,
 # the CV run of scripts/relevance_cv.sh. The first two run side by side, one thread each: about 2 hours on 2 cores
-# at these sizes, and the order ablation after them (2 seeds x 7 retriever runs of 40 steps; 3 folds x 7 relevance runs). On a GPU both would be
-# minutes: the cost is MiniLM forwards and backwards, which a GPU runs ~100x faster.
+# at these sizes (2 seeds x 7 retriever runs of 40 steps; 3 folds x 7 relevance runs), then the order ablation.
+# On a GPU all of it would be minutes: the cost is MiniLM forwards and backwards, which a GPU runs ~100x faster.
 # Usage: DATA=runs/quickstart/data/chorus MODEL=runs/quickstart/export/model CV=runs/relevance_cv/default \
 #        bash scripts/directions.sh [OUT]
 set -euo pipefail
