@@ -1,0 +1,43 @@
+"""scripts/cv_compare.py: two cross-validation runs merged into one table, paired against the first."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import load_script
+
+
+def write_run(path, model_score, grade, qids):
+    """A crossval.json as relevance/crossval.py writes it: baselines (cosine without grades) and one model."""
+    rng = np.random.default_rng(0)
+    noise = rng.random(len(grade))
+    systems = {"bm25-thresholds": {"pred": [[int(g) for g in np.clip(grade + (noise > 0.5), 1, 4)]],
+                                   "score": [noise.tolist()]},
+               "minilm-cosine": {"pred": [[]], "score": [noise.tolist()]},
+               "model": {"pred": [[int(g) for g in grade]], "score": [list(map(float, model_score))]}}
+    path.mkdir()
+    (path / "crossval.json").write_text(json.dumps({"query_id": qids, "grade": [int(g) for g in grade],
+                                                    "fold": [0] * len(grade), "k": 5, "seeds": [0],
+                                                    "systems": systems}))
+
+
+def test_merges_runs_pairs_them_and_prints_a_dash_where_a_system_has_no_grades(tmp_path, capsys):
+    grade = np.array([1, 2, 3, 4] * 10)
+    qids = [f"q{i // 8}" for i in range(len(grade))]  # 5 queries of 8 pairs, both classes in each
+    write_run(tmp_path / "a", grade.astype(float), grade, qids)  # ranks perfectly
+    write_run(tmp_path / "b", -grade.astype(float), grade, qids)  # ranks backwards
+    rows = {r["system"]: r for r in load_script("cv_compare").main([f"good={tmp_path / 'a'}", f"bad={tmp_path / 'b'}"])}
+    assert rows["good"]["x_good_auc_per_query"] == pytest.approx(1.0)
+    assert rows["bad"]["x_good_auc_per_query"] == pytest.approx(0.0)
+    assert rows["bad"]["x_auc_diff_vs_ref"][0] == pytest.approx(1.0)  # good minus bad, paired over queries
+    table = capsys.readouterr().out
+    cosine = next(line for line in table.splitlines() if line.startswith("| minilm-cosine"))
+    assert "nan" not in table and cosine.split(" | ")[4] == "-"  # no accuracy without grades
+
+
+def test_runs_on_other_pairs_are_refused(tmp_path):
+    grade = np.array([1, 4] * 4)
+    write_run(tmp_path / "a", grade.astype(float), grade, ["q0"] * 8)
+    write_run(tmp_path / "b", grade.astype(float), grade[::-1], ["q0"] * 8)
+    with pytest.raises(SystemExit, match="other folds or pairs"):
+        load_script("cv_compare").main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}"])
