@@ -80,7 +80,10 @@ def test_best_metric_must_name_an_eval_metric_of_the_split(tmp_path):
     with pytest.raises(ConfigError, match="eval.every"):
         EvalConfig(best_metric="valid_good_auc")
     with pytest.raises(ConfigError, match="valid_good_auc"):
-        EvalConfig(best_metric="test_good_auc", every=5)
+        EvalConfig(best_metric="test_good_auc", every=5)  # another split's name
+    with pytest.raises(ConfigError, match="not an eval metric"):
+        EvalConfig(best_metric="valid_auc", every=5)  # a typo fails at load
+    assert EvalConfig(split="test", best_metric="test_macro_f1", every=5).best_metric == "test_macro_f1"
     with pytest.raises(ConfigError, match="not among this eval's metrics"):
         run_toy(tmp_path, best_metric="valid_auc", history={})  # the eval reports valid_peak only
 

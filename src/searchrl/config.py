@@ -233,6 +233,9 @@ class RunConfig:
             raise ConfigError("log_every must be >= 1 and save_every, save_total_limit, stop_at_step >= 0")
 
 
+EVAL_METRICS = ("macro_f1", "accuracy", "good_f1", "good_auc")  # relevance/evaluate.py:evaluate_examples's, by split
+
+
 @dataclass
 class EvalConfig:
     """The evaluation a relevance trainer runs on a held-out split while it trains."""
@@ -245,8 +248,8 @@ class EvalConfig:
     #   highest (transformers' metric_for_best_model + load_best_model_at_end); "" = the last step's weights
 
     def __post_init__(self):
-        if self.best_metric and not self.best_metric.startswith(f"{self.split}_"):
-            raise ConfigError(f"eval.best_metric {self.best_metric!r} must name a metric of the eval split, "
-                              f"e.g. {self.split}_good_auc or {self.split}_macro_f1")
+        names = [f"{self.split}_{m}" for m in EVAL_METRICS]
+        if self.best_metric and self.best_metric not in names:  # a typo fails at load, not after the first eval
+            raise ConfigError(f"eval.best_metric {self.best_metric!r} is not an eval metric; one of {', '.join(names)}")
         if self.best_metric and self.every < 1:
             raise ConfigError("eval.best_metric needs eval.every >= 1: with one eval at the end there is no choice")

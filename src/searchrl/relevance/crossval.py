@@ -128,7 +128,7 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg) -> dict:
             ok = p.grade is not None and len(p.verdicts) == 5
             f.write(json.dumps({"completion": t, "grade": p.grade, "parsed": ok,
                                 "consistent": bool(ok and is_consistent(p.grade, p.verdicts))}) + "\n")
-    return {"pred": grades, "argmax": grades, "score": grades.astype(float), "beta": None}
+    return {"pred": grades, "score": grades.astype(float)}
 
 
 def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/cv", baselines: bool = True,
