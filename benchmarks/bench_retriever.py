@@ -291,7 +291,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny runs and a 30k-vector index; ends within a minute")
     ap.add_argument("--json", help="write {'figures': {...}} here")
-    ap.add_argument("--data", default="runs/quickstart/data/chorus", help="prepared Chorus directory")
+    ap.add_argument("--data", default="runs/quickstart/data", help="prepared Chorus directory")
     ap.add_argument("--relevance-model", default="runs/quickstart/sft/final",
                     help="relevance model for R-GRPO's reward (w_rel = 0 when the directory does not exist)")
     ap.add_argument("--threads", type=int, default=2, help="torch and FAISS threads (default 2)")

@@ -6,7 +6,7 @@
 # shared with another job the whole time (less alone).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-D=${DATA:-runs/quickstart/data/chorus}
+D=${DATA:-runs/quickstart/data}
 SFT=${SFT:-runs/quickstart/sft/final}
 RL=${RL:-runs/ablation_rl}
 O=${OUT:-runs/ablation_agrl}

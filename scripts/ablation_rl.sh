@@ -4,7 +4,7 @@
 # Needs the quickstart's SFT model and data (bash scripts/quickstart.sh). About 35 minutes on 2 cores.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-D=${DATA:-runs/quickstart/data/chorus}
+D=${DATA:-runs/quickstart/data}
 SFT=${SFT:-runs/quickstart/sft/final}
 O=${OUT:-runs/ablation_rl}
 S=".venv/bin/searchrl"

@@ -4,10 +4,10 @@
 # cot_first needs), on the same folds. Label-first reads its grade from the first completion position;
 # cot-first's grade is decoded after its reasoning (crossval saves each fold's test_completions.jsonl).
 # The two orders run side by side, one thread each: about 25 min a fold on 2 cores (measured with the machine shared).
-# Usage: DATA=runs/quickstart/data/chorus FOLDS=0,1 bash scripts/ablation_sft_order.sh [OUT [--set KEY=VALUE ...]]
+# Usage: DATA=runs/quickstart/data FOLDS=0,1 bash scripts/ablation_sft_order.sh [OUT [--set KEY=VALUE ...]]
 # (e.g. `--set freeze_layers=4`: both orders with the top two blocks training, so that the CoT can be learned)
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-D=${DATA:-runs/quickstart/data/chorus}
+D=${DATA:-runs/quickstart/data}
 FOLDS=${FOLDS:-0,1}
 OUT=${1:-runs/ablation_sft_order}
 shift || true

@@ -76,7 +76,7 @@ def per_query(retriever, ds, split: str, bm25: BM25Index, k: int = 10) -> tuple[
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="prepared dataset directory (e.g. runs/quickstart/data/chorus)")
+    ap.add_argument("--data", required=True, help="prepared dataset directory (e.g. runs/quickstart/data)")
     ap.add_argument("--model", default="", help="relevance model directory for the model judge (skipped without)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--judges", default=",".join(JUDGES))

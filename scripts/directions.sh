@@ -4,16 +4,18 @@
 #      against SFT and hardneg, plus exclusivity on/off;
 #   2. scripts/rl_room.py: relevance RL with room to improve (SFT on half of each CV fold's train queries, DPO /
 #      GRPO variants / guided replay on the other half), with the default SFT on all labels beside it (CV=);
-#   3. then scripts/ablation_sft_order.sh: label-first vs CoT-first on CV fold 0 (ORDER_FOLDS=), ~25 min.
+#   3. then scripts/ablation_sft_order.sh: label-first vs CoT-first on CV fold 0 (ORDER_FOLDS=), ~25 min;
+#   4. then scripts/shaping.py: GRPO with the outcome reward vs rule-aware shaping, from an SFT model that writes
+#      the CoT (SHAPING_SEEDS=0, SHAPING_STEPS=10, one refill round): ~45 min (SFT, 2 GRPO runs, 3 decodes).
 # Needs the quickstart's data and exported relevance model (bash scripts/quickstart.sh) and, for the sft_all row,
 # the CV run of scripts/relevance_cv.sh. The first two run side by side, one thread each: about 2 hours on 2 cores
 # at these sizes (2 seeds x 7 retriever runs of 40 steps; 3 folds x 7 relevance runs), then the order ablation.
 # On a GPU all of it would be minutes: the cost is MiniLM forwards and backwards, which a GPU runs ~100x faster.
-# Usage: DATA=runs/quickstart/data/chorus MODEL=runs/quickstart/export/model CV=runs/relevance_cv/default \
+# Usage: DATA=runs/quickstart/data MODEL=runs/quickstart/export/model CV=runs/relevance_cv/default \
 #        bash scripts/directions.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-runs/quickstart/data/chorus}
+DATA=${DATA:-runs/quickstart/data}
 MODEL=${MODEL:-runs/quickstart/export/model}
 CV=${CV:-runs/relevance_cv/default}
 OUT=${1:-runs/directions}
@@ -29,7 +31,12 @@ wait "$retriever" || { echo "scripts/directions.py failed: see $OUT/retriever.lo
 wait "$room" || { echo "scripts/rl_room.py failed: see $OUT/rl_room.log" >&2; exit 1; }
 DATA="$DATA" FOLDS="${ORDER_FOLDS:-0}" bash scripts/ablation_sft_order.sh "$OUT/order" > "$OUT/order.log" 2>&1 \
   || { echo "scripts/ablation_sft_order.sh failed: see $OUT/order.log" >&2; exit 1; }
+OMP_NUM_THREADS=2 "$PY" scripts/shaping.py --data "$DATA" --seeds "${SHAPING_SEEDS:-0}" --steps "${SHAPING_STEPS:-10}" \
+  --grpo-set rollout.max_refill_rounds=1 --out "$OUT/shaping" --json "$OUT/shaping.json" --md "$OUT/shaping.md" \
+  > "$OUT/shaping.log" 2>&1 \
+  || { echo "scripts/shaping.py failed: see $OUT/shaping.log" >&2; exit 1; }
 { echo "#### Retrieval-GRPO with judges of known quality"; echo; cat "$OUT/retriever.md"; echo
   echo "#### Relevance RL with room to improve"; echo; cat "$OUT/rl_room.md"; echo
-  echo "#### Label-first vs CoT-first"; echo; cat "$OUT/order/summary.md"; } > "$OUT/section.md"
+  echo "#### Label-first vs CoT-first"; echo; cat "$OUT/order/summary.md"; echo
+  echo "#### Rule-aware shaping"; echo; cat "$OUT/shaping.md"; } > "$OUT/section.md"
 cat "$OUT/section.md"

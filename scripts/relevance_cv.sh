@@ -4,10 +4,10 @@
 # only, no rule-written CoT), beside the baselines on the same folds. Each fold trains in its own process (one
 # process for all folds grows ~1.5 GB per fold); a last call reuses every finished fold and writes the summary.
 # About 7 min per fold and model on one thread; the two models run side by side: ~40 min on 2 cores.
-# Usage: DATA=runs/quickstart/data/chorus bash scripts/relevance_cv.sh [OUT] [MODEL=--set ...]
+# Usage: DATA=runs/quickstart/data bash scripts/relevance_cv.sh [OUT] [MODEL=--set ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-runs/quickstart/data/chorus}
+DATA=${DATA:-runs/quickstart/data}
 OUT=${1:-runs/relevance_cv}
 CFG=src/searchrl/configs/sft_chorus.yaml
 SEARCHRL=${SEARCHRL:-.venv/bin/searchrl}

@@ -6,7 +6,7 @@
 # run, on 2 cores shared with another job (less alone).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-D=${DATA:-runs/quickstart/data/chorus}
+D=${DATA:-runs/quickstart/data}
 REL=${REL:-runs/quickstart/sft/final}
 O=${OUT:-runs/retriever_chorus}
 .venv/bin/searchrl train retriever --stage all --ablations --config src/searchrl/configs/retriever_quickstart.yaml \

@@ -27,7 +27,8 @@ gain there, and guided-rollout accuracy (under the hint) against unguided.
 Simplifies, and says so: the rollouts are grade-only (``rollout.max_new_tokens=1``, no format term). With
 label-first order the grade token is the first completion token and the reward depends on it alone; the
 default model's decoded CoT does not parse yet (README), so decoding it would cost 50x the time and carry
-no reward signal. Rule-aware shaping grades CoT steps, so it is not measured here (see the README).
+no reward signal. Rule-aware shaping grades CoT steps, so it is measured apart, from a model trained to write
+the CoT: scripts/shaping.py.
 
     python scripts/rl_room.py --data DIR [--folds 0,1,2,3,4] [--seeds 0] [--out runs/rl_room]
         [--cv-dir runs/relevance_cv/default] [--grpo-steps 40] [--json PATH] [--md PATH] [--smoke]
@@ -301,7 +302,7 @@ def markdown(rows: list[dict], claims: list[dict], result: dict, wall_s: float) 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="prepared dataset (e.g. runs/quickstart/data/chorus)")
+    ap.add_argument("--data", required=True, help="prepared dataset (e.g. runs/quickstart/data)")
     ap.add_argument("--out", default="runs/rl_room")
     ap.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds of the 5")
     ap.add_argument("--seeds", default="0")

@@ -37,6 +37,22 @@ def test_round_trip_every_grade_and_order(grade, order):
         assert parsed.notes["query"] == NOTES["query"]  # notes may contain ':' and still read back
 
 
+@pytest.mark.parametrize("order", ORDERS)
+def test_round_trip_through_minilm_wordpiece_decode(order):
+    # what a MiniLM-based model's sample looks like once decoded: "camera _ bag", " : ", "l3"; the default
+    # model's CoT used to fail here on every multi-word type, which read as a 98-100% format-error rate
+    from searchrl.relevance.model import add_grade_tokens, minilm_tokenizer
+    tok = minilm_tokenizer()
+    add_grade_tokens(tok)
+    verdicts = {"query": "usb_c_cable", "item": "camera_bag", "category": "related", "attribute": "partial"}
+    text = build_completion(3, verdicts, NOTES, PromptConfig(order=order, max_note_chars=0))
+    decoded = tok.decode(tok(text, add_special_tokens=False)["input_ids"], skip_special_tokens=False)
+    assert "camera _ bag" in decoded  # the tokenizer still splits the slug: the parser must rejoin it
+    parsed = parse_completion(decoded, order)
+    assert parsed.ok, parsed.format_errors
+    assert parsed.verdicts == {**verdicts, "verdict": "L3"} and parsed.grade == 3
+
+
 def test_order_matters():
     lf = completion(3, order="label_first")
     parsed = parse_completion(lf, "cot_first")

@@ -57,6 +57,21 @@ def test_untrained_grades_rank_exactly_as_the_sentence_transformer(late):
     np.testing.assert_allclose(probs, expected, atol=1e-4)
 
 
+def test_tokens_minilm_lacks_get_input_rows_of_their_own(late):
+    # the embeddings stay frozen: a CoT written after the grade token can only see which grade (or whether a line
+    # break or "=>") was written if their input rows differ; one shared row made every decoded CoT unparseable
+    model, tok = late
+    ids = [tok.convert_tokens_to_ids(t) for t in ("\n", "=>", "<L1>", "<L2>", "<L3>", "<L4>")]
+    rows = model.get_input_embeddings().weight[ids].detach()
+    dist = torch.cdist(rows, rows) + torch.eye(len(ids)) * 1e9
+    assert dist.min() > 0.1  # MiniLM's rows are ~1 apart; pieces-mean rows differ by a piece or more
+    eq, gt = (tok.convert_tokens_to_ids(t) for t in ("=", ">"))
+    emb = model.get_input_embeddings().weight
+    torch.testing.assert_close(rows[1], (emb[eq] + emb[gt]).detach() / 2)  # "=>": the mean of "=" and ">"
+    head = model.head(torch.randn(3, model.config.hidden_size))
+    assert torch.count_nonzero(head[:, ids[2:]]) == 0  # the grade logits still start at 0: the cosine start
+
+
 @pytest.mark.parametrize("mask", ["late", "block"])
 def test_kv_cached_decoding_and_prefix_sharing_are_exact(mask):
     model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(mask=mask), seed=3)

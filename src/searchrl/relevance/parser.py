@@ -68,7 +68,8 @@ def _split_line(line: str):
         return None
     step, _, note = left.partition(":")
     key, _, value = right.partition(":")
-    step, key, value = step.strip(), key.strip(), value.strip()
+    # WordPiece decodes "camera_bag" as "camera _ bag": rejoin the slug (a slug has no spaces of its own to lose)
+    step, key, value = step.strip(), key.strip(), "_".join(part.strip() for part in value.split("_"))
     if not (step.isalpha() and step.islower() and key.isalpha() and key.islower()) or len(value.split()) != 1:
         return None
     return step, note.strip(), key, value

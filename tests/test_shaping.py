@@ -1,0 +1,82 @@
+"""scripts/shaping.py: the adherence table from parsed completions, and its smallest setting (what CI runs)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import load_script
+
+from searchrl.relevance.parser import is_consistent, parse_completion
+from searchrl.relevance.prompt import PromptConfig, build_completion
+
+
+def completion(grade, category, attribute):
+    verdicts = {"query": "camera_bag", "item": "digital_camera", "category": category, "attribute": attribute}
+    return build_completion(grade, verdicts, cfg=PromptConfig(max_note_chars=0))
+
+
+def cache_rows(texts):
+    rows = []
+    for t in texts:
+        p = parse_completion(t)
+        ok = p.grade is not None and len(p.verdicts) == 5
+        rows.append({"completion": t, "grade": p.grade or 1, "format_error": float(not ok),
+                     "adherence": float(is_consistent(p.grade, p.verdicts)) if ok else None})
+    return rows
+
+
+def test_per_query_means_leave_undefined_pairs_out():
+    shaping = load_script("shaping")
+    v = np.array([1.0, np.nan, 0.0, np.nan, np.nan])
+    q = np.array(["a", "a", "a", "b", "b"])
+    assert shaping.per_query(v, q, ["a", "b"]).tolist()[0] == 0.5
+    assert np.isnan(shaping.per_query(v, q, ["a", "b"])[1])
+
+
+def test_the_table_reads_adherence_from_each_systems_own_verdicts(tmp_path):
+    shaping = load_script("shaping")
+    n_q, per_q = 8, 4
+    pairs = pd.DataFrame({"query_id": [f"q{i // per_q}" for i in range(n_q * per_q)],
+                          "grade": [4, 1, 3, 2] * n_q})
+    # L4 with category "mismatch" breaks the rule table (it caps the grade at L2); L4 with match/match follows it
+    follows, breaks = completion(4, "match", "match"), completion(4, "mismatch", "match")
+    texts = {"sft": [breaks] * len(pairs), "grpo_outcome": [follows, breaks] * (len(pairs) // 2),
+             "grpo_shaping": [follows] * (len(pairs) - 4) + ["<L4>\nquery: - => intent"] * 4}
+    for name, t in texts.items():
+        d = tmp_path / ("sft" if name == "sft" else "seed0")
+        d.mkdir(exist_ok=True)
+        (d / f"{name}.test_completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cache_rows(t)))
+    args = type("A", (), {"seeds": [0], "n_boot": 200, "max_new_tokens": 64})
+    models = {(s, 0): tmp_path / "never_loaded" for s in texts}  # the caches exist: no model is loaded
+    result = shaping.measure(args, models, pairs, tmp_path)
+    rows = {r["system"]: r for r in result["rows"]}
+    assert rows["sft"]["adherence"][0] == 0.0 and rows["grpo_shaping"]["adherence"][0] == 1.0
+    assert rows["grpo_outcome"]["adherence"][0] == pytest.approx(0.5)
+    assert rows["grpo_shaping"]["format_error"][0] == pytest.approx(4 / 32, abs=0.02)  # the truncated four
+    assert rows["grpo_outcome"]["accuracy"][0] == pytest.approx(0.25)  # every decoded grade is L4; gold 1 in 4
+    claims = {c["contrast"]: c for c in result["claims"]}
+    assert claims["grpo_shaping - grpo_outcome"]["verdict"] == "higher"
+    assert claims["grpo_outcome - sft"]["adherence"][0] == pytest.approx(0.5)
+    assert "| grpo_shaping - sft |" in shaping.markdown(result, 60.0)
+
+
+@pytest.mark.slow
+def test_the_smoke_setting_trains_both_rewards_from_one_sft_and_decodes_test(chorus_dir, tmp_path):
+    shaping = load_script("shaping")
+    out = tmp_path / "s"
+    args = ["--data", str(chorus_dir), "--smoke", "--seeds", "0", "--out", str(out), "--json", str(tmp_path / "s.json")]
+    result = shaping.main(args)
+    assert [r["system"] for r in result["rows"]] == ["sft", "grpo_outcome", "grpo_shaping"]
+    assert result["pairs"] == 24 and result["queries"] == 8
+    for name, kind in (("grpo_outcome", "grade"), ("grpo_shaping", "rule_aware")):
+        cfg = (out / "seed0" / name / "grpo_config.yaml").read_text()
+        assert f"kind: {kind}" in cfg and "model: " + str(out / "sft" / "final") in cfg
+        rows = [json.loads(x) for x in (out / "seed0" / f"{name}.test_completions.jsonl").read_text().splitlines()]
+        assert len(rows) == 24
+        for r in rows:  # every cached verdict is the parser's reading of the cached text
+            p = parse_completion(r["completion"])
+            assert r["format_error"] == float(not (p.grade is not None and len(p.verdicts) == 5))
+    assert "cot_fraction: 1.0" in (out / "sft" / "sft_config.yaml").read_text()
+    again = shaping.main(args)  # a re-run reuses every stage and every decoded completion
+    assert json.dumps(again["rows"]) == json.dumps(result["rows"])  # NaN (nothing parsed at this size) == NaN
