@@ -344,9 +344,14 @@ def main(argv=None) -> dict:
     claims = contrasts(result)
     wall = time.time() - start
     table = markdown(rows, claims, result, wall)
-    print(table)
     report = {"rows": rows, "claims": claims, "stability": result["stability"], "stuck": stuck_rows(result),
               "wall_s": wall}
+    return write_report(report, table, a)
+
+
+def write_report(report: dict, table: str, a) -> dict:
+    """Print the markdown table; write it to --md and the report to --json when given (both claims scripts)."""
+    print(table)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2, default=float))
     if a.md:
@@ -354,9 +359,13 @@ def main(argv=None) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def run_main(main) -> None:
     from searchrl.errors import UserError
     try:
         main()
     except UserError as e:  # a bad --sft-fraction, data directory or config override: one line, as the CLI prints
         raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl_room import CONFIGS, searchrl  # one way to run a CLI stage, for both scripts
+from rl_room import CONFIGS, run_main, searchrl, write_report  # one way to run a stage and report, for both
 
 from searchrl.data.schema import load_dataset, pair_products
 from searchrl.eval.metrics import fast_scores
@@ -203,19 +203,9 @@ def main(argv=None) -> dict:
         pairs = pairs.groupby("query_id", sort=False).head(3).head(24)  # 8 queries: intervals have rows to draw
     result = measure(a, train(a, out), pairs, out)
     wall = time.time() - start
-    table = markdown(result, wall)
-    print(table)
     result["wall_s"] = wall
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2, default=float))
-    if a.md:
-        Path(a.md).write_text(table + "\n")
-    return result
+    return write_report(result, markdown(result, wall), a)
 
 
 if __name__ == "__main__":
-    from searchrl.errors import UserError
-    try:
-        main()
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+    run_main(main)
