@@ -77,20 +77,29 @@ def train(a, out: Path) -> dict[tuple[str, int], Path]:
     return models
 
 
+def parsed_row(text: str, order: str = "label_first") -> dict:
+    """One completion as the table reads it: the written grade (none = L1), whether any of the five steps or
+    the grade is missing or unreadable, and, when none is, whether the rule table allows the grade."""
+    p = parse_completion(text, order)
+    ok = p.grade is not None and len(p.verdicts) == 5
+    return {"completion": text, "grade": p.grade or 1, "format_error": float(not ok),
+            "adherence": float(is_consistent(p.grade, p.verdicts)) if ok else None}
+
+
 def decoded(model: Path, pairs, cache: Path, max_new_tokens: int) -> list[dict]:
-    """Each test pair's greedy completion, parsed: {"grade", "format_error", "adherence"} (cached as jsonl)."""
+    """Each test pair's greedy completion, parsed (parsed_row), cached as jsonl beside the run."""
     if cache.exists():
-        return [json.loads(x) for x in cache.read_text().splitlines() if x.strip()]
+        rows = [json.loads(x) for x in cache.read_text().splitlines() if x.strip()]
+        if len(rows) != len(pairs):  # another --smoke / full run wrote this --out: its rows are other pairs
+            raise SystemExit(f"error: {cache}: {len(rows)} cached completions for {len(pairs)} test pairs; "
+                             "remove it or use another --out")
+        return rows
     from searchrl.relevance.evaluate import decode_completions
     from searchrl.relevance.scorer import RelevanceScorer
     scorer = RelevanceScorer.load(model)
     prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], pair_products(pairs))]
-    rows = []
-    for text in decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, 16):
-        p = parse_completion(text, scorer.config.prompt.order)
-        ok = p.grade is not None and len(p.verdicts) == 5
-        rows.append({"completion": text, "grade": p.grade or 1, "format_error": float(not ok),
-                     "adherence": float(is_consistent(p.grade, p.verdicts)) if ok else None})
+    texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, 16)
+    rows = [parsed_row(t, scorer.config.prompt.order) for t in texts]
     cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 

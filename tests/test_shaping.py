@@ -7,23 +7,13 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from searchrl.relevance.parser import is_consistent, parse_completion
+from searchrl.relevance.parser import parse_completion
 from searchrl.relevance.prompt import PromptConfig, build_completion
 
 
 def completion(grade, category, attribute):
     verdicts = {"query": "camera_bag", "item": "digital_camera", "category": category, "attribute": attribute}
     return build_completion(grade, verdicts, cfg=PromptConfig(max_note_chars=0))
-
-
-def cache_rows(texts):
-    rows = []
-    for t in texts:
-        p = parse_completion(t)
-        ok = p.grade is not None and len(p.verdicts) == 5
-        rows.append({"completion": t, "grade": p.grade or 1, "format_error": float(not ok),
-                     "adherence": float(is_consistent(p.grade, p.verdicts)) if ok else None})
-    return rows
 
 
 def test_per_query_means_leave_undefined_pairs_out():
@@ -46,7 +36,8 @@ def test_the_table_reads_adherence_from_each_systems_own_verdicts(tmp_path):
     for name, t in texts.items():
         d = tmp_path / ("sft" if name == "sft" else "seed0")
         d.mkdir(exist_ok=True)
-        (d / f"{name}.test_completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cache_rows(t)))
+        rows = [shaping.parsed_row(x) for x in t]
+        (d / f"{name}.test_completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = type("A", (), {"seeds": [0], "n_boot": 200, "max_new_tokens": 64})
     models = {(s, 0): tmp_path / "never_loaded" for s in texts}  # the caches exist: no model is loaded
     result = shaping.measure(args, models, pairs, tmp_path)
@@ -59,6 +50,8 @@ def test_the_table_reads_adherence_from_each_systems_own_verdicts(tmp_path):
     assert claims["grpo_shaping - grpo_outcome"]["verdict"] == "higher"
     assert claims["grpo_outcome - sft"]["adherence"][0] == pytest.approx(0.5)
     assert "| grpo_shaping - sft |" in shaping.markdown(result, 60.0)
+    with pytest.raises(SystemExit, match="16 test pairs"):  # a cache written for other pairs is refused, not misread
+        shaping.measure(args, models, pairs.head(16), tmp_path)
 
 
 @pytest.mark.slow
