@@ -23,8 +23,10 @@ test queries over the same catalogue. Per judge it reports:
 The retriever's settings are the quickstart pipeline's ``retriever`` section (3,000-product
 catalogue, 12 steps a stage) unless overridden, e.g. ``--set max_products=0`` for the whole
 catalogue and ``--set optim.max_steps=60``. Finished stages are reused (same config), so a
-re-run only evaluates. Simplifies: the judges' quality is measured on the test split's judged
-pairs, the same pairs the oracle knows (it is an upper reference by construction).
+re-run only evaluates, and an unfinished one resumes from its newest valid checkpoint.
+Simplifies: the judges' quality is measured on the test split's judged pairs, the same pairs the
+oracle knows (it is an upper reference by construction); on the whole catalogue most pairs an
+R-GRPO run rewards are not judged, so the oracle's rewards are then mostly its fallback's.
 """
 
 from __future__ import annotations
@@ -95,7 +97,9 @@ def main(argv=None) -> dict:
     if unknown:
         ap.error(f"--judges: unknown {unknown}; known: {', '.join(JUDGES)}")
     base = load_pipeline_config("quickstart", [f"retriever.{kv}" for kv in a.set]).retriever
-    base = dataclasses.replace(base, data_dir=str(a.data), run=dataclasses.replace(base.run, progress=False))
+    # resume: a killed run continues each unfinished stage from its newest valid checkpoint
+    base = dataclasses.replace(base, data_dir=str(a.data), run=dataclasses.replace(base.run, progress=False,
+                                                                                   resume=True))
     ds = load_dataset(a.data)
     sub = catalogue_subset(ds, base.max_products, base.run.seed)
     bm25 = BM25Index(sub.products)

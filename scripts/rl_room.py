@@ -18,11 +18,15 @@ seed it trains, each with the project's own CLI (one process per stage, finished
   `eval relevance --cv 5` run of the same config: what SFT reaches with every label.
 
 Every system is scored on the fold's test queries (argmax grade and P(Good) from the first completion
-position, as served). The table gives macro-F1, Good-F1, accuracy and per-query AUC with query-bootstrap
-95% intervals (over queries and seeds), paired contrasts (dpo - sft, grpo - dpo, ...) with a verdict, and
-training stability (variance of the train reward over steps; a non-finite gradient stops a run), and for
-guided replay: accuracy on the *stuck* RL prompts (SFT's N samples all wrong) per system, replay's paired
-gain there, and guided-rollout accuracy (under the hint) against unguided.
+position, as served), and on held-out rule-graded queries (``--rule-queries``, default 100): queries written
+from the catalogue by relevance/synthetic.py, 8 candidates each, graded by the rule engine. No system trains on
+them (the default config adds no synthetic pairs), and the same set is scored on every fold; a (fold, query) is
+one bootstrap unit there, so with several folds those intervals are somewhat narrow (one query, several models).
+The tables give macro-F1, Good-F1, accuracy and per-query AUC with query-bootstrap 95% intervals (over
+queries and seeds), paired contrasts (dpo - sft, grpo - dpo, ...) with a verdict, and training stability
+(variance of the train reward over steps; a non-finite gradient stops a run), and for guided replay: accuracy
+on the *stuck* RL prompts (SFT's N samples all wrong) per system, replay's paired gain there, and
+guided-rollout accuracy (under the hint) against unguided.
 
 Simplifies, and says so: the rollouts are grade-only (``rollout.max_new_tokens=1``, no format term). With
 label-first order the grade token is the first completion token and the reward depends on it alone; the
@@ -141,7 +145,7 @@ def run_fold(ds, folds, fold: int, seed: int, out: Path, a) -> dict[str, Path]:
 
 
 def test_predictions(model: Path, fds, cache: Path) -> np.ndarray:
-    """[N, 4] grade probabilities of the fold's test pairs (cached beside the run)."""
+    """[N, 4] grade probabilities of a dataset's test pairs: the fold's, or the rule-graded queries' (cached)."""
     if cache.exists():
         return np.load(cache)
     from searchrl.relevance.evaluate import split_probs
@@ -149,6 +153,26 @@ def test_predictions(model: Path, fds, cache: Path) -> np.ndarray:
     probs = split_probs(RelevanceScorer.load(model), fds, "test")[0]
     np.save(cache, probs)
     return probs
+
+
+def rule_graded_queries(ds, n: int, out: Path):
+    """The held-out rule-graded evaluation set (cached in out/rule_queries): n catalogue-written queries with 8
+    candidates each, graded by the rule engine; None for n = 0. Written once from the whole dataset with a fixed
+    seed, so every fold, seed and system is scored on the same queries. The writer skips every Chorus query's
+    text and the products judged for them (exclude_splits covers all three), so no candidate is a human-judged
+    pair."""
+    if n <= 0:
+        return None
+    d = out / "rule_queries"
+    if (d / "dataset.json").exists():
+        rq = load_dataset(d)
+        if rq.card.get("queries") == n:
+            return rq
+    from searchrl.relevance.rules import RuleEngine
+    from searchrl.relevance.synthetic import synthetic_dataset
+    rq = synthetic_dataset(ds, RuleEngine.from_yaml(), n, seed=1000, exclude_splits=("train", "valid", "test"))
+    write_dataset(rq, d)
+    return rq
 
 
 def stability(run_dir: Path) -> dict:
@@ -186,20 +210,23 @@ def stuck_predictions(model: Path, run: Path, cache: Path) -> tuple[np.ndarray, 
     return gold["query_id"].astype(str).to_numpy(), gold["grade"].astype(int).to_numpy(), pred
 
 
-def collect(ds, folds, a, out: Path) -> dict:
-    """The crossval.summarize result layout over every fold run: {"query_id", "grade", "systems": {...}}."""
+def collect(ds, folds, a, out: Path, rq=None) -> dict:
+    """The crossval.summarize result layout over every fold run: {"query_id", "grade", "systems": {...}}, and
+    the same layout for the rule-graded queries rq (a Dataset, or None) in result["rules"]."""
     result = {"query_id": [], "grade": [], "fold": [], "k": 5, "seeds": a.seeds, "systems": {}, "stability": {},
               "stuck": {}}
+    rules = {"query_id": [], "grade": [], "fold": [], "seeds": a.seeds, "systems": {}}  # the same layout
     for fold in a.folds:
         fds = fold_dataset(ds, folds, fold)
         test = fds.split("test").pairs()
         result["query_id"] += test["query_id"].astype(str).tolist()
         result["grade"] += test["grade"].astype(int).tolist()
         result["fold"] += [fold] * len(test)
-        per_seed = {}
+        per_seed, per_seed_models = {}, {}
         for seed in a.seeds:
             models = run_fold(ds, folds, fold, seed, out, a)
             for name, model in models.items():
+                per_seed_models.setdefault(name, []).append(model)
                 probs = test_predictions(model, fds, out / f"fold{fold}" / f"seed{seed}" / f"{name}.test_probs.npy")
                 per_seed.setdefault(name, []).append(probs)
                 result["stability"].setdefault(name, []).append(stability(model.parent))
@@ -209,12 +236,27 @@ def collect(ds, folds, a, out: Path) -> dict:
                     slot = result["stuck"].setdefault(name, {"query_id": [], "right": []})
                     slot["query_id"] += [f"{fold}/{seed}/{x}" for x in q]
                     slot["right"] += (g == p).astype(int).tolist()
-        for name, probs in per_seed.items():
-            slot = result["systems"].setdefault(name, {"pred": [[] for _ in a.seeds], "score": [[] for _ in a.seeds]})
-            for s, p in enumerate(probs):
-                slot["pred"][s] += (p.argmax(1) + 1).tolist()
-                slot["score"][s] += p[:, 2:].sum(1).tolist()
+        add_fold(result, per_seed, a.seeds)
+        if rq is not None:  # a query is its fold's copy: the bootstrap resamples (fold, query) units
+            rule_pairs = rq.split("test").pairs()
+            rules["query_id"] += [f"{fold}/{q}" for q in rule_pairs["query_id"].astype(str)]
+            rules["grade"] += rule_pairs["grade"].astype(int).tolist()
+            rules["fold"] += [fold] * len(rule_pairs)
+            add_fold(rules, {name: [test_predictions(m, rq, out / f"fold{fold}" / f"seed{seed}" /
+                                                     f"{name}.rule_probs.npy")
+                                    for seed, m in zip(a.seeds, ms)]
+                             for name, ms in per_seed_models.items()}, a.seeds)
+    result["rules"] = rules if rq is not None else None
     return result
+
+
+def add_fold(result: dict, per_seed: dict[str, list[np.ndarray]], seeds: list[int]) -> None:
+    """Append one fold's [N, 4] grade probabilities per system and seed to result["systems"] (pred, P(Good))."""
+    for name, probs in per_seed.items():
+        slot = result["systems"].setdefault(name, {"pred": [[] for _ in seeds], "score": [[] for _ in seeds]})
+        for s, p in enumerate(probs):
+            slot["pred"][s] += (p.argmax(1) + 1).tolist()
+            slot["score"][s] += p[:, 2:].sum(1).tolist()
 
 
 def contrasts(result: dict, n_boot: int = 2000) -> list[dict]:
@@ -266,16 +308,14 @@ def stuck_rows(result: dict, n_boot: int = 2000) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], claims: list[dict], result: dict, wall_s: float) -> str:
+def _diff(v) -> str:
+    return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*v)
+
+
+def metric_tables(rows: list[dict], claims: list[dict], stab: dict) -> str:
+    """The systems' table (metrics with intervals; train-reward variance where logged) and the claims' table."""
     def iv(r, m):
         return f"{r[m]:.3f} [{r['x_ci'][m][0]:.3f}, {r['x_ci'][m][1]:.3f}]" if m in r.get("x_ci", {}) else "-"
-
-    def diff(v):
-        return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*v)
-
-    def iv3(v):
-        return "{:.3f} [{:.3f}, {:.3f}]".format(*v)
-    stab = result["stability"]
     lines = [("| system | macro-F1 [95% CI] | Good-F1 [95% CI] | accuracy | per-query AUC [95% CI] | "
               "train reward var |"), "|---|---|---|---|---|---|"]
     for r in rows:
@@ -285,11 +325,19 @@ def markdown(rows: list[dict], claims: list[dict], result: dict, wall_s: float) 
                      f"{iv(r, 'x_good_auc_per_query')} | {'-' if np.isnan(var) else f'{var:.4f}'} |")
     lines += ["", "| claim | macro-F1 difference [95% CI] | Good-F1 difference | per-query AUC difference | verdict |",
               "|---|---|---|---|---|"]
-    lines += [f"| {c['claim']} ({c['better']} - {c['worse']}) | {diff(c['macro_f1'])} | {diff(c['good_f1'])} | "
-              f"{diff(c['auc'])} | {c['verdict']} |" for c in claims]
+    lines += [f"| {c['claim']} ({c['better']} - {c['worse']}) | {_diff(c['macro_f1'])} | {_diff(c['good_f1'])} | "
+              f"{_diff(c['auc'])} | {c['verdict']} |" for c in claims]
+    return "\n".join(lines)
+
+
+def markdown(rows: list[dict], claims: list[dict], result: dict, wall_s: float) -> str:
+    def iv3(v):
+        return "{:.3f} [{:.3f}, {:.3f}]".format(*v)
+    stab = result["stability"]
+    lines = [metric_tables(rows, claims, stab)]
     lines += ["", "| on the stuck RL prompts (SFT's N samples all wrong) | prompts | accuracy [95% CI] |",
               "|---|---|---|"]
-    lines += [f"| {r['system']} | {r['n']} | {diff(r['accuracy']) if ' - ' in r['system'] else iv3(r['accuracy'])}"
+    lines += [f"| {r['system']} | {r['n']} | {_diff(r['accuracy']) if ' - ' in r['system'] else iv3(r['accuracy'])}"
               f"{' (' + r['verdict'] + ')' if 'verdict' in r else ''} |" for r in stuck_rows(result)]
     replay = stab.get("grpo_replay", [])
     if replay:
@@ -313,6 +361,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--dpo-steps", type=int, default=60)
     ap.add_argument("--hint-fraction", type=float, default=0.1,
                     help="share of SFT prompts with guided replay's hint, so the policy can read one (0 = none)")
+    ap.add_argument("--rule-queries", type=int, default=100,
+                    help="held-out rule-graded queries (catalogue-written, 8 candidates each) scored too (0 = none)")
     ap.add_argument("--cv-dir", help="a finished `eval relevance --cv 5` run of sft_chorus.yaml: adds sft_all")
     ap.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE", help="extra SFT override")
     ap.add_argument("--dpo-set", action="append", default=[], metavar="KEY=VALUE")
@@ -330,22 +380,31 @@ def main(argv=None) -> dict:
         a.dpo_steps = 2
         a.grpo_set = ["rollout.prompts_per_step=2", "rollout.group_size=4", *a.grpo_set]
         a.grpo_steps, a.max_prompts = min(a.grpo_steps, 2), a.max_prompts or 16
+        a.rule_queries = min(a.rule_queries, 12)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.time()
     out = Path(a.out)
     ds = load_dataset(a.data)
+    rq = rule_graded_queries(ds, a.rule_queries, out)  # from every query, so the smoke subset changes nothing
     if a.smoke:  # 40 queries: folds of 8
         keep = set(sorted(ds.queries["query_id"].astype(str))[:40])
         ds = dataclasses.replace(ds, queries=ds.queries[ds.queries["query_id"].astype(str).isin(keep)],
                                  judgments=ds.judgments[ds.judgments["query_id"].astype(str).isin(keep)])
     folds = query_folds(ds.queries["query_id"], 5, seed=0)  # crossval's folds: sft_all is the same fold's model
-    result = collect(ds, folds, a, out)
+    result = collect(ds, folds, a, out, rq)
     rows = summarize(result, reference="sft")
     claims = contrasts(result)
+    rules = result["rules"]
+    rule_rows, rule_claims = (summarize(rules, reference="sft"), contrasts(rules)) if rules else ([], [])
     wall = time.time() - start
     table = markdown(rows, claims, result, wall)
+    if rules:
+        table += ("\n\nOn held-out rule-graded queries (the rule engine's grades; "
+                  f"{len(set(q.split('/', 1)[1] for q in rules['query_id']))} catalogue-written queries, "
+                  f"{len(rules['grade']) // len(a.folds)} pairs, scored on each fold):\n\n" +
+                  metric_tables(rule_rows, rule_claims, {}))
     report = {"rows": rows, "claims": claims, "stability": result["stability"], "stuck": stuck_rows(result),
-              "wall_s": wall}
+              "rule_graded": {"rows": rule_rows, "claims": rule_claims}, "wall_s": wall}
     return write_report(report, table, a)
 
 

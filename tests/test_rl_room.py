@@ -36,6 +36,15 @@ def test_the_smoke_setting_trains_every_stage_on_its_share_and_tables_the_claims
     # the systems really differ (each stage trained): not every prediction file is the same
     probs = [np.load(d / f"{s}.test_probs.npy") for s in ("sft", "dpo", "grpo")]
     assert not np.allclose(probs[0], probs[1]) and not np.allclose(probs[1], probs[2])
+    # the held-out rule-graded queries: scored for every system, none of them a Chorus query or judged product
+    rule = report["rule_graded"]
+    assert {r["system"] for r in rule["rows"]} == systems and rule["claims"]
+    rq = load_dataset(out / "rule_queries")
+    chorus = load_dataset(chorus_dir)
+    assert len(rq.queries) == 12 and not set(rq.queries["text"].str.lower()) & set(chorus.queries["text"].str.lower())
+    assert not set(rq.judgments["product_id"].astype(str)) & set(chorus.judgments["product_id"].astype(str))
+    assert (d / "grpo.rule_probs.npy").exists()
     # a re-run reuses every stage and the cached predictions
     again = load_script("rl_room").main(args)
     assert [r["macro_f1"] for r in again["rows"]] == [r["macro_f1"] for r in report["rows"]]
+    assert [r["macro_f1"] for r in again["rule_graded"]["rows"]] == [r["macro_f1"] for r in rule["rows"]]

@@ -40,6 +40,19 @@ def test_seeds_by_queries_carry_the_seed_spread():
     assert (many.hi - many.lo) > (one_seed.hi - one_seed.lo)
 
 
+def test_a_seed_with_no_defined_value_is_left_out_not_made_nan():
+    rng = np.random.default_rng(0)
+    v = rng.uniform(0.4, 0.8, (3, 20))
+    holed = v.copy()
+    holed[2] = np.nan  # e.g. rule adherence of a seed whose completions never parse
+    iv = query_bootstrap(holed)
+    assert np.isfinite([iv.lo, iv.hi]).all() and iv.mean == pytest.approx(v[:2].mean())
+    d = paired_bootstrap(holed, v - 0.1)  # the seed is left out of both sides, so the pairs stay aligned
+    assert d.mean == pytest.approx(0.1) and d.excludes_zero()
+    with pytest.raises(ValueError, match="no query"):
+        query_bootstrap(np.full((2, 5), np.nan))
+
+
 def test_pooled_metric_bootstrap_and_paired_pooled():
     gold = np.array([4, 1, 1, 4, 1, 4, 3, 1] * 5)
     groups = np.repeat(np.arange(10), 4)

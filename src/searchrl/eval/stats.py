@@ -71,6 +71,7 @@ def query_bootstrap(values=None, metric: Callable[[np.ndarray], float] | None = 
                  for _ in range(n_boot)]
         return _interval(full, stats, level, len(queries))
     v = _as_seeds_by_queries(values)
+    v = v[~np.isnan(v).all(1)]  # a seed with no defined value (e.g. nothing parsed) is left out, as a query is
     keep = ~np.isnan(v).all(0)
     v = v[:, keep]
     if v.shape[1] == 0:
@@ -82,10 +83,12 @@ def query_bootstrap(values=None, metric: Callable[[np.ndarray], float] | None = 
 
 def paired_bootstrap(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
     """Interval of mean(a) - mean(b) for per-query values of two systems on the same queries ([Q] or [S, Q]
-    each, same shape); queries undefined for either system are left out."""
+    each, same shape); queries, and seeds, undefined for either system are left out."""
     a, b = _as_seeds_by_queries(a), _as_seeds_by_queries(b)
     if a.shape != b.shape:
         raise ValueError(f"paired values differ in shape: {a.shape} vs {b.shape}")
+    seeds = ~(np.isnan(a).all(1) | np.isnan(b).all(1))  # seeds undefined for either system are left out
+    a, b = a[seeds], b[seeds]
     keep = ~(np.isnan(a).all(0) | np.isnan(b).all(0))
     d = a[:, keep] - b[:, keep]  # [S, Q]
     if d.shape[1] == 0:

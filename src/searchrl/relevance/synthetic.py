@@ -151,10 +151,12 @@ def synthetic_pairs(ds: Dataset, engine, n_queries: int, per_query: int = 8, ran
 
 
 def synthetic_dataset(ds: Dataset, engine, n_queries: int, per_query: int = 8, seed: int = 0,
-                      split: str = "test") -> Dataset:
+                      split: str = "test", exclude_splits: tuple[str, ...] = ("valid", "test")) -> Dataset:
     """The synthetic pairs as a dataset of their own (all queries in `split`, grades from the rules), so that
-    ``searchrl eval relevance`` measures how well a model learned the rule teacher on queries it never saw."""
-    pairs = synthetic_pairs(ds, engine, n_queries, per_query, seed=seed)
+    ``searchrl eval relevance`` measures how well a model learned the rule teacher on queries it never saw.
+    exclude_splits as in synthetic_pairs (every split: no query text or candidate of the human data)."""
+    pairs = synthetic_pairs(ds, engine, n_queries, per_query, seed=seed, exclude_splits=exclude_splits,
+                            progress=False)
     if pairs.empty:
         raise InputError("synthetic: no queries could be written from this catalogue")
     queries = pairs[["query_id", "text"]].drop_duplicates("query_id").assign(split=split).reset_index(drop=True)

@@ -46,7 +46,8 @@ def run_stage(cfg: RetrieverConfig) -> tuple[Path, float]:
     """(final dir, seconds): trains the stage unless final/ holds a run of the same config."""
     final = Path(cfg.run.output_dir) / "final"
     saved = final / "retriever_config.yaml"
-    if saved.exists() and yaml.safe_load(saved.read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg))):
+    if saved.exists() and _what_it_trains(yaml.safe_load(saved.read_text())) == _what_it_trains(
+            json.loads(json.dumps(dataclasses.asdict(cfg)))):
         timing = Path(cfg.run.output_dir) / "stage_seconds.json"
         print(f"[retriever] reusing {final} (same config)")
         return final, json.loads(timing.read_text())["seconds"] if timing.exists() else float("nan")
@@ -55,6 +56,11 @@ def run_stage(cfg: RetrieverConfig) -> tuple[Path, float]:
     seconds = time.perf_counter() - t0
     (Path(cfg.run.output_dir) / "stage_seconds.json").write_text(json.dumps({"seconds": seconds}) + "\n")
     return final, seconds
+
+
+def _what_it_trains(config: dict) -> dict:
+    """A saved stage config without the fields that do not change the weights (whether to resume, progress bars)."""
+    return {**config, "run": {k: v for k, v in config.get("run", {}).items() if k not in ("resume", "progress")}}
 
 
 def stage_config(cfg: RetrieverConfig, out: Path, **changes) -> RetrieverConfig:
