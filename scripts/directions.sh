@@ -12,7 +12,7 @@
 # cores at these sizes (2 seeds x 8 retriever runs of 40 steps; 3 folds x 7 relevance runs), then the order
 # ablation and shaping: ~3.5 hours in all, measured. SEEDS=0 FOLDS=0,1: about 2 h 20 min.
 # On a GPU all of it would be minutes: the cost is MiniLM forwards and backwards, which a GPU runs ~100x faster.
-# The whole catalogue (MAX_PRODUCTS=0: 19,406 products) costs about what 3,000 do: an R-GRPO run is ~11-23 min on
+# The whole catalogue (MAX_PRODUCTS=0: 19,406 products) costs about what 3,000 do: an R-GRPO run is ~9-23 min on
 # one thread either way: the policy's forwards and backwards, not the re-encoding, are most of it. The README's
 # headline rows: MAX_PRODUCTS=0 JUDGES=random,model,oracle (2 seeds: ~2.5 hours on one thread).
 # Usage: DATA=runs/quickstart/data MODEL=runs/quickstart/export/model CV=runs/relevance_cv/default \

@@ -166,11 +166,12 @@ def rule_graded_queries(ds, n: int, out: Path):
     d = out / "rule_queries"
     if (d / "dataset.json").exists():
         rq = load_dataset(d)
-        if rq.card.get("queries") == n:
+        if rq.card.get("requested") == n:  # the writer may find fewer than n: key the cache by the request
             return rq
     from searchrl.relevance.rules import RuleEngine
     from searchrl.relevance.synthetic import synthetic_dataset
     rq = synthetic_dataset(ds, RuleEngine.from_yaml(), n, seed=1000, exclude_splits=("train", "valid", "test"))
+    rq.card["requested"] = n
     write_dataset(rq, d)
     return rq
 
