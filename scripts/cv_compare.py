@@ -1,11 +1,17 @@
 """Merge `searchrl eval relevance --cv` runs into one table: every system on the same folds, paired against one.
 
     python scripts/cv_compare.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--reference NAME] [--json PATH]
+                                 [--stack NAME=SYSTEM+SYSTEM+...]
 
 Each RUN_DIR holds a crossval.json (the same K, folds and pairs: relevance/crossval.py). The
 baselines are taken from the first run. Prints per-query AUC of P(Good), Good-F1, macro-F1 and
 accuracy with query-bootstrap 95% intervals, and each system's paired difference in per-query
 AUC and Good-F1 against --reference (default: the first NAME).
+
+--stack adds a row that combines systems' scores: a multinomial logistic regression over each one's
+score and its within-query z-score, cross-fitted (fold f's pairs are predicted by a fit on the other
+folds' pairs). It is a reference for how far combining the signals goes, not a deployable model: its
+fit uses every other fold's test labels.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 from searchrl.eval.metrics import write_metrics_json
 from searchrl.relevance.crossval import summarize
@@ -33,17 +41,48 @@ def merge(runs: dict[str, str]) -> dict:
     return merged
 
 
+def stacked(result: dict, systems: list[str]) -> dict:
+    """{"pred", "score"} of the cross-fitted stack of ``systems`` (their seeds averaged): see the docstring."""
+    from sklearn.linear_model import LogisticRegression
+    missing = [s for s in systems if s not in result["systems"]]
+    if missing:
+        raise SystemExit(f"--stack: no system {missing} (have {sorted(result['systems'])})")
+    qids, fold = np.asarray(result["query_id"]), np.asarray(result["fold"])
+    grade = np.asarray(result["grade"])
+    columns = []
+    for name in systems:
+        x = np.asarray(result["systems"][name]["score"], dtype=float).mean(0)  # [N]
+        z = np.zeros_like(x)
+        for q in np.unique(qids):
+            m = qids == q
+            z[m] = (x[m] - x[m].mean()) / (x[m].std() + 1e-9)
+        columns += [x, z]
+    features = np.stack(columns, 1)  # [N, 2 * systems]
+    probs = np.zeros((len(grade), 4))
+    for f in np.unique(fold):
+        fit = LogisticRegression(max_iter=2000).fit(features[fold != f], grade[fold != f])
+        probs[np.ix_(fold == f, fit.classes_ - 1)] = fit.predict_proba(features[fold == f])
+    return {"pred": [(probs.argmax(1) + 1).tolist()], "score": [probs[:, 2:].sum(1).tolist()]}
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR")
     ap.add_argument("--reference")
     ap.add_argument("--json")
+    ap.add_argument("--stack", action="append", default=[], metavar="NAME=SYSTEM+SYSTEM",
+                    help="add a cross-fitted stack of these systems' scores (repeatable)")
     a = ap.parse_args(argv)
     bad = [x for x in a.runs if "=" not in x]
     if bad:
         ap.error(f"expected NAME=RUN_DIR, got {bad}")
     runs = dict(x.split("=", 1) for x in a.runs)
     result = merge(runs)
+    for spec in a.stack:
+        name, _, members = spec.partition("=")
+        if not members:
+            ap.error(f"--stack: expected NAME=SYSTEM+SYSTEM, got {spec!r}")
+        result["systems"][name] = stacked(result, members.split("+"))
     rows = summarize(result, reference=a.reference or next(iter(runs)))
     print(f"| system | per-query AUC [95% CI] | Good-F1 [95% CI] | macro-F1 [95% CI] | accuracy | "
           f"AUC: {a.reference or next(iter(runs))} - system | Good-F1: {a.reference or next(iter(runs))} - system |")

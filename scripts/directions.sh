@@ -8,9 +8,10 @@
 #   4. then scripts/shaping.py: GRPO with the outcome reward vs rule-aware shaping, from an SFT model that writes
 #      the CoT (SHAPING_SEEDS=0, SHAPING_STEPS=10, one refill round): ~45 min (SFT, 2 GRPO runs, 3 decodes).
 # Needs the quickstart's data and exported relevance model (bash scripts/quickstart.sh) and, for the sft_all row,
-# the CV run of scripts/relevance_cv.sh. The first two run side by side, one thread each: about 2.5 hours on 2
-# cores at these sizes (2 seeds x 8 retriever runs of 40 steps; 3 folds x 7 relevance runs), then the order
-# ablation and shaping: ~3.5 hours in all, measured. SEEDS=0 FOLDS=0,1: about 2 h 20 min.
+# the CV run of scripts/relevance_cv.sh. The first two run side by side, one thread each. At the defaults (one
+# retriever seed: 5 judges + exclusivity off, 40 steps each; rl_room folds 0,1) they take ~80 min each, then the
+# order ablation ~25 min and shaping ~37 min: about 2 h 20 min on 2 cores, summed from measured runs. The
+# README's fuller tables: SEEDS=0,1 FOLDS=0,1,2 (about 3.5 hours).
 # On a GPU all of it would be minutes: the cost is MiniLM forwards and backwards, which a GPU runs ~100x faster.
 # The whole catalogue (MAX_PRODUCTS=0: 19,406 products) costs about what 3,000 do: an R-GRPO run is ~9-23 min on
 # one thread either way: the policy's forwards and backwards, not the re-encoding, are most of it. The README's
@@ -26,11 +27,11 @@ OUT=${1:-runs/directions}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
 cv_dir=(); [ -d "$CV" ] && cv_dir=(--cv-dir "$CV")
-OMP_NUM_THREADS=1 "$PY" scripts/directions.py --data "$DATA" --model "$MODEL" --seeds "${SEEDS:-0,1}" \
+OMP_NUM_THREADS=1 "$PY" scripts/directions.py --data "$DATA" --model "$MODEL" --seeds "${SEEDS:-0}" \
   --judges "${JUDGES:-random,bm25,model,rules,oracle}" --set max_products="${MAX_PRODUCTS:-3000}" \
   --out "$OUT/retriever" --set optim.max_steps="${STEPS:-40}" --json "$OUT/retriever.json" --md "$OUT/retriever.md" \
   > "$OUT/retriever.log" 2>&1 & retriever=$!
-OMP_NUM_THREADS=1 "$PY" scripts/rl_room.py --data "$DATA" --folds "${FOLDS:-0,1,2}" --seeds 0 "${cv_dir[@]}" \
+OMP_NUM_THREADS=1 "$PY" scripts/rl_room.py --data "$DATA" --folds "${FOLDS:-0,1}" --seeds 0 "${cv_dir[@]}" \
   --out "$OUT/rl_room" --json "$OUT/rl_room.json" --md "$OUT/rl_room.md" > "$OUT/rl_room.log" 2>&1 & room=$!
 wait "$retriever" || { echo "scripts/directions.py failed: see $OUT/retriever.log" >&2; exit 1; }
 wait "$room" || { echo "scripts/rl_room.py failed: see $OUT/rl_room.log" >&2; exit 1; }

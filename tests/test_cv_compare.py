@@ -41,3 +41,19 @@ def test_runs_on_other_pairs_are_refused(tmp_path):
     write_run(tmp_path / "b", grade.astype(float), grade[::-1], ["q0"] * 8)
     with pytest.raises(SystemExit, match="other folds or pairs"):
         load_script("cv_compare").main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}"])
+
+
+def test_stack_is_fitted_on_the_other_folds_and_ranks_as_its_best_member(tmp_path):
+    grade = np.array([1, 2, 3, 4] * 20)
+    qids = [f"q{i // 8}" for i in range(len(grade))]  # 10 queries of 8 pairs
+    write_run(tmp_path / "a", grade.astype(float), grade, qids)
+    run = json.loads((tmp_path / "a" / "crossval.json").read_text())
+    run["fold"] = [int(q[1:]) % 2 for q in qids]  # two folds: each is predicted by a fit on the other
+    (tmp_path / "a" / "crossval.json").write_text(json.dumps(run))
+    rows = {r["system"]: r for r in load_script("cv_compare").main(
+        [f"model={tmp_path / 'a'}", "--stack", "both=model+minilm-cosine", "--stack", "noise=minilm-cosine"])}
+    assert rows["both"]["x_good_auc_per_query"] == pytest.approx(1.0)  # the model's perfect ranking survives
+    assert rows["both"]["good_f1"] == pytest.approx(1.0)
+    assert rows["noise"]["x_good_auc_per_query"] < 0.8  # noise alone stays noise: no label reaches its own fold
+    with pytest.raises(SystemExit, match="no system"):
+        load_script("cv_compare").main([f"model={tmp_path / 'a'}", "--stack", "x=model+nope"])
