@@ -47,6 +47,9 @@ def stacked(result: dict, systems: list[str]) -> dict:
     missing = [s for s in systems if s not in result["systems"]]
     if missing:
         raise SystemExit(f"--stack: no system {missing} (have {sorted(result['systems'])})")
+    unscored = [s for s in systems if not (result["systems"][s]["score"] and result["systems"][s]["score"][0])]
+    if unscored:
+        raise SystemExit(f"--stack: {unscored} have no scores in crossval.json to stack")
     qids, fold = np.asarray(result["query_id"]), np.asarray(result["fold"])
     grade = np.asarray(result["grade"])
     columns = []

@@ -14,6 +14,7 @@ neither choice beats delta = 0.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +32,10 @@ def good_log_odds(p: np.ndarray) -> np.ndarray:
 
 
 def fold_scores(fold_dir: str) -> dict:
+    missing = [x for x in (f"{fold_dir}/data/dataset.json", f"{fold_dir}/sft/final/relevance_config.json")
+               if not Path(x).exists()]
+    if missing:
+        raise SystemExit(f"error: {missing[0]}: no such file (is --cv-dir a finished `eval relevance --cv` run?)")
     ds, scorer = load_dataset(f"{fold_dir}/data"), RelevanceScorer.load(f"{fold_dir}/sft/final")
     out = {}
     for split in ("valid", "test"):

@@ -46,14 +46,17 @@ def test_runs_on_other_pairs_are_refused(tmp_path):
 def test_stack_is_fitted_on_the_other_folds_and_ranks_as_its_best_member(tmp_path):
     grade = np.array([1, 2, 3, 4] * 20)
     qids = [f"q{i // 8}" for i in range(len(grade))]  # 10 queries of 8 pairs
+    fold = [int(q[1:]) % 2 for q in qids]
     write_run(tmp_path / "a", grade.astype(float), grade, qids)
     run = json.loads((tmp_path / "a" / "crossval.json").read_text())
-    run["fold"] = [int(q[1:]) % 2 for q in qids]  # two folds: each is predicted by a fit on the other
+    run["fold"] = fold  # two folds: each is predicted by a fit on the other
+    # a score that ranks fold 0 forwards and fold 1 backwards: a fit on the other fold inverts each
+    run["systems"]["flipped"] = {"pred": [[]], "score": [[float(g if f == 0 else -g) for g, f in zip(grade, fold)]]}
     (tmp_path / "a" / "crossval.json").write_text(json.dumps(run))
     rows = {r["system"]: r for r in load_script("cv_compare").main(
-        [f"model={tmp_path / 'a'}", "--stack", "both=model+minilm-cosine", "--stack", "noise=minilm-cosine"])}
+        [f"model={tmp_path / 'a'}", "--stack", "both=model+minilm-cosine", "--stack", "cross=flipped"])}
     assert rows["both"]["x_good_auc_per_query"] == pytest.approx(1.0)  # the model's perfect ranking survives
     assert rows["both"]["good_f1"] == pytest.approx(1.0)
-    assert rows["noise"]["x_good_auc_per_query"] < 0.8  # noise alone stays noise: no label reaches its own fold
+    assert rows["cross"]["x_good_auc_per_query"] < 0.2  # a fit that saw its own fold would rank it right
     with pytest.raises(SystemExit, match="no system"):
         load_script("cv_compare").main([f"model={tmp_path / 'a'}", "--stack", "x=model+nope"])
