@@ -9,9 +9,9 @@
 #      the CoT (SHAPING_SEEDS=0, SHAPING_STEPS=10, one refill round): ~45 min (SFT, 2 GRPO runs, 3 decodes).
 # Needs the quickstart's data and exported relevance model (bash scripts/quickstart.sh) and, for the sft_all row,
 # the CV run of scripts/relevance_cv.sh. The first two run side by side, one thread each. At the defaults (one
-# retriever seed: 5 judges + exclusivity off, 40 steps each; rl_room folds 0,1) they take ~80 min each, then the
-# order ablation ~25 min and shaping ~37 min: about 2 h 20 min on 2 cores, summed from measured runs. The
-# README's fuller tables: SEEDS=0,1 FOLDS=0,1,2 (about 3.5 hours).
+# retriever seed: 5 judges + exclusivity off, 40 steps each; rl_room folds 0,1) the whole script took 1 h 54 min
+# end to end on 2 cores (directions.py 32 min beside rl_room's ~70, then the order ablation and shaping).
+# The README's fuller tables: SEEDS=0,1 FOLDS=0,1,2 (about 3.5 hours).
 # On a GPU all of it would be minutes: the cost is MiniLM forwards and backwards, which a GPU runs ~100x faster.
 # The whole catalogue (MAX_PRODUCTS=0: 19,406 products) costs about what 3,000 do: an R-GRPO run is ~9-23 min on
 # one thread either way: the policy's forwards and backwards, not the re-encoding, are most of it. The README's
