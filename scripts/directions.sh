@@ -4,9 +4,9 @@
 #      against SFT and hardneg, plus exclusivity on/off;
 #   2. scripts/rl_room.py: relevance RL with room to improve (SFT on half of each CV fold's train queries, DPO /
 #      GRPO variants / guided replay on the other half), with the default SFT on all labels beside it (CV=);
-#   3. then scripts/ablation_sft_order.sh: label-first vs CoT-first on CV fold 0 (ORDER_FOLDS=), ~25 min;
+#   3. then scripts/ablation_sft_order.sh: label-first vs CoT-first on CV fold 0 (ORDER_FOLDS=), 19-25 min;
 #   4. then scripts/shaping.py: GRPO with the outcome reward vs rule-aware shaping, from an SFT model that writes
-#      the CoT (SHAPING_SEEDS=0, SHAPING_STEPS=10, one refill round): ~45 min (SFT, 2 GRPO runs, 3 decodes).
+#      the CoT (SHAPING_SEEDS=0, SHAPING_STEPS=10, one refill round): 22 min measured (SFT, 2 GRPO runs, 3 decodes).
 # Needs the quickstart's data and exported relevance model (bash scripts/quickstart.sh) and, for the sft_all row,
 # the CV run of scripts/relevance_cv.sh. The first two run side by side, one thread each. At the defaults (one
 # retriever seed: 5 judges + exclusivity off, 40 steps each; rl_room folds 0,1) the whole script took 1 h 54 min
