@@ -1,0 +1,124 @@
+"""How far a lexical term in the relevance readout could go, bounded on the CV folds before building it.
+
+    python scripts/cv_lexical_bound.py --data runs/quickstart/data [--k 5] [--json PATH]
+
+The README named "a lexical term in the readout" as the next candidate for the default model (BM25 lifts a
+stack's Good-F1). A term the scorer could compute from one pair alone is the IDF-weighted share of the query's
+words found in the product text (IDF over the catalogue, a fixed table once trained). This script fits, on
+crossval's query folds (fold f predicted by a fit on the others), a 4-grade logistic regression over
+
+- ``cos``: MiniLM cosine(query, title + brand) and its within-query z-score (ranks exactly as the cosine);
+- ``cos+idfcov``: the same plus the IDF coverage;
+- ``cos+idfcov+z``: plus the coverage's within-query z-score;
+- ``cos+bm25n``: cosine plus BM25 over the query's best BM25 in the catalogue (not a one-pair term: a reference),
+
+and prints per-query AUC of P(Good), pooled AUC, Good-F1 and macro-F1 of each, with paired query bootstraps
+against ``cos``. The fits see the labels of every other fold, so each row is an upper bound on what a readout
+over these inputs learns, not a deployable model. Takes ~1 minute on 2 cores (one MiniLM pass over the pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from searchrl.data.schema import GOOD_MIN_GRADE, load_dataset, product_text
+from searchrl.eval.baselines import _words, lexical_features, minilm_cosine
+from searchrl.eval.metrics import classification_metrics, good_auc, per_query_auc
+from searchrl.eval.stats import paired_bootstrap, paired_metric_bootstrap
+from searchrl.relevance.crossval import query_folds
+from searchrl.retrieval.bm25 import BM25Index
+
+FEATURE_SETS = {"cos": ["cos", "z_cos"], "cos+idfcov": ["cos", "z_cos", "idfcov"],
+                "cos+idfcov+z": ["cos", "z_cos", "idfcov", "z_idfcov"], "cos+bm25n": ["cos", "z_cos", "bm25n"]}
+
+
+def idf_coverage(pairs: pd.DataFrame, products: pd.DataFrame) -> np.ndarray:
+    """[N] sum of IDF over the query words in the product text / sum of IDF over the query words."""
+    df: dict[str, int] = {}
+    for r in products.to_dict("records"):
+        for w in _words(product_text(r)):
+            df[w] = df.get(w, 0) + 1
+    n = len(products)
+    idf = {w: math.log((n + 1) / (c + 1)) + 1 for w, c in df.items()}
+    out = np.zeros(len(pairs))
+    for i, r in enumerate(pairs.to_dict("records")):
+        q, t = _words(r["text"]), _words(product_text(r))
+        weight = {w: idf.get(w, math.log(n + 1) + 1) for w in q}
+        out[i] = sum(weight[w] for w in q & t) / max(sum(weight.values()), 1e-9)
+    return out
+
+
+def within_query_z(x: np.ndarray, qid: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(x)
+    for q in np.unique(qid):
+        m = qid == q
+        out[m] = (x[m] - x[m].mean()) / (x[m].std() + 1e-6)
+    return out
+
+
+def cross_fitted(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P(Good) [N], argmax grade [N]), each fold predicted by a fit on the others."""
+    p_good, pred = np.zeros(len(y)), np.zeros(len(y), dtype=int)
+    for f in np.unique(fold):
+        test = fold == f
+        fit = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[~test], y[~test])
+        probs = fit.predict_proba(x[test])
+        p_good[test] = probs[:, fit.classes_ >= GOOD_MIN_GRADE].sum(1)
+        pred[test] = fit.classes_[probs.argmax(1)]
+    return p_good, pred
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="a prepared dataset directory (searchrl data prepare)")
+    ap.add_argument("--k", type=int, default=5, help="folds (crossval's: query_folds seed 0)")
+    ap.add_argument("--json", help="write the table as JSON here")
+    args = ap.parse_args()
+    ds = load_dataset(args.data)
+    pairs = pd.concat([ds.split(s).pairs() for s in ("train", "valid", "test")], ignore_index=True)
+    qid, y = pairs["query_id"].astype(str).to_numpy(), pairs["grade"].to_numpy()
+    folds = query_folds(ds.queries["query_id"], args.k, seed=0)
+    fold = np.array([folds[q] for q in qid])
+    cos, cov = minilm_cosine(pairs), idf_coverage(pairs, ds.products)
+    feats = {"cos": cos, "z_cos": within_query_z(cos, qid), "idfcov": cov, "z_idfcov": within_query_z(cov, qid),
+             "bm25n": lexical_features(pairs, BM25Index(ds.products))[:, 1]}
+    queries, good = sorted(set(qid)), y >= GOOD_MIN_GRADE
+
+    def per_query(score):
+        d = per_query_auc(y, score, qid)
+        return np.array([d.get(q, np.nan) for q in queries])
+
+    def good_f1(pred):
+        return lambda rows: f1_score(good[rows], pred[rows] >= GOOD_MIN_GRADE)
+
+    fits = {name: cross_fitted(np.stack([feats[c] for c in cols], 1), y, fold) for name, cols in FEATURE_SETS.items()}
+    base_p, base_pred = fits["cos"]
+    rows = {}
+    print(f"| inputs ({args.k} folds, {len(queries)} queries) | per-query AUC | pooled AUC | Good-F1 | macro-F1 "
+          f"| AUC - cos [95% CI] | Good-F1 - cos [95% CI] |\n|---|---|---|---|---|---|---|")
+    for name, (p, pred) in fits.items():
+        auc, cls = good_auc(y, p, qid), classification_metrics(y, pred)
+        d_auc = paired_bootstrap(per_query(p), per_query(base_p))
+        d_f1 = paired_metric_bootstrap(good_f1(pred), good_f1(base_pred), qid)
+        rows[name] = {"per_query_auc": auc["x_good_auc_per_query"], "pooled_auc": auc["x_good_auc"],
+                      "good_f1": cls["good_f1"], "macro_f1": cls["macro_f1"],
+                      **d_auc.as_dict("auc_vs_cos_"), **d_f1.as_dict("good_f1_vs_cos_")}
+        print(f"| {name} | {auc['x_good_auc_per_query']:.3f} | {auc['x_good_auc']:.3f} | {cls['good_f1']:.3f} "
+              f"| {cls['macro_f1']:.3f} | {d_auc.mean:+.3f} [{d_auc.lo:+.3f}, {d_auc.hi:+.3f}] "
+              f"| {d_f1.mean:+.3f} [{d_f1.lo:+.3f}, {d_f1.hi:+.3f}] |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
