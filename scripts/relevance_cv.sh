@@ -4,7 +4,7 @@
 # only, no rule-written CoT), beside the baselines on the same folds. Each fold trains in its own process (one
 # process for all folds grows ~1.5 GB per fold); a last call reuses every finished fold and writes the summary.
 # About 7 min per fold and model on one thread; the two models run side by side: ~40 min on 2 cores.
-# Usage: DATA=runs/quickstart/data bash scripts/relevance_cv.sh [OUT] [MODEL=--set ...]
+# Usage: DATA=runs/quickstart/data bash scripts/relevance_cv.sh [OUT]   (DEFAULT_ONLY=1: the default model alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-runs/quickstart/data}
@@ -21,6 +21,15 @@ cv() {  # NAME [--set ...]: every fold in its own process, then the whole table 
     >> "$OUT/$name.log" 2>&1
 }
 mkdir -p "$OUT"
+if [ "${DEFAULT_ONLY:-0}" = 1 ]; then  # the default alone, two folds side by side (grade_mix_proxy.sh)
+  cv_folds() { for fold in "$@"; do OMP_NUM_THREADS=1 "$SEARCHRL" eval relevance --cv 5 --folds "$fold" \
+    --config "$CFG" --data "$DATA" --out "$OUT/default" >> "$OUT/default.f$1.log" 2>&1; done; }
+  cv_folds 0 2 4 & cv_folds 1 3 & wait
+  OMP_NUM_THREADS=1 "$SEARCHRL" eval relevance --cv 5 --config "$CFG" --data "$DATA" --out "$OUT/default" \
+    >> "$OUT/default.log" 2>&1
+  .venv/bin/python scripts/cv_compare.py default="$OUT/default" --json "$OUT/summary.json" | tee "$OUT/summary.md"
+  exit 0
+fi
 cv default & cv no_rule_teacher --set cot_fraction=0 & wait
 .venv/bin/python scripts/cv_compare.py default="$OUT/default" without_rule_teacher="$OUT/no_rule_teacher" \
     --json "$OUT/summary.json" | tee "$OUT/summary.md"
