@@ -2,7 +2,7 @@
 # The nearest this machine gets to "another team's data" (scripts/grade_mix_proxy.py says what it shifts): Chorus
 # re-mixed to two thirds L4 and exported as a team's CSVs, imported with `searchrl data import`, then the default
 # config, unchanged, through 5-fold CV beside BM25 thresholds and the other baselines.
-# Usage: DATA=runs/quickstart/data bash scripts/grade_mix_proxy.sh [OUT]   (~25 min on 2 cores)
+# Usage: DATA=runs/quickstart/data bash scripts/grade_mix_proxy.sh [OUT]   (~11 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-runs/quickstart/data}
