@@ -41,9 +41,27 @@ def merge(runs: dict[str, str]) -> dict:
     return merged
 
 
+def within_query_z(x: np.ndarray, qids: np.ndarray) -> np.ndarray:
+    """[N] ``x`` standardised within each query's pairs."""
+    z = np.zeros_like(x)
+    for q in np.unique(qids):
+        m = qids == q
+        z[m] = (x[m] - x[m].mean()) / (x[m].std() + 1e-9)
+    return z
+
+
+def cross_fitted_probs(features: np.ndarray, grade: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """[N, 4] grade probabilities of a 4-grade logistic regression, fold f's rows predicted by a fit on the others."""
+    from sklearn.linear_model import LogisticRegression
+    probs = np.zeros((len(grade), 4))
+    for f in np.unique(fold):
+        fit = LogisticRegression(max_iter=2000).fit(features[fold != f], grade[fold != f])
+        probs[np.ix_(fold == f, fit.classes_ - 1)] = fit.predict_proba(features[fold == f])
+    return probs
+
+
 def stacked(result: dict, systems: list[str]) -> dict:
     """{"pred", "score"} of the cross-fitted stack of ``systems`` (their seeds averaged): see the docstring."""
-    from sklearn.linear_model import LogisticRegression
     missing = [s for s in systems if s not in result["systems"]]
     if missing:
         raise SystemExit(f"--stack: no system {missing} (have {sorted(result['systems'])})")
@@ -51,20 +69,11 @@ def stacked(result: dict, systems: list[str]) -> dict:
     if unscored:
         raise SystemExit(f"--stack: {unscored} have no scores in crossval.json to stack")
     qids, fold = np.asarray(result["query_id"]), np.asarray(result["fold"])
-    grade = np.asarray(result["grade"])
     columns = []
     for name in systems:
         x = np.asarray(result["systems"][name]["score"], dtype=float).mean(0)  # [N]
-        z = np.zeros_like(x)
-        for q in np.unique(qids):
-            m = qids == q
-            z[m] = (x[m] - x[m].mean()) / (x[m].std() + 1e-9)
-        columns += [x, z]
-    features = np.stack(columns, 1)  # [N, 2 * systems]
-    probs = np.zeros((len(grade), 4))
-    for f in np.unique(fold):
-        fit = LogisticRegression(max_iter=2000).fit(features[fold != f], grade[fold != f])
-        probs[np.ix_(fold == f, fit.classes_ - 1)] = fit.predict_proba(features[fold == f])
+        columns += [x, within_query_z(x, qids)]
+    probs = cross_fitted_probs(np.stack(columns, 1), np.asarray(result["grade"]), fold)  # features [N, 2 * systems]
     return {"pred": [(probs.argmax(1) + 1).tolist()], "score": [probs[:, 2:].sum(1).tolist()]}
 
 

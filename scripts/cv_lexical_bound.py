@@ -13,7 +13,7 @@ crossval's query folds (fold f predicted by a fit on the others), a 4-grade logi
 - ``cos+bm25n``: cosine plus BM25 over the query's best BM25 in the catalogue (not a one-pair term: a reference),
 
 and prints per-query AUC of P(Good), pooled AUC, Good-F1 and macro-F1 of each, with paired query bootstraps
-against ``cos``. The fits see the labels of every other fold, so each row is an upper bound on what a readout
+against ``cos``. The fit is cv_compare.py's stack; the fits see the labels of every other fold, so each row is an upper bound on what a readout
 over these inputs learns, not a deployable model. Takes ~1 minute on 2 cores (one MiniLM pass over the pairs).
 """
 
@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from searchrl.data.schema import GOOD_MIN_GRADE, load_dataset, product_text
 from searchrl.eval.baselines import _words, lexical_features, minilm_cosine
@@ -36,6 +35,9 @@ from searchrl.eval.metrics import classification_metrics, good_auc, per_query_au
 from searchrl.eval.stats import paired_bootstrap, paired_metric_bootstrap
 from searchrl.relevance.crossval import query_folds
 from searchrl.retrieval.bm25 import BM25Index
+
+sys.path.insert(0, str(Path(__file__).parent))  # a sibling script, also when loaded by path (tests)
+from cv_compare import cross_fitted_probs, within_query_z  # noqa: E402  the same stack as cv_compare.py --stack
 
 FEATURE_SETS = {"cos": ["cos", "z_cos"], "cos+idfcov": ["cos", "z_cos", "idfcov"],
                 "cos+idfcov+z": ["cos", "z_cos", "idfcov", "z_idfcov"], "cos+bm25n": ["cos", "z_cos", "bm25n"]}
@@ -55,26 +57,6 @@ def idf_coverage(pairs: pd.DataFrame, products: pd.DataFrame) -> np.ndarray:
         weight = {w: idf.get(w, math.log(n + 1) + 1) for w in q}
         out[i] = sum(weight[w] for w in q & t) / max(sum(weight.values()), 1e-9)
     return out
-
-
-def within_query_z(x: np.ndarray, qid: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(x)
-    for q in np.unique(qid):
-        m = qid == q
-        out[m] = (x[m] - x[m].mean()) / (x[m].std() + 1e-6)
-    return out
-
-
-def cross_fitted(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(P(Good) [N], argmax grade [N]), each fold predicted by a fit on the others."""
-    p_good, pred = np.zeros(len(y)), np.zeros(len(y), dtype=int)
-    for f in np.unique(fold):
-        test = fold == f
-        fit = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[~test], y[~test])
-        probs = fit.predict_proba(x[test])
-        p_good[test] = probs[:, fit.classes_ >= GOOD_MIN_GRADE].sum(1)
-        pred[test] = fit.classes_[probs.argmax(1)]
-    return p_good, pred
 
 
 def main() -> None:
@@ -100,7 +82,10 @@ def main() -> None:
     def good_f1(pred):
         return lambda rows: f1_score(good[rows], pred[rows] >= GOOD_MIN_GRADE)
 
-    fits = {name: cross_fitted(np.stack([feats[c] for c in cols], 1), y, fold) for name, cols in FEATURE_SETS.items()}
+    fits = {}
+    for name, cols in FEATURE_SETS.items():
+        probs = cross_fitted_probs(np.stack([feats[c] for c in cols], 1), y, fold)  # [N, 4]
+        fits[name] = probs[:, GOOD_MIN_GRADE - 1:].sum(1), probs.argmax(1) + 1
     base_p, base_pred = fits["cos"]
     rows = {}
     print(f"| inputs ({args.k} folds, {len(queries)} queries) | per-query AUC | pooled AUC | Good-F1 | macro-F1 "

@@ -11,25 +11,28 @@ DATA=${DATA:-runs/quickstart/data}
 OUT=${1:-runs/relevance_cv}
 CFG=src/searchrl/configs/sft_chorus.yaml
 SEARCHRL=${SEARCHRL:-.venv/bin/searchrl}
-cv() {  # NAME [--set ...]: every fold in its own process, then the whole table from the reused folds
-  local name=$1; shift
-  for fold in 0 1 2 3 4; do
+folds() {  # NAME LOG "F F ..." [--set ...]: those folds, each in its own process
+  local name=$1 log=$2 list=$3; shift 3
+  for fold in $list; do
     OMP_NUM_THREADS=1 "$SEARCHRL" eval relevance --cv 5 --folds "$fold" --config "$CFG" --data "$DATA" \
-      --out "$OUT/$name" "$@" >> "$OUT/$name.log" 2>&1
+      --out "$OUT/$name" "$@" >> "$log" 2>&1
   done
+}
+table() {  # NAME [--set ...]: the whole table from the reused folds
+  local name=$1; shift
   OMP_NUM_THREADS=1 "$SEARCHRL" eval relevance --cv 5 --config "$CFG" --data "$DATA" --out "$OUT/$name" "$@" \
     >> "$OUT/$name.log" 2>&1
 }
 mkdir -p "$OUT"
 if [ "${DEFAULT_ONLY:-0}" = 1 ]; then  # the default alone, two folds side by side (grade_mix_proxy.sh)
-  cv_folds() { for fold in "$@"; do OMP_NUM_THREADS=1 "$SEARCHRL" eval relevance --cv 5 --folds "$fold" \
-    --config "$CFG" --data "$DATA" --out "$OUT/default" >> "$OUT/default.f$1.log" 2>&1; done; }
-  cv_folds 0 2 4 & cv_folds 1 3 & wait
-  OMP_NUM_THREADS=1 "$SEARCHRL" eval relevance --cv 5 --config "$CFG" --data "$DATA" --out "$OUT/default" \
-    >> "$OUT/default.log" 2>&1
+  folds default "$OUT/default.log" "0 2 4" & folds default "$OUT/default.f1.log" "1 3" & wait
+  table default
   .venv/bin/python scripts/cv_compare.py default="$OUT/default" --json "$OUT/summary.json" | tee "$OUT/summary.md"
   exit 0
 fi
-cv default & cv no_rule_teacher --set cot_fraction=0 & wait
+{ folds default "$OUT/default.log" "0 1 2 3 4"; table default; } &
+{ folds no_rule_teacher "$OUT/no_rule_teacher.log" "0 1 2 3 4" --set cot_fraction=0
+  table no_rule_teacher --set cot_fraction=0; } &
+wait
 .venv/bin/python scripts/cv_compare.py default="$OUT/default" without_rule_teacher="$OUT/no_rule_teacher" \
     --json "$OUT/summary.json" | tee "$OUT/summary.md"

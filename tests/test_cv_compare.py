@@ -60,3 +60,26 @@ def test_stack_is_fitted_on_the_other_folds_and_ranks_as_its_best_member(tmp_pat
     assert rows["cross"]["x_good_auc_per_query"] < 0.2  # a fit that saw its own fold would rank it right
     with pytest.raises(SystemExit, match="no system"):
         load_script("cv_compare").main([f"model={tmp_path / 'a'}", "--stack", "x=model+nope"])
+
+
+def test_within_query_z_is_centred_per_query():
+    script = load_script("cv_compare")
+    x, qid = np.array([1.0, 2.0, 3.0, 10.0, 30.0]), np.array(["a", "a", "a", "b", "b"])
+    z = script.within_query_z(x, qid)
+    np.testing.assert_allclose([z[:3].mean(), z[3:].mean()], [0, 0], atol=1e-9)
+    np.testing.assert_allclose(z[3:], [-1, 1], atol=1e-6)
+
+
+def test_cross_fitted_probs_of_a_fold_ignore_its_labels():
+    script = load_script("cv_compare")
+    rng = np.random.default_rng(0)
+    y = rng.integers(1, 5, 200)
+    x = (y + rng.normal(0, 1, 200))[:, None]
+    fold = np.arange(200) % 4
+    p = script.cross_fitted_probs(x, y, fold)
+    y2 = y.copy()
+    y2[fold == 0] = rng.permutation(y2[fold == 0])  # fold 0's labels scrambled: its predictions must not move
+    p2 = script.cross_fitted_probs(x, y2, fold)
+    np.testing.assert_allclose(p[fold == 0], p2[fold == 0])
+    assert not np.allclose(p[fold == 1], p2[fold == 1])  # the other folds' fits saw the change
+    assert np.corrcoef(p[:, 2:].sum(1), y >= 3)[0, 1] > 0.5  # and P(Good) follows the informative feature
