@@ -37,9 +37,10 @@ from bench_scoring import chorus_requests, report  # noqa: E402  (the scoring be
 
 def build(model_dir: Path, data: str | None, n_prompts: int) -> list[dict]:
     """Save the model once; the prompts (built with the default prompt config) as {prompt, grade}."""
-    from searchrl.relevance.model import MINILM_QWEN2, load_relevance_model
-    from searchrl.relevance.prompt import PromptConfig, build_prompt
-    from searchrl.relevance.scorer_config import ScorerConfig, save_scorer_config
+    from searchrl.relevance.model.builds import MINILM_QWEN2
+    from searchrl.relevance.model.load import load_relevance_model
+    from searchrl.relevance.format.prompt import PromptConfig, build_prompt
+    from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
     model, tok = load_relevance_model(MINILM_QWEN2)
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
@@ -53,7 +54,7 @@ def build(model_dir: Path, data: str | None, n_prompts: int) -> list[dict]:
 
 def run_ours(model_dir: str, prompts: list[dict], a, out: str) -> list[float]:
     from searchrl.config import config_from_dict
-    from searchrl.relevance.grpo import GRPOConfig, train_grpo
+    from searchrl.relevance.train.grpo import GRPOConfig, train_grpo
     cfg = config_from_dict(GRPOConfig, {
         "model": model_dir, "beta": 0.0, "num_iterations": 1, "loss_type": "dapo", "chat_template": False,
         "rollout": {"group_size": a.group_size, "prompts_per_step": a.prompts_per_step,
@@ -71,8 +72,8 @@ def run_trl(model_dir: str, prompts: list[dict], a, out: str) -> list[float]:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from searchrl.relevance.model import load_tokenizer
-    from searchrl.relevance.rewards import GradeReward
+    from searchrl.relevance.model.tokenizer import load_tokenizer
+    from searchrl.relevance.train.rewards import GradeReward
     tok = load_tokenizer(model_dir)
     grade_reward = GradeReward()
 

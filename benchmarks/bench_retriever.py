@@ -59,7 +59,7 @@ import torch  # noqa: E402
 
 from searchrl.config import load_config, save_config  # noqa: E402
 from searchrl.data.schema import Dataset, load_dataset, write_dataset  # noqa: E402
-from searchrl.retrieval.bm25 import BM25Index  # noqa: E402
+from searchrl.lexical.bm25 import BM25Index  # noqa: E402
 from searchrl.retrieval.config import RetrieverConfig  # noqa: E402
 from searchrl.retrieval.encoder import build_encoder, embed, save_encoder  # noqa: E402
 from searchrl.retrieval.evaluate import Retriever, evaluate_retrieval  # noqa: E402

@@ -249,8 +249,9 @@ def main() -> None:
         if a.model:
             model_dir = Path(a.model)
         else:
-            from searchrl.relevance.model import MINILM_QWEN2, load_relevance_model
-            from searchrl.relevance.scorer_config import ScorerConfig, save_scorer_config
+            from searchrl.relevance.model.builds import MINILM_QWEN2
+            from searchrl.relevance.model.load import load_relevance_model
+            from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
             model, tok = load_relevance_model(MINILM_QWEN2)
             model_dir = Path(d, "model")
             model.save_pretrained(model_dir)

@@ -26,7 +26,7 @@ $S plot --run "GRPO=$RL/grpo" --run "GRPO+shaping=$O/grpo_shaping" --run "GRPO+s
 .venv/bin/python - "$RL" "$O" <<'PY'
 import json, sys
 import numpy as np
-from searchrl.eval.metrics import print_table, read_metrics_json
+from searchrl.metrics.measures import print_table, read_metrics_json
 from searchrl.eval.plot import read_metrics
 rl, o = sys.argv[1:]
 runs = {"DPO": (f"{rl}/dpo.json", f"{rl}/dpo"), "GRPO (outcome reward)": (f"{rl}/grpo.json", f"{rl}/grpo"),

@@ -23,7 +23,7 @@ for run in sft dpo grpo grpo_no_dynamic_sampling grpo_no_class_balance; do
 done
 .venv/bin/python - "$O" <<'PY'
 import sys
-from searchrl.eval.metrics import RELEVANCE_COLUMNS, print_table, read_metrics_json
+from searchrl.metrics.measures import RELEVANCE_COLUMNS, print_table, read_metrics_json
 runs = ["sft", "dpo", "grpo", "grpo_no_dynamic_sampling", "grpo_no_class_balance"]
 rows = [{**read_metrics_json(f"{sys.argv[1]}/{r}.json")["rows"][0], "system": r} for r in runs]
 print_table(rows, RELEVANCE_COLUMNS + ["x_hallucination_rate", "x_format_error_rate"],

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from searchrl.eval.metrics import write_metrics_json
-from searchrl.relevance.crossval import summarize
+from searchrl.metrics.measures import write_metrics_json
+from searchrl.eval.crossval import summarize
 
 
 def merge(runs: dict[str, str]) -> dict:

@@ -31,10 +31,10 @@ from sklearn.metrics import f1_score
 
 from searchrl.data.schema import GOOD_MIN_GRADE, load_dataset, product_text
 from searchrl.eval.baselines import _words, lexical_features, minilm_cosine
-from searchrl.eval.metrics import classification_metrics, good_auc, per_query_auc
-from searchrl.eval.stats import paired_bootstrap, paired_metric_bootstrap
-from searchrl.relevance.crossval import query_folds
-from searchrl.retrieval.bm25 import BM25Index
+from searchrl.metrics.measures import classification_metrics, good_auc, per_query_auc
+from searchrl.metrics.stats import paired_bootstrap, paired_metric_bootstrap
+from searchrl.eval.crossval import query_folds
+from searchrl.lexical.bm25 import BM25Index
 
 sys.path.insert(0, str(Path(__file__).parent))  # a sibling script, also when loaded by path (tests)
 from cv_compare import cross_fitted_probs, within_query_z  # noqa: E402  the same stack as cv_compare.py --stack

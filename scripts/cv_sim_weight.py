@@ -21,10 +21,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from searchrl.data.schema import load_dataset
-from searchrl.eval.metrics import classification_metrics, per_query_auc
-from searchrl.relevance.evaluate import split_probs, tune_beta
-from searchrl.relevance.scorer import RelevanceScorer
-from searchrl.relevance.tiering import tiered_grades
+from searchrl.metrics.measures import classification_metrics, per_query_auc
+from searchrl.relevance.scoring.evaluate import split_probs, tune_beta
+from searchrl.relevance.scoring.scorer import RelevanceScorer
+from searchrl.relevance.scoring.tiering import tiered_grades
 
 
 def good_log_odds(p: np.ndarray) -> np.ndarray:

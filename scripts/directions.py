@@ -39,14 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from searchrl.data.schema import load_dataset
-from searchrl.eval.metrics import retrieval_metrics
-from searchrl.eval.stats import paired_bootstrap
+from searchrl.metrics.measures import retrieval_metrics
+from searchrl.metrics.stats import paired_bootstrap
 from searchrl.pipeline import load_pipeline_config
-from searchrl.relevance.rules import RuleEngine
-from searchrl.retrieval.bm25 import BM25Index
+from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.lexical.bm25 import BM25Index
 from searchrl.retrieval.evaluate import Retriever, evaluate_retrieval
 from searchrl.retrieval.judges import JUDGES, build_judge, judge_quality
-from searchrl.retrieval.pipeline import catalogue_subset, run_stage, stage_config
+from searchrl.retrieval.chain import catalogue_subset, run_stage, stage_config
 
 
 class RulesGrader:
@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
     bm25 = BM25Index(sub.products)
     scorer = None
     if a.model:
-        from searchrl.relevance.scorer import RelevanceScorer
+        from searchrl.relevance.scoring.scorer import RelevanceScorer
         scorer = RelevanceScorer.load(a.model)
     quality = {j: judge_quality(build_judge(j, ds, scorer, bm25=bm25), ds, a.split) for j in judges}
     no_x = a.exclusivity_judge if a.exclusivity_judge in judges else "rules" if a.exclusivity_judge != "none" \

@@ -3,7 +3,7 @@
 TaoSR1's and AGRL's claims are about what RL adds on top of SFT. An SFT model trained on every label has
 left RL nothing to add (on Chorus every RL stage moved macro-F1 by +-0.013). Here, on each cross-validation
 fold (relevance/crossval.py: the same folds as `searchrl eval relevance --cv 5`), the fold's train queries
-are halved (crossval.rl_room_split): the default relevance model is SFT-trained on one half, and the RL
+are halved (crossval.sft_rl_split): the default relevance model is SFT-trained on one half, and the RL
 stages take their prompts, with the human grades as verifiable rewards, from the other half. Per fold and
 seed it trains, each with the project's own CLI (one process per stage, finished stages reused):
 
@@ -56,10 +56,10 @@ from pathlib import Path
 import numpy as np
 
 from searchrl.data.schema import load_dataset, write_dataset
-from searchrl.eval.metrics import fast_scores
-from searchrl.eval.stats import paired_bootstrap, paired_metric_bootstrap
-from searchrl.relevance.crossval import fold_dataset, per_query_auc_matrix, query_folds, rl_room_split, summarize
-from searchrl.relevance.prompt import grade_token
+from searchrl.metrics.measures import fast_scores
+from searchrl.metrics.stats import paired_bootstrap, paired_metric_bootstrap
+from searchrl.eval.crossval import fold_dataset, per_query_auc_matrix, query_folds, sft_rl_split, summarize
+from searchrl.relevance.format.prompt import grade_token
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "searchrl" / "configs"
 GRPO_VARIANTS = {  # name: extra --set overrides on top of grpo_chorus.yaml
@@ -100,7 +100,7 @@ def run_fold(ds, folds, fold: int, seed: int, out: Path, a) -> dict[str, Path]:
     d.mkdir(parents=True, exist_ok=True)
     log = d / "stages.log"
     fds = fold_dataset(ds, folds, fold)
-    sft_ds, rl_ds = rl_room_split(fds, a.sft_fraction, seed=seed)
+    sft_ds, rl_ds = sft_rl_split(fds, a.sft_fraction, seed=seed)
     for name, part in (("sft_data", sft_ds), ("rl_data", rl_ds)):
         if not (d / name / "dataset.json").exists():
             write_dataset(part, d / name)
@@ -148,8 +148,8 @@ def test_predictions(model: Path, fds, cache: Path) -> np.ndarray:
     """[N, 4] grade probabilities of a dataset's test pairs: the fold's, or the rule-graded queries' (cached)."""
     if cache.exists():
         return np.load(cache)
-    from searchrl.relevance.evaluate import split_probs
-    from searchrl.relevance.scorer import RelevanceScorer
+    from searchrl.relevance.scoring.evaluate import split_probs
+    from searchrl.relevance.scoring.scorer import RelevanceScorer
     probs = split_probs(RelevanceScorer.load(model), fds, "test")[0]
     np.save(cache, probs)
     return probs
@@ -168,8 +168,8 @@ def rule_graded_queries(ds, n: int, out: Path):
         rq = load_dataset(d)
         if rq.card.get("requested") == n:  # the writer may find fewer than n: key the cache by the request
             return rq
-    from searchrl.relevance.rules import RuleEngine
-    from searchrl.relevance.synthetic import synthetic_dataset
+    from searchrl.relevance.rules.engine import RuleEngine
+    from searchrl.relevance.rules.synthetic import synthetic_dataset
     rq = synthetic_dataset(ds, RuleEngine.from_yaml(), n, seed=1000, exclude_splits=("train", "valid", "test"))
     rq.card["requested"] = n
     write_dataset(rq, d)
@@ -204,8 +204,8 @@ def stuck_predictions(model: Path, run: Path, cache: Path) -> tuple[np.ndarray, 
     if cache.exists():
         pred = np.load(cache)
     else:
-        from searchrl.relevance.evaluate import split_probs
-        from searchrl.relevance.scorer import RelevanceScorer
+        from searchrl.relevance.scoring.evaluate import split_probs
+        from searchrl.relevance.scoring.scorer import RelevanceScorer
         pred = split_probs(RelevanceScorer.load(model), sub, "train")[0].argmax(1) + 1
         np.save(cache, pred)
     return gold["query_id"].astype(str).to_numpy(), gold["grade"].astype(int).to_numpy(), pred
@@ -292,7 +292,7 @@ def contrasts(result: dict, n_boot: int = 2000) -> list[dict]:
 
 def stuck_rows(result: dict, n_boot: int = 2000) -> list[dict]:
     """Accuracy on the stuck RL prompts per system (query-bootstrap interval), and replay's paired gain there."""
-    from searchrl.eval.stats import query_bootstrap
+    from searchrl.metrics.stats import query_bootstrap
     stuck, rows = result["stuck"], []
     for name, s in stuck.items():
         right, groups = np.asarray(s["right"], dtype=float), np.asarray(s["query_id"])

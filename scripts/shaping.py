@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rl_room import CONFIGS, run_main, searchrl, write_report  # one way to run a stage and report, for both
 
 from searchrl.data.schema import load_dataset, pair_products
-from searchrl.eval.metrics import fast_scores
-from searchrl.eval.stats import paired_bootstrap, paired_metric_bootstrap, query_bootstrap
-from searchrl.relevance.parser import is_consistent, parse_completion
+from searchrl.metrics.measures import fast_scores
+from searchrl.metrics.stats import paired_bootstrap, paired_metric_bootstrap, query_bootstrap
+from searchrl.relevance.format.parser import is_consistent, parse_completion
 
 SYSTEMS = {"grpo_outcome": ["reward.kind=grade"], "grpo_shaping": ["reward.kind=rule_aware"]}
 RATES = ("format_error", "adherence")  # per pair: 1/0, adherence NaN where the completion does not parse
@@ -94,8 +94,8 @@ def decoded(model: Path, pairs, cache: Path, max_new_tokens: int) -> list[dict]:
             raise SystemExit(f"error: {cache}: {len(rows)} cached completions for {len(pairs)} test pairs; "
                              "remove it or use another --out")
         return rows
-    from searchrl.relevance.evaluate import decode_completions
-    from searchrl.relevance.scorer import RelevanceScorer
+    from searchrl.relevance.scoring.evaluate import decode_completions
+    from searchrl.relevance.scoring.scorer import RelevanceScorer
     scorer = RelevanceScorer.load(model)
     prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], pair_products(pairs))]
     texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, 16)

@@ -87,8 +87,8 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved random tiny Qwen2 relevance model with a scorer config (default prompt: a long shared prefix)."""
-    from searchrl.relevance.model import load_relevance_model
-    from searchrl.relevance.scorer_config import ScorerConfig, save_scorer_config
+    from searchrl.relevance.model.load import load_relevance_model
+    from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
     d = tmp_path_factory.mktemp("tiny_model")
     model, tok = load_relevance_model("tiny-qwen2", seed=1)
     model.save_pretrained(d)

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from searchrl.retrieval.bm25 import BM25Index
+from searchrl.lexical.bm25 import BM25Index
 
 PRODUCTS = pd.DataFrame({
     "product_id": ["a", "b", "c", "d"],

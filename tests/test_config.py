@@ -52,8 +52,8 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
 
 def test_a_section_given_in_part_keeps_its_owners_defaults():
     """SFT's optim section defaults (cosine, warmup 0.03) survive --set optim.lr=...; GRPO's differ from SFT's."""
-    from searchrl.relevance.grpo import GRPOConfig
-    from searchrl.relevance.sft import SFTConfig
+    from searchrl.relevance.train.grpo import GRPOConfig
+    from searchrl.relevance.train.sft import SFTConfig
     sft = load_config(SFTConfig, None, ["optim.lr=1e-3"])
     assert sft.optim.lr == 1e-3 and sft.optim.schedule == "cosine" and sft.optim.warmup_ratio == 0.03
     grpo = load_config(GRPOConfig, None, ["optim.lr=1e-3", "rollout.group_size=4"])

@@ -6,8 +6,8 @@ import pytest
 from searchrl.config import config_from_dict
 from searchrl.data.schema import load_dataset, write_dataset
 from searchrl.errors import ConfigError
-from searchrl.relevance.crossval import crossval, fold_dataset, query_folds, rl_room_split, summarize
-from searchrl.relevance.sft import SFTConfig
+from searchrl.eval.crossval import crossval, fold_dataset, query_folds, sft_rl_split, summarize
+from searchrl.relevance.train.sft import SFTConfig
 
 
 def test_folds_are_disjoint_cover_every_query_once_and_are_seeded(tiny_data):
@@ -27,9 +27,9 @@ def test_folds_are_disjoint_cover_every_query_once_and_are_seeded(tiny_data):
         query_folds(ds.queries["query_id"], 11)
 
 
-def test_rl_room_split_gives_sft_and_rl_disjoint_train_queries_and_keeps_valid_and_test(tiny_data, tmp_path):
+def test_sft_rl_split_gives_sft_and_rl_disjoint_train_queries_and_keeps_valid_and_test(tiny_data, tmp_path):
     fds = fold_dataset(load_dataset(tiny_data), query_folds(load_dataset(tiny_data).queries["query_id"], 5), 0)
-    sft, rl = rl_room_split(fds, 0.5, seed=0)
+    sft, rl = sft_rl_split(fds, 0.5, seed=0)
     train = set(fds.split("train").queries["query_id"])
     a, b = set(sft.split("train").queries["query_id"]), set(rl.split("train").queries["query_id"])
     assert a and b and not a & b and a | b == train and len(a) == 3  # half of the 6 train queries each
@@ -38,13 +38,13 @@ def test_rl_room_split_gives_sft_and_rl_disjoint_train_queries_and_keeps_valid_a
             assert part.split(name).queries.equals(fds.split(name).queries)
         assert set(part.judgments["query_id"]) == set(part.queries["query_id"])  # the other share's labels gone
         write_dataset(part, tmp_path / f"d{len(list(tmp_path.iterdir()))}")  # a valid dataset on disk
-    again, other = rl_room_split(fds, 0.5, seed=0)[0], rl_room_split(fds, 0.5, seed=1)[0]
+    again, other = sft_rl_split(fds, 0.5, seed=0)[0], sft_rl_split(fds, 0.5, seed=1)[0]
     assert set(again.split("train").queries["query_id"]) == a
     assert set(other.split("train").queries["query_id"]) != a  # the split is seeded
-    assert len(rl_room_split(fds, 0.2)[0].split("train").queries) == 1
+    assert len(sft_rl_split(fds, 0.2)[0].split("train").queries) == 1
     for bad in (0, 1, 1.5):
         with pytest.raises(ConfigError, match="sft_fraction"):
-            rl_room_split(fds, bad)
+            sft_rl_split(fds, bad)
 
 
 @pytest.mark.slow
@@ -66,10 +66,10 @@ def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_da
     assert diff[1] <= diff[0] <= diff[2]
     # a re-run reuses each finished fold (same config): no training step is taken again, same predictions
     from unittest import mock
-    with mock.patch("searchrl.relevance.sft.run_sft", side_effect=AssertionError("retrained a finished fold")):
+    with mock.patch("searchrl.relevance.train.sft.run_sft", side_effect=AssertionError("retrained a finished fold")):
         again = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path)
     assert again["systems"]["model"]["score"] == result["systems"]["model"]["score"]
-    with mock.patch("searchrl.relevance.sft.run_sft", side_effect=AssertionError("retrained a finished fold")):
+    with mock.patch("searchrl.relevance.train.sft.run_sft", side_effect=AssertionError("retrained a finished fold")):
         part = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, folds_to_run=[1])  # a subset of the folds
     assert set(part["fold"]) == {1} and len(part["grade"]) == result["fold"].count(1)
     with pytest.raises(ConfigError):

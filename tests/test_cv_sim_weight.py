@@ -4,8 +4,9 @@ import numpy as np
 import torch
 from conftest import load_script
 
-from searchrl.relevance.model import MINILM_PREFIX, grade_probs, load_relevance_model
-from searchrl.relevance.prompt import PromptConfig, build_prompt
+from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
+from searchrl.relevance.model.load import grade_probs, load_relevance_model
+from searchrl.relevance.format.prompt import PromptConfig, build_prompt
 
 PRODUCTS = [{"title": "Dell XPS 13 laptop", "brand": "Dell"}, {"title": "Targus laptop bag", "brand": "Targus"},
             {"title": "Logitech wireless mouse", "brand": "Logitech"}]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from searchrl.config import config_from_dict
-from searchrl.relevance.sft import SFTConfig, train_sft
+from searchrl.relevance.train.sft import SFTConfig, train_sft
 from test_sft import make_examples
 
 

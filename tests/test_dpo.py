@@ -13,17 +13,13 @@ from safetensors.torch import load_file
 
 from searchrl.cli import main
 from searchrl.config import config_from_dict
-from searchrl.relevance.dpo import DPOConfig, encode_pair, pair_logps, train_dpo
-from searchrl.relevance.examples import IGNORE, collate
-from searchrl.relevance.model import (
-    LoraSettings,
-    frozen_reference,
-    grade_token_ids,
-    load_relevance_model,
-    load_trainable,
-)
-from searchrl.relevance.prompt import build_completion
-from searchrl.relevance.sample import write_pairs
+from searchrl.relevance.train.dpo import DPOConfig, encode_pair, pair_logps, train_dpo
+from searchrl.relevance.train.examples import IGNORE, collate
+from searchrl.relevance.model.lora import LoraSettings, frozen_reference
+from searchrl.relevance.model.tokenizer import grade_token_ids
+from searchrl.relevance.model.load import load_relevance_model, load_trainable
+from searchrl.relevance.format.prompt import build_completion
+from searchrl.relevance.train.sample import write_pairs
 
 VERDICTS = {
     4: {"query": "cable", "item": "cable", "category": "match", "attribute": "match"},

@@ -6,11 +6,11 @@ import numpy as np
 
 from searchrl.cli import main
 from searchrl.data.schema import load_dataset
-from searchrl.eval.metrics import classification_metrics, read_metrics_json
-from searchrl.relevance.evaluate import split_probs, tune_tiering
-from searchrl.relevance.scorer import RelevanceScorer
-from searchrl.relevance.scorer_config import load_scorer_config
-from searchrl.relevance.tiering import tiered_grades
+from searchrl.metrics.measures import classification_metrics, read_metrics_json
+from searchrl.relevance.scoring.evaluate import split_probs, tune_tiering
+from searchrl.relevance.scoring.scorer import RelevanceScorer
+from searchrl.relevance.model.scorer_config import load_scorer_config
+from searchrl.relevance.scoring.tiering import tiered_grades
 
 
 def test_tune_tiering_stores_beta_and_eval_reports_three_decisions(tiny_model_dir, tiny_data, tmp_path, capsys):

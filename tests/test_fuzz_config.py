@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from searchrl.config import load_config, save_config
 from searchrl.errors import ConfigError, UserError
-from searchrl.relevance.grpo import GRPOConfig
-from searchrl.relevance.sft import SFTConfig
+from searchrl.relevance.train.grpo import GRPOConfig
+from searchrl.relevance.train.sft import SFTConfig
 from searchrl.retrieval.config import RetrieverConfig
 
 # derandomize: the same examples in CI on every run; deadline=None: a loaded 2-core machine is slow

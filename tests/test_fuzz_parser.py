@@ -9,8 +9,8 @@ say, must read back exactly (grade, verdicts, notes), and a parse that says ``ok
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from searchrl.relevance.parser import ParsedCompletion, allowed_grades, is_consistent, parse_completion
-from searchrl.relevance.prompt import (
+from searchrl.relevance.format.parser import ParsedCompletion, allowed_grades, is_consistent, parse_completion
+from searchrl.relevance.format.prompt import (
     ATTRIBUTE_VALUES,
     CATEGORY_VALUES,
     STEPS,

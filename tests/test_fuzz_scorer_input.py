@@ -17,8 +17,8 @@ from test_fuzz_importer import TEXT, assert_clear, table_file, write_file
 
 from searchrl.data.schema import DataError
 from searchrl.errors import UserError
-from searchrl.relevance.prompt import build_prompt
-from searchrl.relevance.scorer import read_scoring_requests
+from searchrl.relevance.format.prompt import build_prompt
+from searchrl.relevance.scoring.scorer import read_scoring_requests
 
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -14,13 +14,13 @@ import torch
 from conftest import LORA, assert_only_adapters_moved
 
 from searchrl.config import config_from_dict
-from searchrl.relevance import model as model_mod
-from searchrl.relevance.grpo import GRPOConfig, train_grpo
-from searchrl.relevance.grpo_rollouts import PromptSampler, RolloutConfig
-from searchrl.relevance.prompt import PromptConfig, build_prompt
-from searchrl.relevance.rewards import GradeReward
-from searchrl.relevance.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
-from searchrl.relevance.sft import SFTConfig, train_sft
+from searchrl.relevance.model import load as model_mod
+from searchrl.relevance.train.grpo import GRPOConfig, train_grpo
+from searchrl.relevance.train.rollouts import PromptSampler, RolloutConfig
+from searchrl.relevance.format.prompt import PromptConfig, build_prompt
+from searchrl.relevance.train.rewards import GradeReward
+from searchrl.relevance.model.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
+from searchrl.relevance.train.sft import SFTConfig, train_sft
 
 # the controlled task: the right grade is a function of the colour word in the title, nothing else
 COLOURS = {"red": 4, "blue": 3, "green": 2, "black": 1}
@@ -107,7 +107,7 @@ def test_beta_zero_loads_no_reference_and_beta_positive_logs_kl(format_model, tm
     loads = []
     real = model_mod.load_relevance_model
     monkeypatch.setattr(model_mod, "load_relevance_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
-    monkeypatch.setattr("searchrl.relevance.grpo.load_relevance_model", model_mod.load_relevance_model)
+    monkeypatch.setattr("searchrl.relevance.train.grpo.load_relevance_model", model_mod.load_relevance_model)
     p = colour_prompts()
     r0 = train_grpo(grpo_cfg(format_model, tmp_path / "b0", max_steps=2, beta=0.0), p,
                     reward_fn=GradeReward(format_weight=0))
@@ -150,11 +150,12 @@ def test_resume_reproduces_uninterrupted_run(format_model, tmp_path):
 
 def test_lora_grpo_uses_the_adapters_off_reference_trains_adapters_only_and_resumes(format_model, tmp_path,
                                                                                      monkeypatch):
-    from searchrl.relevance.model import frozen_reference, grade_token_ids
+    from searchrl.relevance.model.lora import frozen_reference
+    from searchrl.relevance.model.tokenizer import encode_prompt, grade_token_ids
     loads = []
     real = model_mod.load_relevance_model
     monkeypatch.setattr(model_mod, "load_relevance_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
-    monkeypatch.setattr("searchrl.relevance.grpo.load_relevance_model", model_mod.load_relevance_model)
+    monkeypatch.setattr("searchrl.relevance.train.grpo.load_relevance_model", model_mod.load_relevance_model)
     p, reward = colour_prompts(), GradeReward(format_weight=0)
     kw = dict(max_steps=3, beta=0.1, lora=LORA, lr=1e-2, dynamic_sampling=False)
     full = train_grpo(grpo_cfg(format_model, tmp_path / "full", **kw), p, reward_fn=reward)
@@ -165,7 +166,7 @@ def test_lora_grpo_uses_the_adapters_off_reference_trains_adapters_only_and_resu
     merged, tok = real(str(full.final_dir))  # final/: merged, a plain relevance model
     assert not any("lora" in k or "base_layer" in k for k in merged.state_dict())
     start, _ = real(str(format_model))
-    x = torch.tensor([model_mod.encode_prompt(tok, p[0]["prompt"]) + [grade_token_ids(tok)[0]]])
+    x = torch.tensor([encode_prompt(tok, p[0]["prompt"]) + [grade_token_ids(tok)[0]]])
     with torch.no_grad():
         out = merged.eval()(x).logits
         torch.testing.assert_close(out, full.model.eval()(x).logits, atol=1e-5, rtol=1e-5)
@@ -250,8 +251,8 @@ def test_grpo_learns_the_colour_task_and_dynamic_sampling_gets_there_in_fewer_ro
 
 
 def test_dynamic_sampling_looks_at_grade_correctness_not_the_format_bonus():
-    from searchrl.relevance.grpo_rollouts import ds_signal
-    from searchrl.relevance.prompt import build_completion
+    from searchrl.relevance.train.rollouts import ds_signal
+    from searchrl.relevance.format.prompt import build_completion
     from searchrl.rl.grpo_loss import dynamic_sampling_mask
     good = build_completion(3, {"query": "laptop", "item": "laptop", "category": "match", "attribute": "partial"})
     # one group of 4, all right, two of them well formed: the total reward varies, correctness does not
@@ -267,8 +268,8 @@ def test_dynamic_sampling_looks_at_grade_correctness_not_the_format_bonus():
 # ---------------------------------------------------------------- rule-aware reward and non-finite loss
 
 def test_reward_rule_aware_is_picked_from_the_config_and_its_components_logged(tmp_path):
-    from searchrl.relevance.prompt import build_completion
-    from searchrl.relevance.rewards import RuleRewardConfig
+    from searchrl.relevance.format.prompt import build_completion
+    from searchrl.relevance.train.rewards import RuleRewardConfig
     ref = build_completion(3, {"query": "shirt", "item": "shirt", "category": "match", "attribute": "partial"})
     p = [{**x, "completion": ref} for x in colour_prompts()]
     with pytest.raises(ValueError):

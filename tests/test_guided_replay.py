@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from searchrl.config import config_from_dict
-from searchrl.relevance.grpo import GRPOConfig, train_grpo
-from searchrl.relevance.grpo_rollouts import PromptSampler, RolloutConfig
-from searchrl.relevance.guided_replay import (
+from searchrl.relevance.train.grpo import GRPOConfig, train_grpo
+from searchrl.relevance.train.rollouts import PromptSampler, RolloutConfig
+from searchrl.relevance.train.guided_replay import (
     GuidedReplay,
     GuidedReplayConfig,
     HardPromptBuffer,
@@ -18,11 +18,12 @@ from searchrl.relevance.guided_replay import (
     hint_text,
     hinted_prompt,
 )
-from searchrl.relevance.model import grade_probs, render_prompt
-from searchrl.relevance.prompt import PromptConfig, build_completion, build_prompt
-from searchrl.relevance.rewards import GradeReward, RewardOutput
-from searchrl.relevance.scorer_config import ScorerConfig, save_scorer_config
-from searchrl.relevance.sft import SFTConfig, train_sft
+from searchrl.relevance.model.load import grade_probs
+from searchrl.relevance.model.tokenizer import render_prompt
+from searchrl.relevance.format.prompt import PromptConfig, build_completion, build_prompt
+from searchrl.relevance.train.rewards import GradeReward, RewardOutput
+from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
+from searchrl.relevance.train.sft import SFTConfig, train_sft
 from searchrl.rl.grpo_loss import clipped_surrogate
 from searchrl.rl.rollout import Rollout, concat_rollouts
 
@@ -119,7 +120,7 @@ def _guide(mode: str):
     rewards = [0.0, 0.1, 0.2, 0.3, 1, 1, 1, 1]
     scored = RewardOutput(rewards, {"grade": [0, 0, 0, 0, 1, 1, 1, 1]})
     guided = Rollout(torch.full((2, 2), 9), torch.ones(2, 2), torch.tensor([[50], [51]]), torch.ones(2, 1), 2)
-    import searchrl.relevance.guided_replay as mod
+    import searchrl.relevance.train.guided_replay as mod
     real, mod.sample_groups = mod.sample_groups, lambda *a, **k: guided
     mod_texts = Rollout.texts
     Rollout.texts = lambda self, tok: ["<L1>"] * len(self.completion_ids)
@@ -172,7 +173,7 @@ def p_black_l1(model, tok) -> float:
 
 def test_stuck_class_recovers_with_guided_replay_and_not_without(stuck_model, tmp_path, one_thread):
     p = colour_prompts()
-    from searchrl.relevance.model import load_relevance_model
+    from searchrl.relevance.model.load import load_relevance_model
     m0, tok = load_relevance_model(str(stuck_model))
     start = p_black_l1(m0, tok)
     assert start < 0.02  # stuck: L1 almost never sampled for black

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from searchrl.eval.metrics import (
+from searchrl.metrics.measures import (
     classification_metrics,
     format_table,
     good_auc,
@@ -227,7 +227,7 @@ def test_format_table(capsys):
 
 
 def test_fast_scores_equal_classification_metrics_on_random_grades():
-    from searchrl.eval.metrics import fast_scores
+    from searchrl.metrics.measures import fast_scores
     rng = np.random.default_rng(0)
     for n in (1, 5, 40, 300):
         for _ in range(20):

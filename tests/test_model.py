@@ -4,19 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from searchrl.relevance.model import (
-    TINY,
-    LoraSettings,
-    add_grade_tokens,
-    encode_prompt,
-    grade_probs,
-    grade_token_ids,
-    load_relevance_model,
-    minilm_tokenizer,
-    render_prompt,
-    tiny_qwen2,
-)
-from searchrl.relevance.prompt import GRADE_TOKENS, PromptConfig, build_prompt
+from searchrl.relevance.model.builds import TINY, tiny_qwen2
+from searchrl.relevance.model.lora import LoraSettings
+from searchrl.relevance.model.tokenizer import add_grade_tokens, encode_prompt, grade_token_ids, minilm_tokenizer, render_prompt
+from searchrl.relevance.model.load import grade_probs, load_relevance_model
+from searchrl.relevance.format.prompt import GRADE_TOKENS, PromptConfig, build_prompt
 
 PROMPTS = [
     "query: usb c cable\ntitle: anker usb c to usb c cable 1m\nanswer:\n",
@@ -105,8 +97,8 @@ def test_lora_freezes_base_weights():
 
 def test_minilm_tokenizer_round_trips_the_completion_grammar():
     """Decoded completions must parse: WordPiece alone loses newlines and '=>' and lowercases 'L3'."""
-    from searchrl.relevance.parser import is_consistent, parse_completion
-    from searchrl.relevance.prompt import build_completion
+    from searchrl.relevance.format.parser import is_consistent, parse_completion
+    from searchrl.relevance.format.prompt import build_completion
     _, tok = load_relevance_model(TINY)
     c = build_completion(3, {"query": "laptop", "item": "notebook", "category": "match", "attribute": "partial"})
     parsed = parse_completion(tok.decode(tok(c, add_special_tokens=False)["input_ids"]))
@@ -115,7 +107,8 @@ def test_minilm_tokenizer_round_trips_the_completion_grammar():
 
 
 def test_trimmed_tokenizer_keeps_corpus_tokenization_and_spells_the_rest(tmp_path):
-    from searchrl.relevance.model import load_tokenizer, minilm_qwen2, trim_minilm_tokenizer
+    from searchrl.relevance.model.tokenizer import load_tokenizer, trim_minilm_tokenizer
+    from searchrl.relevance.model.builds import minilm_qwen2
     base = minilm_tokenizer()
     tok = trim_minilm_tokenizer(PROMPTS, tmp_path / "tok")
     assert len(tok) < 2500 < len(base)  # the corpus' tokens, single characters and their ## forms

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from searchrl.relevance.parser import (
+from searchrl.relevance.format.parser import (
     RULE_TABLE,
     ParsedCompletion,
     allowed_grades,
@@ -13,7 +13,7 @@ from searchrl.relevance.parser import (
     is_consistent,
     parse_completion,
 )
-from searchrl.relevance.prompt import ATTRIBUTE_VALUES, CATEGORY_VALUES, PromptConfig, build_completion
+from searchrl.relevance.format.prompt import ATTRIBUTE_VALUES, CATEGORY_VALUES, PromptConfig, build_completion
 
 ORDERS = ("label_first", "cot_first")
 NOTES = {"query": "user wants a laptop: 17 inch", "item": "HP notebook: silver", "category": "same: type",
@@ -41,7 +41,7 @@ def test_round_trip_every_grade_and_order(grade, order):
 def test_round_trip_through_minilm_wordpiece_decode(order):
     # what a MiniLM-based model's sample looks like once decoded: "camera _ bag", " : ", "l3"; the default
     # model's CoT used to fail here on every multi-word type, which read as a 98-100% format-error rate
-    from searchrl.relevance.model import add_grade_tokens, minilm_tokenizer
+    from searchrl.relevance.model.tokenizer import add_grade_tokens, minilm_tokenizer
     tok = minilm_tokenizer()
     add_grade_tokens(tok)
     verdicts = {"query": "usb_c_cable", "item": "camera_bag", "category": "related", "attribute": "partial"}

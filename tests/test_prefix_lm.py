@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from searchrl.config import config_from_dict
-from searchrl.relevance.model import MINILM_PREFIX, PrefixLMSettings, encode_prompt, grade_probs, load_relevance_model
-from searchrl.relevance.prefill import shared_prefix_grade_probs
-from searchrl.relevance.prefix_lm import SEG_A, SEG_B, SEG_COMPLETION, SEG_READ, attention_bias, segments
-from searchrl.relevance.prompt import PromptConfig, build_prompt, product_text
+from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
+from searchrl.relevance.model.load import PrefixLMSettings, grade_probs, load_relevance_model
+from searchrl.relevance.model.tokenizer import encode_prompt
+from searchrl.relevance.scoring.prefill import shared_prefix_grade_probs
+from searchrl.relevance.model.prefix_lm import SEG_A, SEG_B, SEG_COMPLETION, SEG_READ, attention_bias, segments
+from searchrl.relevance.format.prompt import PromptConfig, build_prompt, product_text
 from searchrl.rl.rollout import sample_groups
 
 SEGMENTS = PromptConfig(layout="segments", max_description_chars=120, max_attributes=2, max_note_chars=0)
@@ -92,7 +94,7 @@ def test_kv_cached_decoding_and_prefix_sharing_are_exact(mask):
 
 def test_save_load_round_trip_and_training_moves_the_ranking(tmp_path, tiny_data):
     from transformers import AutoModelForCausalLM
-    from searchrl.relevance.sft import SFTConfig, run_sft
+    from searchrl.relevance.train.sft import SFTConfig, run_sft
     cfg = config_from_dict(SFTConfig, {
         "model": MINILM_PREFIX, "prompt": {"layout": "segments", "max_note_chars": 0}, "trim_vocab": True,
         "freeze_layers": 4, "head_lr": 1e-3, "rank_loss_weight": 1.0, "query_chunk": 4, "batch_size": 8,
@@ -121,9 +123,9 @@ def test_save_load_round_trip_and_training_moves_the_ranking(tmp_path, tiny_data
 def test_dpo_and_grpo_train_the_prefix_model(tmp_path):
     """The RL trainers take the segmented model as they take a decoder: a DPO step and a GRPO step whose
     rollouts decode through the KV cache after the product segment."""
-    from searchrl.relevance.dpo import DPOConfig, train_dpo
-    from searchrl.relevance.grpo import GRPOConfig, train_grpo
-    from searchrl.relevance.sample import write_pairs
+    from searchrl.relevance.train.dpo import DPOConfig, train_dpo
+    from searchrl.relevance.train.grpo import GRPOConfig, train_grpo
+    from searchrl.relevance.train.sample import write_pairs
     run = {"device": "cpu", "progress": False}
     prompts = [build_prompt("laptop", x, SEGMENTS) for x in PRODUCTS[:2]]
     pairs = write_pairs(tmp_path / "pairs.jsonl", [

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from searchrl.relevance.prompt import (
+from searchrl.relevance.format.prompt import (
     GRADE_TOKENS,
     STEPS,
     PromptConfig,

@@ -5,12 +5,12 @@ import pytest
 
 from searchrl.cli import main
 from searchrl.data.schema import load_dataset
-from searchrl.eval.metrics import read_metrics_json
+from searchrl.metrics.measures import read_metrics_json
 from searchrl.retrieval.evaluate import Retriever, evaluate_retrieval
 
 
 def test_evaluate_metrics_and_cache(tiny_data, tiny_model_dir, isolated_cache):
-    from searchrl.relevance.scorer import RelevanceScorer
+    from searchrl.relevance.scoring.scorer import RelevanceScorer
     ds = load_dataset(tiny_data)
     retriever = Retriever(None, ds.products, progress=False)  # zero-shot all-MiniLM-L6-v2
     assert len(list((isolated_cache / "embeddings").glob("*.npy"))) == 1  # corpus embeddings cached

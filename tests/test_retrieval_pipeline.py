@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from searchrl.retrieval import pipeline
+from searchrl.retrieval import chain as pipeline
 from searchrl.retrieval.config import RetrieverConfig
 
 

@@ -29,7 +29,7 @@ def test_exclusivity_bm25_and_overlap(tiny_data):
 
 
 def test_relevance_is_scored_once_per_pair_and_weighted(tiny_data, tiny_model_dir, tmp_path):
-    from searchrl.relevance.scorer import RelevanceScorer
+    from searchrl.relevance.scoring.scorer import RelevanceScorer
     ds = load_dataset(tiny_data)
     scorer = RelevanceScorer.load(tiny_model_dir)
     calls = []

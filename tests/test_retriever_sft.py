@@ -8,7 +8,7 @@ import torch
 from conftest import retriever_config
 
 from searchrl.retrieval.encoder import build_encoder, embed
-from searchrl.retrieval.stage import generated_pairs, load_training_data, read_query_file
+from searchrl.retrieval.shared import generated_pairs, load_training_data, read_query_file
 from searchrl.retrieval.train_sft import info_nce, mine_hard_negatives, train_contrastive
 
 
@@ -82,7 +82,7 @@ def test_sft_raises_positive_margin_and_hardneg_mines_non_positives(tiny_data, t
 def test_subset_products_keeps_every_judged_product_and_a_seeded_fill():
     import pandas as pd
 
-    from searchrl.retrieval.stage import subset_products
+    from searchrl.retrieval.shared import subset_products
     products = pd.DataFrame({"product_id": [f"p{i}" for i in range(20)], "title": ["t"] * 20})
     a = subset_products(products, {"p3", "p17"}, limit=6, seed=0)
     assert len(a) == 6 and {"p3", "p17"} <= set(a["product_id"])

@@ -3,8 +3,8 @@ both combination modes, partial grade credit, the engine reference, and config c
 
 import pytest
 
-from searchrl.relevance.prompt import PromptConfig, build_completion
-from searchrl.relevance.rewards import RuleAwareReward, RuleRewardConfig, breaks_hard_rule
+from searchrl.relevance.format.prompt import PromptConfig, build_completion
+from searchrl.relevance.train.rewards import RuleAwareReward, RuleRewardConfig, breaks_hard_rule
 
 REF_V = {"query": "laptop", "item": "laptop", "category": "match", "attribute": "partial"}
 REF = build_completion(3, REF_V)  # the teacher's reference: L3, match/partial
@@ -119,7 +119,7 @@ def test_normalize_then_sum_z_scores_each_component_within_its_group():
 
 
 def test_engine_reference_matches_a_completion_of_the_engine_verdicts():
-    from searchrl.relevance.rules import RuleEngine
+    from searchrl.relevance.rules.engine import RuleEngine
     query, product = "laptop bag", {"title": "Dell Latitude laptop", "category": "Laptops"}
     j = RuleEngine.from_yaml().judge(query, product)
     text = build_completion(j.grade, j.verdicts)

@@ -10,7 +10,7 @@ from searchrl.retrieval.config import RetrieverConfig
 from searchrl.retrieval.encoder import build_encoder, embed
 from searchrl.retrieval.rewards import RewardConfig
 from searchrl.retrieval.rgrpo import rgrpo_loss, train_rgrpo
-from searchrl.retrieval.stage import load_training_data
+from searchrl.retrieval.shared import load_training_data
 
 
 def _cfg(tmp_path, data_dir, **kw) -> RetrieverConfig:

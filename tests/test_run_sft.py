@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from searchrl.cli import main
-from searchrl.eval.metrics import read_metrics_json
-from searchrl.relevance.model import load_relevance_model
+from searchrl.metrics.measures import read_metrics_json
+from searchrl.relevance.model.load import load_relevance_model
 
 TINY_SET = ["model=tiny-qwen2", "run.device=cpu", "run.progress=false", "optim.lr=3e-3", "max_length=256",
             "prompt.instruction=Grade it.", "prompt.max_note_chars=20", "optim.warmup_ratio=0"]

@@ -8,13 +8,14 @@ import torch
 
 from searchrl.cli import main
 from searchrl.data.schema import load_dataset
-from searchrl.relevance.examples import encode_example
-from searchrl.relevance.model import encode_prompt, load_relevance_model
-from searchrl.relevance.parser import parse_completion
-from searchrl.relevance.prompt import PromptConfig, build_completion
-from searchrl.relevance.rules import RuleEngine
-from searchrl.relevance.sample import build_pairs, pass_at_k, sample_preferences, summarize
-from searchrl.relevance.teacher import RuleTeacher
+from searchrl.relevance.train.examples import encode_example
+from searchrl.relevance.model.tokenizer import encode_prompt
+from searchrl.relevance.model.load import load_relevance_model
+from searchrl.relevance.format.parser import parse_completion
+from searchrl.relevance.format.prompt import PromptConfig, build_completion
+from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.train.sample import build_pairs, pass_at_k, sample_preferences, summarize
+from searchrl.relevance.rules.teacher import RuleTeacher
 from searchrl.rl.rollout import Rollout
 
 VERDICTS = {
@@ -97,7 +98,7 @@ class FakeRollout:
 def test_sample_preferences_table_and_pairs_on_controlled_samples(tiny_model_dir, tiny_data, monkeypatch):
     """Every prompt gets the samples [<L4> ok, <L1> ok, garbage]: gold 4 / 1 prompts are mixed, the rest all wrong."""
     samples = [completion(4), completion(1), "garbage"]
-    monkeypatch.setattr("searchrl.relevance.sample.sample_groups",
+    monkeypatch.setattr("searchrl.relevance.train.sample.sample_groups",
                         lambda model, tok, prompts, g, *a: FakeRollout(len(prompts), samples[:g]))
     rows, table = sample_preferences(tiny_model_dir, load_dataset(tiny_data), 3, prompts_per_batch=5, progress=False)
     gold = load_dataset(tiny_data).split("train").pairs()["grade"].astype(int).tolist()
@@ -143,7 +144,7 @@ def test_sample_cli_writes_trl_pairs_and_table(tiny_model_dir, tiny_data, tmp_pa
 
 
 def test_read_preference_pairs_names_the_bad_line(tmp_path):
-    from searchrl.relevance.sample import read_preference_pairs
+    from searchrl.relevance.train.sample import read_preference_pairs
     good = '{"prompt": "p", "chosen": "<L4>", "rejected": "<L1>"}'
     path = tmp_path / "pairs.jsonl"
     path.write_text(f"{good}\n\n{{broken\n")

@@ -8,9 +8,9 @@ import pytest
 
 from searchrl.cli import main
 from searchrl.data.schema import DataError
-from searchrl.relevance.model import grade_probs
-from searchrl.relevance.scorer import RelevanceScorer, read_scoring_requests
-from searchrl.relevance.tiering import tiered_grades
+from searchrl.relevance.model.load import grade_probs
+from searchrl.relevance.scoring.scorer import RelevanceScorer, read_scoring_requests
+from searchrl.relevance.scoring.tiering import tiered_grades
 
 PRODUCTS = [{"title": "Dell XPS 13 laptop", "brand": "Dell", "product_id": "p1"},
             {"title": "Targus laptop bag 15.6", "brand": "Targus", "product_id": "p2",

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from searchrl.relevance.model import load_relevance_model
-from searchrl.relevance.prompt import PromptConfig
-from searchrl.relevance.scorer_config import (
+from searchrl.relevance.model.load import load_relevance_model
+from searchrl.relevance.format.prompt import PromptConfig
+from searchrl.relevance.model.scorer_config import (
     TEMPLATE_VERSION,
     ScorerConfig,
     check_safetensors,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from searchrl.relevance.scorer import RelevanceScorer
+from searchrl.relevance.scoring.scorer import RelevanceScorer
 from searchrl.serve.server import ServerConfig, create_app
 
 PRODUCTS = [{"id": "p1", "title": "Dell XPS 13 laptop", "brand": "Dell"},

@@ -7,10 +7,12 @@ import torch
 
 from searchrl.checkpoint import checkpoints
 from searchrl.config import config_from_dict, load_config
-from searchrl.relevance.examples import IGNORE, collate, encode_example
-from searchrl.relevance.model import TINY, LoraSettings, load_relevance_model
-from searchrl.relevance.prompt import PromptConfig, build_completion, build_prompt
-from searchrl.relevance.sft import SFTConfig, train_sft
+from searchrl.relevance.train.examples import IGNORE, collate, encode_example
+from searchrl.relevance.model.builds import TINY
+from searchrl.relevance.model.lora import LoraSettings
+from searchrl.relevance.model.load import load_relevance_model
+from searchrl.relevance.format.prompt import PromptConfig, build_completion, build_prompt
+from searchrl.relevance.train.sft import SFTConfig, train_sft
 from searchrl.training import epoch_order
 
 VERDICTS = {  # simple step verdicts per grade (the rule teacher is not needed to test the trainer)
@@ -100,7 +102,7 @@ def test_best_metric_puts_the_best_evals_weights_in_final(tmp_path):
     assert len(aucs) == 6 and len(set(aucs)) > 1  # the eval's per-query AUC moved during training
     best = json.loads((res.final_dir / "best.json").read_text())
     assert best["step"] == rows[aucs.index(max(aucs))]["step"] < 12 and res.last_eval == best["eval"]
-    from searchrl.relevance.evaluate import evaluate_examples
+    from searchrl.relevance.scoring.evaluate import evaluate_examples
     model, tok = load_relevance_model(str(res.final_dir))
     again = evaluate_examples(model, tok, valid, cfg.eval, "label_first", cfg.chat_template)
     assert again["valid_good_auc"] == pytest.approx(max(aucs), abs=1e-6)  # final/ is that eval's model
@@ -190,8 +192,8 @@ def test_trim_vocab_and_synthetic_settings_are_checked():
 def test_hint_fraction_trains_that_share_of_prompts_with_guided_replays_hint(tmp_path, monkeypatch):
     """hint_fraction puts guided replay's hint (hint_text, where hinted_prompt puts it) into a seeded share of the
     training prompts, the rest unchanged; the completions stay the gold ones."""
-    import searchrl.relevance.sft as sft
-    from searchrl.relevance.guided_replay import hint_text, hinted_prompt
+    import searchrl.relevance.train.sft as sft
+    from searchrl.relevance.train.guided_replay import hint_text, hinted_prompt
     seen = []
     real = sft.encode_example
     monkeypatch.setattr(sft, "encode_example", lambda tok, prompt, completion, *a, **k:

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from searchrl.relevance.parser import parse_completion
-from searchrl.relevance.prompt import PromptConfig, build_completion
+from searchrl.relevance.format.parser import parse_completion
+from searchrl.relevance.format.prompt import PromptConfig, build_completion
 
 
 def completion(grade, category, attribute):

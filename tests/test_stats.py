@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from searchrl.eval.metrics import classification_metrics, per_query_auc
-from searchrl.eval.stats import paired_bootstrap, paired_metric_bootstrap, query_bootstrap
+from searchrl.metrics.measures import classification_metrics, per_query_auc
+from searchrl.metrics.stats import paired_bootstrap, paired_metric_bootstrap, query_bootstrap
 
 
 def test_interval_of_a_mean_holds_the_truth_and_narrows_with_more_queries():

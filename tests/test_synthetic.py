@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from searchrl.data.schema import Dataset
-from searchrl.relevance.rules import RuleEngine
-from searchrl.relevance.synthetic import synthetic_pairs, write_query
-from searchrl.relevance.vocab import norm
+from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.synthetic import synthetic_pairs, write_query
+from searchrl.relevance.rules.rule_text import norm
 
 TITLES = [
     ("Dell XPS 13 laptop 16 GB", "Dell"), ("HP Pavilion 15 notebook silver", "HP"),

@@ -32,8 +32,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import faults
-from .errors import OutputError, UserError, disk_full
+from searchrl import faults
+from searchrl.errors import OutputError, UserError, disk_full
 
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.pt"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import (
+from searchrl.commands import (
     cmd_baseline_relevance,
     cmd_baseline_retrieval,
     cmd_data_import,
@@ -125,16 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model")
     tsub = train.add_subparsers(dest="train_command", required=True, metavar="STAGE")
     ts = tsub.add_parser("sft", help="label-first CoT SFT of the relevance LLM on rule-teacher completions")
-    ts.add_argument("--config", help="YAML config (fields of searchrl.relevance.sft.SFTConfig), or 'default': the "
+    ts.add_argument("--config", help="YAML config (fields of searchrl.relevance.train.sft.SFTConfig), or 'default': the "
                     "default relevance model (configs/sft_chorus.yaml); without it, SFTConfig's built-in test defaults")
     ts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     ts.set_defaults(func=cmd_train_sft)
     td = tsub.add_parser("dpo", help="DPO of the SFT model on preference pairs (from `searchrl sample`)")
-    td.add_argument("--config", help="YAML config (fields of searchrl.relevance.dpo.DPOConfig)")
+    td.add_argument("--config", help="YAML config (fields of searchrl.relevance.train.dpo.DPOConfig)")
     td.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     td.set_defaults(func=cmd_train_dpo)
     tg = tsub.add_parser("grpo", help="GRPO of the SFT model: grade reward, dynamic sampling, class-balanced prompts")
-    tg.add_argument("--config", help="YAML config (fields of searchrl.relevance.grpo.GRPOConfig)")
+    tg.add_argument("--config", help="YAML config (fields of searchrl.relevance.train.grpo.GRPOConfig)")
     tg.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     tg.set_defaults(func=cmd_train_grpo)
     trr = tsub.add_parser("retriever", help="dense retriever: sft (InfoNCE), hardneg (mined negatives), rgrpo, or all")
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # what the run records as its command (pipeline.json, the report)
-    from .errors import UserError
+    from searchrl.errors import UserError
     try:
         args.func(args)
     except UserError as e:

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
+from searchrl.errors import ConfigError
 
 
 def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -24,7 +24,7 @@ def _kv(items: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def cmd_data_prepare(a) -> None:
-    from .data.prepare import prepare
+    from searchrl.data.prepare import prepare
     options = _kv(a.option, "--option")
     ds = prepare(a.name, a.out or f"data/{a.name}", a.mirror, seed=a.seed, fractions=a.fractions,
                  on_error=a.on_error, pins=_kv(a.pin, "--pin"), download=not a.no_download, **options)
@@ -32,7 +32,7 @@ def cmd_data_prepare(a) -> None:
 
 
 def cmd_data_import(a) -> None:
-    from .data.importer import import_dataset, parse_mapping
+    from searchrl.data.importer import import_dataset, parse_mapping
     mapping = parse_mapping(a.mapping, a.map, {"products": a.products, "queries": a.queries,
                                                "judgments": a.judgments}, a.labels)
     ds = import_dataset(mapping, a.out, name=a.name, seed=a.seed, fractions=a.fractions, on_error=a.on_error)
@@ -40,7 +40,7 @@ def cmd_data_import(a) -> None:
 
 
 def _print_report(ds, out) -> None:
-    from .data.prepare import stats_table
+    from searchrl.data.prepare import stats_table
     print(f"wrote {out}")
     print(stats_table(ds))
     rep = ds.card["report"]
@@ -55,10 +55,10 @@ def _print_report(ds, out) -> None:
 
 
 def cmd_data_synthetic(a) -> None:
-    from .data.prepare import stats_table
-    from .data.schema import load_dataset, write_dataset
-    from .relevance.rules import RuleEngine
-    from .relevance.synthetic import synthetic_dataset
+    from searchrl.data.prepare import stats_table
+    from searchrl.data.schema import load_dataset, write_dataset
+    from searchrl.relevance.rules.engine import RuleEngine
+    from searchrl.relevance.rules.synthetic import synthetic_dataset
     if a.queries < 1 or a.per_query < 1:
         raise ConfigError(f"--queries and --per-query must be >= 1, got {a.queries}, {a.per_query}")
     ds = synthetic_dataset(load_dataset(a.data), RuleEngine.from_yaml(a.rules or None), a.queries, a.per_query,
@@ -69,15 +69,15 @@ def cmd_data_synthetic(a) -> None:
 
 
 def cmd_data_stats(a) -> None:
-    from .data.prepare import stats_table
-    from .data.schema import load_dataset
+    from searchrl.data.prepare import stats_table
+    from searchrl.data.schema import load_dataset
     print(stats_table(load_dataset(a.dir)))
 
 
 def cmd_baseline_relevance(a) -> None:
-    from .data.schema import load_dataset
-    from .eval.baselines import relevance_baselines
-    from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
+    from searchrl.data.schema import load_dataset
+    from searchrl.eval.baselines import relevance_baselines
+    from searchrl.metrics.measures import RELEVANCE_COLUMNS, print_table, write_metrics_json
     ds = load_dataset(a.data)
     rows = relevance_baselines(ds, a.split)
     print_table(rows, RELEVANCE_COLUMNS, title=f"relevance baselines: {ds.card.get('name', a.data)} {a.split}")
@@ -86,9 +86,9 @@ def cmd_baseline_relevance(a) -> None:
 
 
 def cmd_baseline_retrieval(a) -> None:
-    from .data.schema import load_dataset
-    from .eval.baselines import retrieval_baselines
-    from .eval.metrics import print_table, write_metrics_json
+    from searchrl.data.schema import load_dataset
+    from searchrl.eval.baselines import retrieval_baselines
+    from searchrl.metrics.measures import print_table, write_metrics_json
     ds = load_dataset(a.data)
     ks = tuple(int(k) for k in a.k.split(","))
     rows = retrieval_baselines(ds, a.split, ks, encoder=a.encoder)
@@ -98,8 +98,8 @@ def cmd_baseline_retrieval(a) -> None:
 
 
 def cmd_train_sft(a) -> None:
-    from .config import load_config
-    from .relevance.sft import SFTConfig, run_sft
+    from searchrl.config import load_config
+    from searchrl.relevance.train.sft import SFTConfig, run_sft
     config = a.config
     if config == "default":  # the default relevance model (what the pipeline trains)
         config = Path(__file__).resolve().parent / "configs" / "sft_chorus.yaml"
@@ -115,8 +115,8 @@ def cmd_train_sft(a) -> None:
 def cmd_sample(a) -> None:
     import json
 
-    from .data.schema import load_dataset
-    from .relevance.sample import format_table, sample_preferences, write_pairs
+    from searchrl.data.schema import load_dataset
+    from searchrl.relevance.train.sample import format_table, sample_preferences, write_pairs
     rows, table = sample_preferences(a.model, load_dataset(a.data), a.n, a.split, a.temperature, a.top_p,
                                      a.max_new_tokens, a.prompts_per_batch, a.seed, a.max_prompts, a.rules)
     write_pairs(a.out, rows)
@@ -129,16 +129,16 @@ def cmd_sample(a) -> None:
 
 
 def cmd_train_dpo(a) -> None:
-    from .config import load_config
-    from .relevance.dpo import DPOConfig, train_dpo
+    from searchrl.config import load_config
+    from searchrl.relevance.train.dpo import DPOConfig, train_dpo
     result = train_dpo(load_config(DPOConfig, a.config, a.set))
     if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"dpo: saved {result.final_dir} after {result.step} steps; last eval {result.last_eval}")
 
 
 def cmd_train_grpo(a) -> None:
-    from .config import load_config
-    from .relevance.grpo import GRPOConfig, train_grpo
+    from searchrl.config import load_config
+    from searchrl.relevance.train.grpo import GRPOConfig, train_grpo
     result = train_grpo(load_config(GRPOConfig, a.config, a.set))
     if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"grpo: saved {result.final_dir} after {result.step} steps ({result.rollouts} rollouts); "
@@ -146,9 +146,9 @@ def cmd_train_grpo(a) -> None:
 
 
 def cmd_eval_relevance(a) -> None:
-    from .data.schema import load_dataset
-    from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
-    from .relevance.evaluate import evaluate_model
+    from searchrl.data.schema import load_dataset
+    from searchrl.metrics.measures import RELEVANCE_COLUMNS, print_table, write_metrics_json
+    from searchrl.relevance.scoring.evaluate import evaluate_model
     if a.cv:
         return _crossval(a)
     if not a.model:
@@ -162,8 +162,8 @@ def cmd_eval_relevance(a) -> None:
 
 
 def cmd_tune_tiering(a) -> None:
-    from .data.schema import load_dataset
-    from .relevance.evaluate import tune_tiering
+    from searchrl.data.schema import load_dataset
+    from searchrl.relevance.scoring.evaluate import tune_tiering
     r = tune_tiering(a.model, load_dataset(a.data), a.split, batch_size=a.batch_size)
     print(f"tiering on {r['split']} ({r['n']} pairs): beta={r['beta']:g} macro-F1 {r['macro_f1_tiered']:.4f}; "
           f"per-grade thresholds {r['grade_thresholds']} macro-F1 {r['macro_f1_thresholds']:.4f}; "
@@ -172,7 +172,7 @@ def cmd_tune_tiering(a) -> None:
 
 
 def cmd_score(a) -> None:
-    from .relevance.scorer import score_file
+    from searchrl.relevance.scoring.scorer import score_file
     r = score_file(a.model, a.input, a.output, on_error=a.on_error, batch_size=a.batch_size)
     print(f"scored {r['pairs']} pairs of {r['queries']} queries in {r['seconds']:.1f}s "
           f"({r['pairs_per_s']:.1f} pairs/s, {r['threads']} threads) -> {a.output}")
@@ -181,23 +181,23 @@ def cmd_score(a) -> None:
 
 
 def cmd_export(a) -> None:
-    from .relevance.export import export_model
+    from searchrl.relevance.scoring.export import export_model
     out = export_model(a.model, a.output, overwrite=a.overwrite)
     print(f"exported {a.model} -> {out} (safetensors, tokenizer, relevance_config.json)")
 
 
 def cmd_serve(a) -> None:
-    from .config import load_config
-    from .serve.server import ServerConfig, serve
+    from searchrl.config import load_config
+    from searchrl.serve.server import ServerConfig, serve
     serve(a.model, a.host, a.port, load_config(ServerConfig, a.config, a.set), threads=a.threads,
           retriever_dir=a.retriever, data_dir=a.data)
 
 
 def cmd_teacher_agreement(a) -> None:
-    from .data.schema import load_dataset
-    from .eval.metrics import RELEVANCE_COLUMNS, print_table, write_metrics_json
-    from .relevance.evaluate import rule_agreement
-    from .relevance.rules import RuleEngine
+    from searchrl.data.schema import load_dataset
+    from searchrl.metrics.measures import RELEVANCE_COLUMNS, print_table, write_metrics_json
+    from searchrl.relevance.scoring.evaluate import rule_agreement
+    from searchrl.relevance.rules.engine import RuleEngine
     ds = load_dataset(a.data)
     rows = rule_agreement(ds, RuleEngine.from_yaml(a.rules))
     print_table(rows, RELEVANCE_COLUMNS, title="rule grade vs human grade")
@@ -208,27 +208,27 @@ def cmd_teacher_agreement(a) -> None:
 
 
 def cmd_train_retriever(a) -> None:
-    from .config import load_config
-    from .retrieval.config import RetrieverConfig
+    from searchrl.config import load_config
+    from searchrl.retrieval.config import RetrieverConfig
     if a.stage == "all":
         return _retriever_stages(a)
     cfg = load_config(RetrieverConfig, a.config, a.set + ([f"stage={a.stage}"] if a.stage else []))
     if cfg.stage == "rgrpo":
-        from .retrieval.rgrpo import train_rgrpo
+        from searchrl.retrieval.rgrpo import train_rgrpo
         step, final = train_rgrpo(cfg)
     else:
-        from .retrieval.train_sft import train_contrastive
+        from searchrl.retrieval.train_sft import train_contrastive
         step, final = train_contrastive(cfg)
     if final is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"retriever {cfg.stage}: saved {final} after {step} steps (metrics in {cfg.run.output_dir}/metrics.jsonl)")
 
 
 def _retriever_stages(a) -> None:
-    from .config import load_config
-    from .data.schema import load_dataset
-    from .eval.metrics import print_table, write_metrics_json
-    from .retrieval.config import RetrieverConfig
-    from .retrieval.pipeline import run_retriever_stages
+    from searchrl.config import load_config
+    from searchrl.data.schema import load_dataset
+    from searchrl.metrics.measures import print_table, write_metrics_json
+    from searchrl.retrieval.config import RetrieverConfig
+    from searchrl.retrieval.chain import run_retriever_stages
     cfg = load_config(RetrieverConfig, a.config, a.set)
     out = a.out or cfg.run.output_dir
     ds = load_dataset(cfg.data_dir)
@@ -240,16 +240,16 @@ def _retriever_stages(a) -> None:
 def _relevance_scorer(model_dir):
     if not model_dir:
         return None
-    from .relevance.scorer import RelevanceScorer
+    from searchrl.relevance.scoring.scorer import RelevanceScorer
     return RelevanceScorer.load(model_dir)
 
 
 def cmd_eval_retrieval(a) -> None:
-    from .data.schema import load_dataset
-    from .eval.metrics import print_table, write_metrics_json
-    from .retrieval.evaluate import Retriever, evaluate_retrieval
-    from .retrieval.index import IndexConfig
-    from .retrieval.pipeline import catalogue_subset
+    from searchrl.data.schema import load_dataset
+    from searchrl.metrics.measures import print_table, write_metrics_json
+    from searchrl.retrieval.evaluate import Retriever, evaluate_retrieval
+    from searchrl.retrieval.index import IndexConfig
+    from searchrl.retrieval.chain import catalogue_subset
     ds = catalogue_subset(load_dataset(a.data), a.max_products)  # 0 = the whole catalogue
     retriever = Retriever(a.retriever, ds.products, IndexConfig(kind=a.index) if a.index else None)
     ks = tuple(int(k) for k in a.k.split(","))
@@ -261,14 +261,14 @@ def cmd_eval_retrieval(a) -> None:
 
 
 def cmd_search(a) -> None:
-    from .retrieval.evaluate import search
+    from searchrl.retrieval.evaluate import search
     for r in search(a.retriever, a.query, a.k, a.data, _relevance_scorer(a.relevance_model), progress=False):
         graded = f"  P(Good)={r['p_good']:.3f} L{r['grade']}" if "p_good" in r else ""
         print(f"{r['rank']:>3}. {r['score']:.4f}  {r['product_id']}  {r['title']} [{r['brand']}]{graded}")
 
 
 def cmd_plot(a) -> None:
-    from .eval.plot import parse_run_args, plot_runs
+    from searchrl.eval.plot import parse_run_args, plot_runs
     for path in plot_runs(parse_run_args(a.run), a.key, a.out, a.smooth, a.title):
         print(path)
 
@@ -276,7 +276,7 @@ def cmd_plot(a) -> None:
 def cmd_quickstart(a) -> None:
     """`searchrl quickstart` = `searchrl pipeline --config quickstart --dataset chorus --out runs/quickstart`."""
     import shlex
-    from .pipeline import load_pipeline_config, run_pipeline
+    from searchrl.pipeline import load_pipeline_config, run_pipeline
     cfg = load_pipeline_config("quickstart", ["data.dataset=chorus", "data.data_dir="]
                                + ([f"data.mirror={a.mirror}"] if a.mirror else []) + list(a.set))
     run_pipeline(cfg, a.out, command="searchrl " + shlex.join(a.argv))
@@ -284,7 +284,7 @@ def cmd_quickstart(a) -> None:
 
 def cmd_pipeline(a) -> None:
     import shlex
-    from .pipeline import load_pipeline_config, run_pipeline
+    from searchrl.pipeline import load_pipeline_config, run_pipeline
     overrides = list(a.set)
     if a.data:
         overrides.append(f"data.data_dir={a.data}")
@@ -298,11 +298,11 @@ def cmd_pipeline(a) -> None:
 
 
 def _crossval(a) -> None:
-    from .config import load_config
-    from .data.schema import load_dataset
-    from .eval.metrics import print_table, write_metrics_json
-    from .relevance.crossval import crossval, summarize
-    from .relevance.sft import SFTConfig
+    from searchrl.config import load_config
+    from searchrl.data.schema import load_dataset
+    from searchrl.metrics.measures import print_table, write_metrics_json
+    from searchrl.eval.crossval import crossval, summarize
+    from searchrl.relevance.train.sft import SFTConfig
     if not a.config:
         raise ConfigError("--cv needs --config SFT.yaml: the recipe trained on every fold")
     cfg = load_config(SFTConfig, a.config, a.set + ["run.progress=false"])

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError, MissingFileError
-from .errors import shown as _shown
+from searchrl.errors import ConfigError, MissingFileError
+from searchrl.errors import shown as _shown
 
 SCHEDULES = ("cosine", "linear", "constant_with_warmup", "constant")
 

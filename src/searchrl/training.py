@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import faults
-from .checkpoint import (
+from searchrl import faults
+from searchrl.checkpoint import (
     latest_valid_checkpoint,
     load_trainer_state,
     save_checkpoint,
@@ -48,8 +48,8 @@ from .checkpoint import (
     trim_metrics,
     write_aside,
 )
-from .config import OptimConfig, RunConfig, save_config
-from .errors import ConfigError, OutputError, UserError, disk_full
+from searchrl.config import OptimConfig, RunConfig, save_config
+from searchrl.errors import ConfigError, OutputError, UserError, disk_full
 
 # ---------------------------------------------------------------- seeding, device, torchrun
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, InputError, MissingFileError, OutputError, UserError, disk_full
+from searchrl.errors import ConfigError, InputError, MissingFileError, OutputError, UserError, disk_full
 
 CHORUS_COMMIT = "96edf8b536e521be06cab910e0f6a9b25e3016fc"
 ESCI_COMMIT = "7e0e3073f5ca36c0b5ff79e847cf99a74597645d"

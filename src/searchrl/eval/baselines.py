@@ -28,12 +28,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..data.schema import GRADES, Dataset, product_text
-from ..errors import InputError
-from ..retrieval.bm25 import BM25Index
-from ..retrieval.encoder import build_encoder, encode, encoder_tag
-from ..retrieval.index import FaissIndex
-from .metrics import classification_metrics, good_auc, retrieval_metrics
+from searchrl.data.schema import GRADES, Dataset, product_text
+from searchrl.errors import InputError
+from searchrl.lexical.bm25 import BM25Index
+from searchrl.retrieval.encoder import build_encoder, encode, encoder_tag
+from searchrl.retrieval.index import FaissIndex
+from searchrl.metrics.measures import classification_metrics, good_auc, retrieval_metrics
 
 _WORD = re.compile(r"\w+")
 

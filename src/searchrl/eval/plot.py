@@ -38,8 +38,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # Figure + savefig uses Agg with no pyplot global state
 
-from ..data.schema import DataError
-from ..errors import ConfigError, InputError, MissingFileError
+from searchrl.data.schema import DataError
+from searchrl.errors import ConfigError, InputError, MissingFileError
 
 
 def _metrics_file(path: Path | str) -> Path:

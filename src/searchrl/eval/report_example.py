@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import f1_score
 
-from searchrl.eval.metrics import classification_metrics, good_auc
-from searchrl.relevance.tiering import BETA_GRID, argmax_grades, tiered_grades, tune_beta
+from searchrl.metrics.measures import classification_metrics, good_auc
+from searchrl.relevance.scoring.tiering import BETA_GRID, argmax_grades, tiered_grades, tune_beta
 
 TRICKY_QUERY = 'usb-c cable <2m> & "fast" charging'
 TRICKY_COT = ('The query asks for a cable shorter than 2 m: <length> < 2m & "fast".\n'

@@ -12,10 +12,10 @@ exported relevance model) -> evaluation (query-bootstrap intervals) -> report.ht
 
 from pathlib import Path
 
-from ..config import load_config
-from ..errors import ConfigError
-from .config import STAGES, PipelineConfig
-from .runner import run_pipeline
+from searchrl.config import load_config
+from searchrl.errors import ConfigError
+from searchrl.pipeline.config import STAGES, PipelineConfig
+from searchrl.pipeline.runner import run_pipeline
 
 PACKAGED = {"quickstart": "pipeline_quickstart.yaml", "full": "pipeline_full.yaml"}
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.prepare import counts
-from ..data.schema import GRADES, SPLITS, pair_products
-from .config import STAGES
-from .stages import Context
+from searchrl.data.prepare import counts
+from searchrl.data.schema import GRADES, SPLITS, pair_products
+from searchrl.pipeline.config import STAGES
+from searchrl.pipeline.context import Context
 
 # independent raters against Chorus's labels (DESIGN.md, "The human ceiling on Chorus")
 CHORUS_CEILING = {"label": "human ceiling (second raters vs Chorus)", "macro_f1": [0.43, 0.47],
@@ -122,8 +122,8 @@ def _examples(ctx: Context, final: str | None) -> list[dict] | None:
     """A few pairs per gold grade of the evaluation split, graded and decoded by the final model."""
     if not final:
         return None
-    from ..relevance.evaluate import decode_completions
-    from ..relevance.scorer import RelevanceScorer
+    from searchrl.relevance.scoring.evaluate import decode_completions
+    from searchrl.relevance.scoring.scorer import RelevanceScorer
     model = ctx.dir(final) / "final"
     if not model.exists():
         return None

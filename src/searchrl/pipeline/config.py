@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import check_choices
-from ..errors import ConfigError
-from ..relevance.dpo import DPOConfig
-from ..relevance.grpo import GRPOConfig
-from ..relevance.sft import SFTConfig
-from ..retrieval.config import RetrieverConfig
+from searchrl.config import check_choices
+from searchrl.errors import ConfigError
+from searchrl.relevance.train.dpo import DPOConfig
+from searchrl.relevance.train.grpo import GRPOConfig
+from searchrl.relevance.train.sft import SFTConfig
+from searchrl.retrieval.config import RetrieverConfig
 
 STAGES = ("data", "baselines", "sft", "tiering", "sample", "dpo", "grpo", "export", "retriever", "evaluate",
           "report")

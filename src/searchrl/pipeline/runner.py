@@ -30,9 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
-from .config import STAGES, PipelineConfig
-from .stages import RUNNERS, Context, SkipStage
+from searchrl.errors import UserError
+from searchrl.pipeline.config import STAGES, PipelineConfig
+from searchrl.pipeline.stages import RUNNERS
+from searchrl.pipeline.context import Context, SkipStage
 
 DEPENDS = {  # the stages whose outputs a stage reads (absent ones are simply not part of the fingerprint)
     "data": (), "baselines": ("data",), "sft": ("data",), "tiering": ("sft",), "sample": ("tiering", "sft"),

@@ -13,57 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..data.schema import Dataset, load_dataset, pair_products
-from ..errors import UserError
-from .config import RELEVANCE_CHAIN, PipelineConfig
+from searchrl.data.schema import Dataset, load_dataset, pair_products
+from searchrl.pipeline.config import RELEVANCE_CHAIN
+from searchrl.pipeline.context import Context, SkipStage
 
 RELEVANCE_METRICS = ("accuracy", "macro_f1", "good_f1")  # pooled metrics given intervals by query bootstrap
 RETRIEVAL_COLUMNS = ["hitrate@10", "ndcg@10", "mrr@10", "hitrate@100", "goodrate@10", "bm25_overlap@10", "quality@10",
                      "x_train_seconds"]
-
-
-class SkipStage(UserError):
-    """This stage cannot run on this dataset; the message says why (the pipeline goes on without it)."""
-
-
-@dataclass
-class Context:
-    cfg: PipelineConfig
-    out: Path
-    plan: list[str]  # the stages this invocation runs, in order
-    _ds: Dataset | None = None
-
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.cfg.data.data_dir) if self.cfg.data.data_dir else self.out / "data"
-
-    def ds(self) -> Dataset:
-        if self._ds is None:
-            self._ds = load_dataset(self.data_dir)
-        return self._ds
-
-    def dir(self, stage: str) -> Path:
-        return self.out / stage
-
-    def relevance_model(self, before: str | None = None) -> Path | None:
-        """final/ of the last relevance stage (sft, dpo, grpo) before ``before`` that has one; None if none."""
-        chain = RELEVANCE_CHAIN if before is None else RELEVANCE_CHAIN[:RELEVANCE_CHAIN.index(before)] \
-            if before in RELEVANCE_CHAIN else RELEVANCE_CHAIN
-        for stage in reversed(chain):
-            final = self.dir(stage) / "final"
-            if (final / "relevance_config.json").exists():
-                return final
-        return None
-
-    def judge(self) -> Path | None:
-        """The relevance model downstream stages use: the exported one, else the last trained."""
-        export = self.dir("export") / "model"
-        return export if (export / "relevance_config.json").exists() else self.relevance_model()
 
 
 def _rows_of_split(ds: Dataset, split: str, what: str):
@@ -82,7 +42,7 @@ def _with_run(cfg, out: Path, **changes):
 # ---------------------------------------------------------------- data and baselines
 
 def data(ctx: Context) -> dict:
-    from ..data.prepare import counts, prepare
+    from searchrl.data.prepare import counts, prepare
     d = ctx.cfg.data
     if d.data_dir:
         ds = load_dataset(d.data_dir)  # checks the tables are there and complete
@@ -93,8 +53,8 @@ def data(ctx: Context) -> dict:
 
 
 def baselines(ctx: Context) -> dict:
-    from ..eval.baselines import relevance_baseline_predictions
-    from ..relevance.rules import RuleEngine
+    from searchrl.eval.baselines import relevance_baseline_predictions
+    from searchrl.relevance.rules.engine import RuleEngine
     split = ctx.cfg.evaluate.split
     ds = ctx.ds()
     pairs = _rows_of_split(ds, split, "the baselines")
@@ -122,14 +82,14 @@ def _write_predictions(path: Path, pairs, systems: dict) -> None:
 # ---------------------------------------------------------------- the relevance model
 
 def sft(ctx: Context) -> dict:
-    from ..relevance.sft import run_sft
+    from searchrl.relevance.train.sft import run_sft
     _rows_of_split(ctx.ds(), "train", "SFT")
     res = run_sft(_with_run(ctx.cfg.sft, ctx.dir("sft"), data_dir=str(ctx.data_dir)))
     return {"final": str(res.final_dir), "steps": res.step, "last_eval": res.last_eval}
 
 
 def tiering(ctx: Context) -> dict:
-    from ..relevance.evaluate import tune_tiering
+    from searchrl.relevance.scoring.evaluate import tune_tiering
     model = ctx.relevance_model(before="dpo")
     if model is None:
         raise SkipStage("no relevance model to tune (run the sft stage first)")
@@ -142,7 +102,7 @@ def tiering(ctx: Context) -> dict:
 
 
 def sample(ctx: Context) -> dict:
-    from ..relevance.sample import sample_preferences, write_pairs
+    from searchrl.relevance.train.sample import sample_preferences, write_pairs
     s = ctx.cfg.sample
     model = ctx.relevance_model(before="dpo")
     if model is None:
@@ -157,7 +117,7 @@ def sample(ctx: Context) -> dict:
 
 
 def dpo(ctx: Context) -> dict:
-    from ..relevance.dpo import train_dpo
+    from searchrl.relevance.train.dpo import train_dpo
     pairs = ctx.dir("sample") / "pairs.jsonl"
     model = ctx.relevance_model(before="dpo")
     if model is None or not pairs.exists():
@@ -170,7 +130,7 @@ def dpo(ctx: Context) -> dict:
 
 
 def grpo(ctx: Context) -> dict:
-    from ..relevance.grpo import train_grpo
+    from searchrl.relevance.train.grpo import train_grpo
     model = ctx.relevance_model(before="grpo")
     if model is None:
         raise SkipStage("GRPO needs a relevance model to start from (run sft first)")
@@ -180,7 +140,7 @@ def grpo(ctx: Context) -> dict:
 
 
 def export(ctx: Context) -> dict:
-    from ..relevance.export import export_model
+    from searchrl.relevance.scoring.export import export_model
     model = ctx.relevance_model()
     if model is None:
         raise SkipStage("no trained relevance model to export")
@@ -191,8 +151,8 @@ def export(ctx: Context) -> dict:
 # ---------------------------------------------------------------- the retriever
 
 def retriever(ctx: Context) -> dict:
-    from ..eval.metrics import write_metrics_json
-    from ..retrieval.pipeline import run_retriever_stages
+    from searchrl.metrics.measures import write_metrics_json
+    from searchrl.retrieval.chain import run_retriever_stages
     ds = ctx.ds()
     train = _rows_of_split(ds, "train", "the retriever")
     cfg = dataclasses.replace(ctx.cfg.retriever, data_dir=str(ctx.data_dir))
@@ -204,7 +164,7 @@ def retriever(ctx: Context) -> dict:
                                 relevance_model=str(judge) if judge else None, ks=tuple(ctx.cfg.evaluate.ks))
     write_metrics_json(ctx.dir("retriever") / "retrieval.json", "retrieval", ds.card.get("name", "custom"),
                        ctx.cfg.evaluate.split, rows)
-    from ..eval.metrics import print_table
+    from searchrl.metrics.measures import print_table
     print_table(rows, RETRIEVAL_COLUMNS, title=f"Retrieval, {ds.card.get('name', 'custom')} {ctx.cfg.evaluate.split}, "
                 f"{cfg.max_products or 'all'} products ({rows[0].get('n_queries', '?')} queries with a Good item)")
     return {"systems": [r["system"] for r in rows], "judge": str(judge) if judge else None}
@@ -214,10 +174,10 @@ def retriever(ctx: Context) -> dict:
 
 def evaluate(ctx: Context) -> dict:
     """Every relevance system on one split with query-bootstrap intervals; the final model's CoT decoded."""
-    from ..eval.metrics import classification_metrics, fast_scores, per_query_auc, write_metrics_json
-    from ..eval.stats import query_bootstrap
-    from ..relevance.evaluate import evaluate_model, split_probs
-    from ..relevance.scorer import RelevanceScorer
+    from searchrl.metrics.measures import classification_metrics, fast_scores, per_query_auc, write_metrics_json
+    from searchrl.metrics.stats import query_bootstrap
+    from searchrl.relevance.scoring.evaluate import evaluate_model, split_probs
+    from searchrl.relevance.scoring.scorer import RelevanceScorer
     e = ctx.cfg.evaluate
     ds = ctx.ds()
     pairs = _rows_of_split(ds, e.split, "evaluation")
@@ -250,8 +210,8 @@ def evaluate(ctx: Context) -> dict:
                 row.setdefault("x_ci", {})["x_good_auc_per_query"] = [iv.lo, iv.hi]
         rows.append(row)
         if name == final:  # the deployed reading of the final model: cumulative-probability tiering
-            from ..relevance.scorer_config import load_scorer_config
-            from ..relevance.tiering import tiered_grades
+            from searchrl.relevance.model.scorer_config import load_scorer_config
+            from searchrl.relevance.scoring.tiering import tiered_grades
             beta = load_scorer_config(models[name]).beta
             tiered = tiered_grades(p["probs"], beta)
             rows.append({"system": f"{name} tiered (beta={beta:g})", **classification_metrics(gold, tiered),
@@ -266,7 +226,7 @@ def evaluate(ctx: Context) -> dict:
                                                                                      "x_good_auc_per_query")}
         next(r for r in rows if r["system"] == final).update(extra)
     write_metrics_json(out / "relevance.json", "relevance", ds.card.get("name", "custom"), e.split, rows)
-    from ..eval.metrics import RELEVANCE_COLUMNS, print_table
+    from searchrl.metrics.measures import RELEVANCE_COLUMNS, print_table
     print_table(rows, RELEVANCE_COLUMNS + ["x_good_auc_per_query"],
                 title=f"Relevance, {ds.card.get('name', 'custom')} {e.split} ({len(pairs)} pairs)")
     _write_predictions(out / "predictions.json", pairs, {k: {"pred": v["pred"], "score": v["score"]}
@@ -301,14 +261,14 @@ def _decode_subset(ds: Dataset, e) -> Dataset:
 
 
 def _ci(metric, groups, n_boot: int) -> list[float]:
-    from ..eval.stats import query_bootstrap
+    from searchrl.metrics.stats import query_bootstrap
     iv = query_bootstrap(metric=metric, groups=groups, n_boot=n_boot)
     return [iv.lo, iv.hi]
 
 
 def report(ctx: Context) -> dict:
-    from .collect import collect_report
-    from ..eval.report import render_report
+    from searchrl.eval.report import render_report
+    from searchrl.pipeline.collect import collect_report
     doc = collect_report(ctx)
     (ctx.out / "report.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     path = render_report(doc, ctx.out / "report.html")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import OptimConfig, RunConfig, check_choices
-from ..errors import ConfigError
-from .index import IndexConfig
-from .rewards import RewardConfig
+from searchrl.config import OptimConfig, RunConfig, check_choices
+from searchrl.errors import ConfigError
+from searchrl.retrieval.index import IndexConfig
+from searchrl.retrieval.rewards import RewardConfig
 
 STAGES = ("sft", "hardneg", "rgrpo")
 CANDIDATES = ("index", "batch")

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.registry import cache_dir
-from ..errors import ConfigError
-from .index import FaissIndex, IndexConfig
+from searchrl.data.registry import cache_dir
+from searchrl.errors import ConfigError
+from searchrl.retrieval.index import FaissIndex, IndexConfig
 
 POOLINGS = ("auto", "mean", "lasttoken", "cls")
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"

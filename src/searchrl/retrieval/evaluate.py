@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..data.schema import Dataset, load_dataset, product_text
-from ..errors import ConfigError
-from ..eval.metrics import retrieval_metrics
-from .bm25 import BM25Index
-from .encoder import build_encoder, corpus_index, embed, encoder_tag
-from .index import IndexConfig
-from .rewards import product_quality
+from searchrl.data.schema import Dataset, load_dataset, product_text
+from searchrl.errors import ConfigError
+from searchrl.metrics.measures import retrieval_metrics
+from searchrl.lexical.bm25 import BM25Index
+from searchrl.retrieval.encoder import build_encoder, corpus_index, embed, encoder_tag
+from searchrl.retrieval.index import IndexConfig
+from searchrl.retrieval.rewards import product_quality
 
 
 def saved_config(retriever_dir: str | Path) -> dict:

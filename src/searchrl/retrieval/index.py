@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from ..errors import ConfigError
+from searchrl.errors import ConfigError
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 

@@ -27,8 +27,8 @@ import hashlib
 
 import numpy as np
 
-from ..data.schema import Dataset, pair_products
-from ..errors import ConfigError
+from searchrl.data.schema import Dataset, pair_products
+from searchrl.errors import ConfigError
 
 JUDGES = ("model", "rules", "oracle", "bm25", "random")
 
@@ -45,7 +45,7 @@ class ModelJudge:
 class RulesJudge:
     def __init__(self, engine=None):
         if engine is None:
-            from ..relevance.rules import RuleEngine
+            from searchrl.relevance.rules.engine import RuleEngine
             engine = RuleEngine.from_yaml()
         self.engine = engine
 
@@ -117,7 +117,7 @@ def build_judge(kind: str, ds: Dataset, scorer=None, relevance: str = "p_good", 
         return RulesJudge()
     if kind == "bm25":
         if bm25 is None:
-            from .bm25 import BM25Index
+            from searchrl.lexical.bm25 import BM25Index
             bm25 = BM25Index(ds.products)
         return BM25Judge(bm25)
     return RandomJudge(seed)
@@ -125,8 +125,8 @@ def build_judge(kind: str, ds: Dataset, scorer=None, relevance: str = "p_good", 
 
 def judge_quality(judge, ds: Dataset, split: str) -> dict:
     """Per-query AUC of the judge's score for Good on ``split``'s judged pairs, with its query-bootstrap interval."""
-    from ..eval.metrics import per_query_auc
-    from ..eval.stats import query_bootstrap
+    from searchrl.metrics.measures import per_query_auc
+    from searchrl.metrics.stats import query_bootstrap
     pairs = ds.split(split).pairs()
     products = pair_products(pairs)
     for p, pid in zip(products, pairs["product_id"]):

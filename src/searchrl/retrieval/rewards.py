@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import Stemmer
 
-from ..data.schema import product_text
-from ..errors import ConfigError
+from searchrl.data.schema import product_text
+from searchrl.errors import ConfigError
 
 RELEVANCE_KINDS = ("p_good", "expected_grade")
 EXCLUSIVITY_KINDS = ("bm25", "overlap")
@@ -57,7 +57,7 @@ class RewardConfig:
     bm25_k: int = 100  # K': depth of the BM25 route that exclusivity is measured against
 
     def __post_init__(self):
-        from .judges import JUDGES
+        from searchrl.retrieval.judges import JUDGES
         if self.judge not in JUDGES or self.oracle_fallback not in JUDGES:
             raise ConfigError(f"judge and oracle_fallback must be one of {JUDGES}, got {self.judge!r}, "
                               f"{self.oracle_fallback!r}")
@@ -108,13 +108,13 @@ class RetrievalReward:
 
     def __init__(self, cfg: RewardConfig, products: pd.DataFrame, scorer=None, bm25=None, judge=None):
         if judge is None and scorer is not None:
-            from .judges import ModelJudge
+            from searchrl.retrieval.judges import ModelJudge
             judge = ModelJudge(scorer, cfg.relevance)
         if cfg.w_rel and judge is None:
             raise ConfigError("w_rel > 0 needs a judge: a relevance scorer (reward.relevance_model) or reward.judge="
                               "rules|oracle|bm25|random")
         if cfg.w_x and cfg.exclusivity == "bm25" and bm25 is None:
-            from .bm25 import BM25Index
+            from searchrl.lexical.bm25 import BM25Index
             bm25 = BM25Index(products)
         self.cfg, self.judge, self.bm25 = cfg, judge, bm25
         self.products = {str(r["product_id"]): r for r in products.to_dict("records")}

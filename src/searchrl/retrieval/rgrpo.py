@@ -34,14 +34,14 @@ import time
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
-from ..rl.grpo_loss import aggregate, clipped_surrogate, group_advantages
-from ..training import BatchStream, RunLoop, build_optimizer, total_steps
-from .config import RetrieverConfig
-from .encoder import build_encoder, corpus_embeddings, embed
-from .index import FaissIndex
-from .rewards import RetrievalReward
-from .stage import encoder_saver, load_training_data, start_encoder, update_encoder
+from searchrl.errors import ConfigError, InputError
+from searchrl.rl.grpo_loss import aggregate, clipped_surrogate, group_advantages
+from searchrl.training import BatchStream, RunLoop, build_optimizer, total_steps
+from searchrl.retrieval.config import RetrieverConfig
+from searchrl.retrieval.encoder import build_encoder, corpus_embeddings, embed
+from searchrl.retrieval.index import FaissIndex
+from searchrl.retrieval.rewards import RetrievalReward
+from searchrl.retrieval.shared import encoder_saver, load_training_data, start_encoder, update_encoder
 
 
 def group_logps(model, queries: list[str], item_texts: list[list[str]], tau: float, grad: bool) -> torch.Tensor:
@@ -117,11 +117,11 @@ def train_rgrpo(cfg: RetrieverConfig, reward: RetrievalReward | None = None):
     if reward is None:
         judge = None
         if cfg.reward.w_rel:
-            from ..data.schema import load_dataset
-            from .judges import build_judge
+            from searchrl.data.schema import load_dataset
+            from searchrl.retrieval.judges import build_judge
             scorer = None
             if cfg.reward.needs_model:
-                from ..relevance.scorer import RelevanceScorer
+                from searchrl.relevance.scoring.scorer import RelevanceScorer
                 scorer = RelevanceScorer.load(cfg.reward.relevance_model, device=str(loop.device),
                                               batch_size=cfg.reward.scorer_batch_size)
             judge = build_judge(cfg.reward.judge, load_dataset(cfg.data_dir), scorer, cfg.reward.relevance,

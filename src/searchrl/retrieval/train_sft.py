@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, InputError
-from ..training import BatchStream, RunLoop, build_optimizer, total_steps
-from .config import RetrieverConfig
-from .encoder import corpus_index, embed
-from .stage import encoder_saver, load_training_data, start_encoder, update_encoder
+from searchrl.errors import ConfigError, InputError
+from searchrl.training import BatchStream, RunLoop, build_optimizer, total_steps
+from searchrl.retrieval.config import RetrieverConfig
+from searchrl.retrieval.encoder import corpus_index, embed
+from searchrl.retrieval.shared import encoder_saver, load_training_data, start_encoder, update_encoder
 
 
 def info_nce(q: torch.Tensor, cands: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -26,7 +26,7 @@ import time
 
 import uvicorn
 
-from .timeouts import CLOSE, send_error
+from searchrl.serve.timeouts import CLOSE, send_error
 
 DRAINING = "server is shutting down (draining): it takes no new requests; retry on another instance"
 

