@@ -138,3 +138,38 @@ def assert_only_adapters_moved(policy, start, grade_ids: list[int]) -> None:
             key = name.removeprefix("base_model.model.").replace(".token_adapter", "").replace(".base_layer", "")
             assert torch.equal(p, start_sd[key]), name
     assert moved == {"lora", "grade_rows"}, moved
+
+
+# The tiny test model: a random Qwen2 over MiniLM's vocabulary (seconds to train), and the SFT settings tests train
+# it with. SFTConfig's own defaults are the default relevance model's recipe; a test names this fixture instead.
+TINY_SFT = {"model": "tiny-qwen2", "prefix": {"mask": "late"}, "trim_vocab": False, "freeze_layers": 0, "head_lr": 0.0,
+            "prompt": {"layout": "lines", "max_description_chars": 300, "max_attributes": 8, "max_note_chars": 160},
+            "rank_loss_weight": 0.0, "query_chunk": 0, "batch_size": 8, "label_loss_weight": 1.0,
+            "balance_grades": 0.0, "cot_fraction": 1.0, "max_length": 1024,
+            "optim": {"epochs": 1.0, "warmup_ratio": 0.03, "schedule": "cosine"},
+            "eval": {"max_examples": 512}, "run": {"save_every": 0, "save_total_limit": 0, "resume": False}}
+
+
+def tiny_sft(config: dict | None = None) -> dict:
+    """TINY_SFT with ``config`` merged over it (sections merge key by key): an SFTConfig mapping for the tiny model."""
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return out
+    return merge(TINY_SFT, config or {})
+
+
+def tiny_sft_sets(config: dict | None = None) -> list[str]:
+    """tiny_sft(config) as ``--set key=value`` strings for the command line."""
+    def flat(tree: dict, prefix: str = "") -> list[str]:
+        return [s for k, v in tree.items()
+                for s in (flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"])]
+    return flat(tiny_sft(config))
+
+
+def sft_config_for_tests(config: dict):
+    """SFTConfig of tiny_sft(config): the test settings, with ``config``'s keys (another model, too) over them."""
+    from searchrl.config import config_from_dict
+    from searchrl.relevance.train.sft import SFTConfig
+    return config_from_dict(SFTConfig, tiny_sft(config))

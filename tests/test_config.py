@@ -51,14 +51,33 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
 
 
 def test_a_section_given_in_part_keeps_its_owners_defaults():
-    """SFT's optim section defaults (cosine, warmup 0.03) survive --set optim.lr=...; GRPO's differ from SFT's."""
+    """SFT's optim section defaults (linear, warmup 0.06, 2 epochs; OptimConfig's own are cosine, no warmup, 1 epoch)
+    survive --set optim.lr=...; GRPO's differ from SFT's."""
     from searchrl.relevance.train.grpo import GRPOConfig
     from searchrl.relevance.train.sft import SFTConfig
     sft = load_config(SFTConfig, None, ["optim.lr=1e-3"])
-    assert sft.optim.lr == 1e-3 and sft.optim.schedule == "cosine" and sft.optim.warmup_ratio == 0.03
+    assert sft.optim.lr == 1e-3 and sft.optim.schedule == "linear" and sft.optim.warmup_ratio == 0.06
+    assert sft.optim.epochs == 2
     grpo = load_config(GRPOConfig, None, ["optim.lr=1e-3", "rollout.group_size=4"])
     assert grpo.optim.schedule == "constant_with_warmup" and grpo.optim.max_steps == 100
     assert grpo.rollout.group_size == 4 and grpo.rollout.prompts_per_step == 8
     assert grpo.run.output_dir == "runs/grpo" and sft.run.output_dir == "runs/sft"
     with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \['lrr'\]"):
         load_config(SFTConfig, None, ["optim.lrr=1"])
+
+
+def test_the_trainer_defaults_are_the_documented_recipe():
+    """SFTConfig() is the default relevance model: the packaged sft_chorus.yaml and the quickstart's sft section
+    change nothing but where it is written; the tiny test model is a fixture tests name (conftest.TINY_SFT)."""
+    import dataclasses
+    from pathlib import Path
+
+    import searchrl
+    from searchrl.pipeline import load_pipeline_config
+    from searchrl.relevance.train.grpo import GRPOConfig
+    from searchrl.relevance.train.sft import SFTConfig
+    packaged = Path(searchrl.__file__).parent / "configs"
+    assert load_config(SFTConfig, packaged / "sft_chorus.yaml") == SFTConfig()
+    quickstart = load_pipeline_config("quickstart").sft
+    assert dataclasses.replace(quickstart, run=SFTConfig().run) == SFTConfig()
+    assert SFTConfig().model == "minilm-prefix" and GRPOConfig().model == "runs/sft/final"

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from conftest import sft_config_for_tests
 from searchrl.config import config_from_dict
 from searchrl.data.schema import load_dataset, write_dataset
 from searchrl.errors import ConfigError
@@ -50,7 +51,7 @@ def test_sft_rl_split_gives_sft_and_rl_disjoint_train_queries_and_keeps_valid_an
 @pytest.mark.slow
 def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_data, tmp_path):
     ds = load_dataset(tiny_data)
-    cfg = config_from_dict(SFTConfig, {"model": "tiny-qwen2", "prompt": {"instruction": "Grade it.", "max_note_chars": 20},
+    cfg = sft_config_for_tests({"model": "tiny-qwen2", "prompt": {"instruction": "Grade it.", "max_note_chars": 20},
                                        "max_length": 256, "batch_size": 4, "optim": {"lr": 3e-3, "max_steps": 2},
                                        "run": {"device": "cpu", "progress": False}})
     result = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path)
@@ -79,7 +80,7 @@ def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_da
 @pytest.mark.slow
 def test_a_cot_first_recipe_is_decoded_and_its_written_grade_scored(tiny_data, tmp_path):
     ds = load_dataset(tiny_data)
-    cfg = config_from_dict(SFTConfig, {"model": "tiny-qwen2", "prompt": {"order": "cot_first", "instruction": "Grade.",
+    cfg = sft_config_for_tests({"model": "tiny-qwen2", "prompt": {"order": "cot_first", "instruction": "Grade.",
                                                                         "max_note_chars": 20},
                                        "max_length": 256, "batch_size": 4, "optim": {"lr": 3e-3, "max_steps": 2},
                                        "eval": {"max_new_tokens": 12}, "run": {"device": "cpu", "progress": False}})

@@ -5,6 +5,7 @@ their spread over seeds for this reason)."""
 import pytest
 import torch
 
+from conftest import sft_config_for_tests
 from searchrl.config import config_from_dict
 from searchrl.relevance.train.sft import SFTConfig, train_sft
 from test_sft import make_examples
@@ -14,7 +15,7 @@ def _train(tmp_path, name: str, threads: int) -> torch.Tensor:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        cfg = config_from_dict(SFTConfig, {
+        cfg = sft_config_for_tests({
             "model": "minilm-qwen2", "tiny": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128},
             "batch_size": 8, "max_length": 256, "optim": {"lr": 3e-3, "max_steps": 6},
             "run": {"output_dir": str(tmp_path / name), "device": "cpu", "progress": False, "seed": 0}})

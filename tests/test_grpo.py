@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 import torch
 from conftest import LORA, assert_only_adapters_moved
+from conftest import sft_config_for_tests
 
 from searchrl.config import config_from_dict
 from searchrl.relevance.model import load as model_mod
@@ -41,7 +42,7 @@ def format_model(tmp_path_factory):
     (each prompt is trained on all four grades): it knows the format, not the task."""
     d = tmp_path_factory.mktemp("grpo_sft")
     ex = [{"prompt": p["prompt"], "completion": f"<L{g}>", "grade": g} for p in colour_prompts() for g in (1, 2, 3, 4)]
-    res = train_sft(config_from_dict(SFTConfig, {
+    res = train_sft(sft_config_for_tests({
         "model": "tiny-qwen2", "prompt": PC, "batch_size": 16,
         "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "max_steps": SFT_STEPS, "schedule": "constant_with_warmup"},
         "run": {"output_dir": str(d), "device": "cpu", "progress": False}}), ex)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import sft_config_for_tests
 from searchrl.config import config_from_dict
 from searchrl.relevance.train.grpo import GRPOConfig, train_grpo
 from searchrl.relevance.train.rollouts import PromptSampler, RolloutConfig
@@ -158,7 +159,7 @@ def stuck_model(tmp_path_factory):
           for p in colour_prompts()] * 4
     ex += [{"prompt": hinted_prompt(p["prompt"], hint_text({"grade": g})), "completion": f"<L{g}>", "grade": g}
            for p in colour_prompts() for g in (1, 2, 3, 4)]
-    res = train_sft(config_from_dict(SFTConfig, {
+    res = train_sft(sft_config_for_tests({
         "model": "tiny-qwen2", "prompt": PC, "batch_size": 16,
         "optim": {"lr": 3e-3, "warmup_ratio": 0.0, "max_steps": 120, "schedule": "constant_with_warmup"},
         "run": {"output_dir": str(d), "device": "cpu", "progress": False}}), ex)

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_sft_sets
 from safetensors.torch import load_file
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -64,7 +65,7 @@ def _check_kill_and_resume(args, tmp_path, points):
 
 @pytest.mark.slow
 def test_sft_survives_a_kill_at_every_point(tiny_data, tmp_path):
-    args = ["train", "sft", "--", *TINY_LM, f"data_dir={tiny_data}", "optim.lr=3e-3", "optim.max_steps=6",
+    args = ["train", "sft", "--", *tiny_sft_sets(), *TINY_LM, f"data_dir={tiny_data}", "optim.lr=3e-3", "optim.max_steps=6",
             "batch_size=2", "max_length=256"]
     _check_kill_and_resume(args, tmp_path, ["step@3", "checkpoint:the weights@2", "checkpoint:trainer_state.pt@2",
                                             "checkpoint:manifest.json@2", "checkpoint:rename@2",

@@ -22,9 +22,8 @@ LAYERS = [
     "eval",  # baselines, plots, the report
     "pipeline",  # every stage in one command
     "serve",  # the HTTP server
-    "api",  # the Python API (searchrl.RelevanceScorer, ...)
     "commands", "cli",  # the command line
-    "",  # searchrl/__init__.py
+    "",  # searchrl/__init__.py: the Python API
 ]
 
 

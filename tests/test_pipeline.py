@@ -10,13 +10,14 @@ import sys
 import time
 
 import pytest
+from conftest import tiny_sft
 
 from searchrl.cli import main
 
-TINY = """
-sft: {model: tiny-qwen2, prompt: {instruction: "Grade it.", max_note_chars: 20}, max_length: 256, batch_size: 4,
-      optim: {lr: 3.0e-3, max_steps: 4, warmup_ratio: 0}, run: {device: cpu, progress: false, save_every: 2},
-      eval: {max_examples: 8}}
+SFT = tiny_sft({"prompt": {"instruction": "Grade it.", "max_note_chars": 20}, "max_length": 256, "batch_size": 4,
+                "optim": {"lr": 3.0e-3, "max_steps": 4, "warmup_ratio": 0},
+                "run": {"device": "cpu", "progress": False, "save_every": 2}, "eval": {"max_examples": 8}})
+TINY = f"sft: {json.dumps(SFT)}\n" + """
 sample: {n: 2, max_prompts: 8, max_new_tokens: 12, prompts_per_batch: 4}
 dpo: {batch_size: 2, max_length: 512, optim: {max_steps: 2, lr: 1.0e-4}, run: {device: cpu, progress: false},
       eval: {max_examples: 4}}
@@ -62,6 +63,9 @@ def test_every_stage_runs_on_a_judgments_only_import_and_writes_the_report(judgm
     html = (out / "report.html").read_text()
     for section in ("dataset", "stages", "relevance", "tiering", "curves", "retrieval", "examples"):
         assert f'id="{section}"' in html
+    shown = {s["name"]: s for s in json.loads((out / "report.json").read_text())["stages"]}
+    assert shown["report"]["status"] == "running" and shown["report"]["message"] == "writing this report"
+    assert shown["sft"]["status"] == "ran" and "interrupted" not in html
     rows = {r["system"]: r for r in json.loads((out / "evaluate" / "relevance.json").read_text())["rows"]}
     assert {"majority", "bm25-thresholds", "minilm-cosine", "rules", "sft", "grpo"} <= set(rows)
     assert len(rows["grpo"]["x_ci"]["macro_f1"]) == 2  # query-bootstrap interval
@@ -126,3 +130,18 @@ def test_stages_that_cannot_run_on_a_small_dataset_are_skipped_with_the_reason(j
     assert main(["pipeline", "--config", str(judgments_only / "tiny.yaml"), "--data", str(ds), "--out", str(out),
                  "--stages", "nope"]) == 2
     assert "unknown" in capsys.readouterr().err
+
+
+def test_the_report_shows_its_own_stage_running_and_another_running_record_as_interrupted(tmp_path):
+    from searchrl.pipeline.collect import collect_report
+    from searchrl.pipeline.config import PipelineConfig
+    from searchrl.pipeline.context import Context
+    for stage, status in (("sft", "done"), ("dpo", "running"), ("report", "running")):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "stage.json").write_text(json.dumps({"status": status, "seconds": 3.0}))
+    ctx = Context(PipelineConfig(), tmp_path, plan=["report"])
+    shown = {s["name"]: s for s in collect_report(ctx, rendering="report")["stages"]}
+    assert shown["report"]["status"] == "running" and shown["report"]["message"] == "writing this report"
+    assert shown["dpo"]["status"] == "failed" and "interrupted" in shown["dpo"]["message"]
+    assert shown["sft"]["status"] == "reused"  # done by an earlier invocation, not in this plan
+    assert {s["name"]: s for s in collect_report(ctx)["stages"]}["report"]["status"] == "failed"

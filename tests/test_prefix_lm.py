@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import sft_config_for_tests
 from searchrl.config import config_from_dict
 from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
 from searchrl.relevance.model.load import PrefixLMSettings, grade_probs, load_relevance_model
@@ -95,7 +96,7 @@ def test_kv_cached_decoding_and_prefix_sharing_are_exact(mask):
 def test_save_load_round_trip_and_training_moves_the_ranking(tmp_path, tiny_data):
     from transformers import AutoModelForCausalLM
     from searchrl.relevance.train.sft import SFTConfig, run_sft
-    cfg = config_from_dict(SFTConfig, {
+    cfg = sft_config_for_tests({
         "model": MINILM_PREFIX, "prompt": {"layout": "segments", "max_note_chars": 0}, "trim_vocab": True,
         "freeze_layers": 4, "head_lr": 1e-3, "rank_loss_weight": 1.0, "query_chunk": 4, "batch_size": 8,
         "cot_fraction": 0.5, "data_dir": str(tiny_data),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import sft_config_for_tests
 from searchrl.config import config_from_dict
 from searchrl.data.registry import ChecksumError, sha256_file
 from searchrl.errors import MissingFileError, ModelError
@@ -202,7 +203,7 @@ def test_load_relevance_model_on_a_gguf_has_the_grade_tokens_and_sft_trains_it(t
     np.testing.assert_allclose(grade_probs(model, tok, rendered).sum(1), 1.0, atol=1e-9)
     verdicts = {"query": "cable", "item": "cable", "category": "match", "attribute": "match"}
     examples = [{"prompt": p, "completion": build_completion(g, verdicts), "grade": g} for p, g in zip(prompts, (4, 1))]
-    res = train_sft(config_from_dict(SFTConfig, {
+    res = train_sft(sft_config_for_tests({
         "model": str(path), "prompt": pc, "batch_size": 2, "max_length": 1024,
         "optim": {"lr": 1e-3, "warmup_ratio": 0.0, "max_steps": 2},
         "run": {"output_dir": str(tmp_path / "sft"), "device": "cpu", "progress": False}}), examples)

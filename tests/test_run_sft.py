@@ -8,11 +8,12 @@ import sys
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_sft_sets
 from searchrl.cli import main
 from searchrl.metrics.measures import read_metrics_json
 from searchrl.relevance.model.load import load_relevance_model
 
-TINY_SET = ["model=tiny-qwen2", "run.device=cpu", "run.progress=false", "optim.lr=3e-3", "max_length=256",
+TINY_SET = tiny_sft_sets() + ["model=tiny-qwen2", "run.device=cpu", "run.progress=false", "optim.lr=3e-3", "max_length=256",
             "prompt.instruction=Grade it.", "prompt.max_note_chars=20", "optim.warmup_ratio=0"]
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import sft_config_for_tests
 from searchrl.checkpoint import checkpoints
 from searchrl.config import config_from_dict, load_config
 from searchrl.relevance.train.examples import IGNORE, collate, encode_example
@@ -36,7 +37,7 @@ def make_examples(n: int, order: str = "label_first") -> list[dict]:
 
 
 def small_cfg(tmp_path, order="label_first", optim=None, run=None, eval=None, **kw) -> SFTConfig:
-    return config_from_dict(SFTConfig, {
+    return sft_config_for_tests({
         "prompt": PromptConfig(order=order), "model": TINY, "batch_size": 4, "max_length": 256, **kw,
         "optim": {"lr": 3e-3, "warmup_ratio": 0.1, **(optim or {})}, "eval": eval or {},
         "run": {"output_dir": str(tmp_path), "device": "cpu", "progress": False, "seed": 0, **(run or {})}})
@@ -178,7 +179,7 @@ def test_length_grouped_batches_cover_the_epoch_with_less_padding():
 
 
 def test_trim_vocab_and_synthetic_settings_are_checked():
-    assert SFTConfig(model="minilm-qwen2", trim_vocab=True).trim_vocab
+    assert SFTConfig(model="minilm-qwen2", trim_vocab=True, prompt=PromptConfig()).trim_vocab
     with pytest.raises(ValueError, match="trim_vocab"):
         SFTConfig(model="/some/hf/model", trim_vocab=True)
     with pytest.raises(ValueError, match="trim_vocab"):

@@ -70,10 +70,11 @@ def test_no_synthetic_pairs_and_bad_settings(engine, dataset):
 
 
 def test_train_sft_adds_the_synthetic_pairs(dataset, tmp_path, capsys):
+    from conftest import tiny_sft_sets
     from searchrl.cli import main
     from searchrl.data.schema import write_dataset
     write_dataset(dataset, tmp_path / "ds")
-    sets = [f"data_dir={tmp_path / 'ds'}", f"run.output_dir={tmp_path / 'sft'}", "model=tiny-qwen2", "run.device=cpu",
+    sets = tiny_sft_sets() + [f"data_dir={tmp_path / 'ds'}", f"run.output_dir={tmp_path / 'sft'}", "model=tiny-qwen2", "run.device=cpu",
             "run.progress=false", "optim.max_steps=2", "batch_size=4", "synthetic_queries=5", "synthetic_per_query=3"]
     assert main(["train", "sft"] + [x for kv in sets for x in ("--set", kv)]) == 0
     out = capsys.readouterr().out

@@ -125,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model")
     tsub = train.add_subparsers(dest="train_command", required=True, metavar="STAGE")
     ts = tsub.add_parser("sft", help="label-first CoT SFT of the relevance LLM on rule-teacher completions")
-    ts.add_argument("--config", help="YAML config (fields of searchrl.relevance.train.sft.SFTConfig), or 'default': the "
-                    "default relevance model (configs/sft_chorus.yaml); without it, SFTConfig's built-in test defaults")
+    ts.add_argument("--config", help="YAML config (fields of searchrl.relevance.train.sft.SFTConfig); without it (or "
+                    "'default'), SFTConfig's defaults: the default relevance model (configs/sft_chorus.yaml)")
     ts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     ts.set_defaults(func=cmd_train_sft)
     td = tsub.add_parser("dpo", help="DPO of the SFT model on preference pairs (from `searchrl sample`)")

@@ -7,8 +7,6 @@ that ``searchrl --help`` and the data commands start fast.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 from searchrl.errors import ConfigError
 
@@ -100,13 +98,8 @@ def cmd_baseline_retrieval(a) -> None:
 def cmd_train_sft(a) -> None:
     from searchrl.config import load_config
     from searchrl.relevance.train.sft import SFTConfig, run_sft
-    config = a.config
-    if config == "default":  # the default relevance model (what the pipeline trains)
-        config = Path(__file__).resolve().parent / "configs" / "sft_chorus.yaml"
-    cfg = load_config(SFTConfig, config, a.set)
-    if config is None:
-        print("sft: no --config: SFTConfig's built-in defaults (a tiny from-scratch model, for tests and smoke runs); "
-              "the default relevance model is --config default", file=sys.stderr)
+    # no --config (or "default"): SFTConfig's defaults, the default relevance model's recipe
+    cfg = load_config(SFTConfig, None if a.config == "default" else a.config, a.set)
     result = run_sft(cfg)
     if result.final_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"sft: saved {result.final_dir} after {result.step} steps; last eval {result.last_eval}")

@@ -120,3 +120,20 @@ def paired_metric_bootstrap(metric_a: Callable[[np.ndarray], float], metric_b: C
 def _interval(full: float, stats, level: float, n: int) -> Interval:
     lo, hi = np.percentile(np.asarray(stats, dtype=float), [50 * (1 - level), 50 * (1 + level)])
     return Interval(full, float(lo), float(hi), n)
+
+
+def verdict(interval, higher: str = "better", lower: str = "worse") -> str:
+    """The one verdict rule: ``higher`` when the 95% interval of a paired difference lies above 0, ``lower``
+    when it lies below, else "no difference". ``interval``: an Interval or a dict with lo and hi."""
+    lo, hi = (interval["lo"], interval["hi"]) if isinstance(interval, dict) else (interval.lo, interval.hi)
+    if lo > 0:
+        return higher
+    if hi < 0:
+        return lower
+    return "no difference"
+
+
+def format_difference(interval, digits: int = 3) -> str:
+    """A signed difference and its interval: "+0.013 [-0.096, +0.129]" (an Interval or a dict with mean, lo, hi)."""
+    get = (lambda k: interval[k]) if isinstance(interval, dict) else (lambda k: getattr(interval, k))
+    return f"{get('mean'):+.{digits}f} [{get('lo'):+.{digits}f}, {get('hi'):+.{digits}f}]"

@@ -50,7 +50,9 @@ def _dataset(ctx: Context) -> dict | None:
             "provenance": {"description": prov.get("description"), "licence": prov.get("licence"), "files": files}}
 
 
-def _stages(ctx: Context) -> list[dict]:
+def _stages(ctx: Context, rendering: str | None = None) -> list[dict]:
+    """A row per stage with a record; ``rendering``: the stage writing this report, shown as running (a record
+    left "running" by any other stage means that stage was interrupted)."""
     out = []
     for stage in STAGES:
         rec = _json(ctx.dir(stage) / "stage.json")
@@ -62,7 +64,9 @@ def _stages(ctx: Context) -> list[dict]:
         row = {"name": stage, "status": status, "wall_seconds": rec.get("seconds"),
                "config_diff": [{**d, "default": json.dumps(d["default"]), "value": json.dumps(d["value"])}
                                for d in rec.get("config_diff") or []][:40]}
-        if rec.get("message") or rec.get("status") == "running":
+        if stage == rendering and rec.get("status") == "running":
+            row.update(status="running", message="writing this report")
+        elif rec.get("message") or rec.get("status") == "running":
             row["message"] = rec.get("message") or "interrupted (re-run the pipeline to continue it)"
         out.append(row)
     return out
@@ -145,10 +149,11 @@ def _examples(ctx: Context, final: str | None) -> list[dict] | None:
              "cot": c, "system": final} for q, p, g, r, c in zip(sub["text"], products, sub["grade"], results, cots)]
 
 
-def collect_report(ctx: Context) -> dict:
-    """The report dict (eval/report.py's contract) for the run directory ``ctx.out``."""
+def collect_report(ctx: Context, rendering: str | None = None) -> dict:
+    """The report dict (eval/report.py's contract) for the run directory ``ctx.out``; ``rendering``: the stage that
+    is writing it (the pipeline's report stage), shown as running rather than as interrupted."""
     pipeline = _json(ctx.out / "pipeline.json") or {}
-    stages = _stages(ctx)
+    stages = _stages(ctx, rendering)
     relevance, final = _relevance(ctx)
     return {"run": {"name": ctx.out.name, "date": datetime.date.today().isoformat(),
                     "command": pipeline.get("command") or "searchrl pipeline",

@@ -269,7 +269,7 @@ def _ci(metric, groups, n_boot: int) -> list[float]:
 def report(ctx: Context) -> dict:
     from searchrl.eval.report import render_report
     from searchrl.pipeline.collect import collect_report
-    doc = collect_report(ctx)
+    doc = collect_report(ctx, rendering="report")
     (ctx.out / "report.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     path = render_report(doc, ctx.out / "report.html")
     return {"report": str(path)}

@@ -67,7 +67,7 @@ from searchrl.relevance.model.scorer_config import save_relevance_model, scorer_
 @dataclass
 class GRPOConfig:
     # --- model
-    model: str = "tiny-qwen2"  # the SFT model directory (runs/sft/final), a GGUF file or packaged GGUF name, or
+    model: str = "runs/sft/final"  # the SFT model directory (runs/sft/final), a GGUF file or packaged GGUF name, or
     #   an offline build name, as in SFTConfig
     tiny: TinyModel = field(default_factory=TinyModel)  # sizes when model is "tiny-qwen2"
     lora: LoraSettings | None = None  # None = full fine-tuning; with LoRA the reference is the base, adapters off

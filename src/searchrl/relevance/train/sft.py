@@ -56,59 +56,66 @@ from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_con
 
 @dataclass
 class SFTConfig:
+    """Label-first CoT SFT. The defaults are the default relevance model's recipe on 2 CPU cores
+    (configs/sft_chorus.yaml holds the same values with the reason for each)."""
     # --- model
-    model: str = "tiny-qwen2"  # local HF causal-LM directory, a GGUF file, a packaged GGUF model ("smollm2-135m",
+    model: str = "minilm-prefix"  # local HF causal-LM directory, a GGUF file, a packaged GGUF model ("smollm2-135m",
     #   "gemma3-270m": relevance/pretrained.py; dequantised once, cached), or an offline build over MiniLM's vocabulary:
     #   "tiny-qwen2" (random Qwen2), "minilm-qwen2" (Qwen2 with MiniLM's embeddings), "minilm-decoder" (MiniLM as BERT decoder)
     #   | "minilm-prefix" (MiniLM as a prefix-LM reading the query and the product as segments; prefix_lm.py)
     tiny: TinyModel = field(default_factory=TinyModel)  # Qwen2 sizes for tiny-qwen2 / minilm-qwen2
-    prefix: PrefixLMSettings = field(default_factory=PrefixLMSettings)  # minilm-prefix: mask and readout
+    prefix: PrefixLMSettings = field(default_factory=lambda: PrefixLMSettings(mask="block", readout="sim"))
+    #   minilm-prefix: the product segment reads the query (a cross-encoder), + w * cosine in the grade logits
     tokenizer: str = ""  # tokenizer directory; "" = the model's own (MiniLM's for tiny-qwen2)
-    trim_vocab: bool = False  # MiniLM builds only: cut MiniLM's 30k-token vocabulary to the tokens the catalogue and
+    trim_vocab: bool = True  # MiniLM builds only: cut MiniLM's 30k-token vocabulary to the tokens the catalogue and
     #   the train completions use (model.trim_minilm_tokenizer): a ~4x smaller LM head
     dtype: str = "float32"  # float32 | bfloat16 | float16: weights' dtype (optimizer states follow it)
     lora: LoraSettings | None = None  # None = full fine-tuning; set any lora.* key to train LoRA adapters instead
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    freeze_layers: int = 0  # freeze the input embeddings and this many lower transformer blocks (0 = train all):
+    freeze_layers: int = 6  # freeze the input embeddings and this many lower transformer blocks (0 = train all):
     #   with ~100 training queries a pretrained encoder keeps what it knows instead of memorising them
-    head_lr: float = 0.0  # learning rate of the parameters outside the base model (LM-head transform, grade rows,
+    head_lr: float = 1e-3  # learning rate of the parameters outside the base model (LM-head transform, grade rows,
     #   similarity weights): new parameters learn faster than pretrained ones; 0 = optim.lr
     # --- data
     data_dir: str = ""  # prepared dataset directory (run_sft builds the examples from it)
-    prompt: PromptConfig = field(default_factory=PromptConfig)  # prompt fields, instruction and completion order
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(
+        order="label_first", layout="segments", max_description_chars=120, max_attributes=2, max_note_chars=0))
+    #   prompt fields, instruction and completion order
     #   (prompt.order: label_first = grade token first | cot_first); saved with the model
     chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
     rules: str = ""  # rule knowledge base YAML for the rule teacher; "" = the packaged relevance/rules.yaml
     teacher: str = "rule"  # who writes the train CoT: "rule" (offline) | "llm" (an OpenAI-compatible endpoint)
     llm: LLMTeacherConfig = field(default_factory=LLMTeacherConfig)  # endpoint, model, cache (teacher=llm)
     on_disagree: str = "condition"  # teacher grade != human grade: "condition" the CoT on the gold grade | "drop"
-    max_length: int = 1024  # prompt + completion tokens; longer examples are dropped and counted
+    max_length: int = 256  # prompt + completion tokens; longer examples are dropped and counted
     synthetic_queries: int = 0  # add rule-graded pairs for this many queries written from the catalogue
     #   (relevance/synthetic.py; never a valid/test query or a product judged for them); 0 = human pairs only
     synthetic_per_query: int = 8  # candidates per synthetic query: BM25 hits, a quarter random products
     max_train_examples: int = 0  # train on a seeded random subset of this size; 0 = all
     # --- batches and loss
-    batch_size: int = 8  # examples per micro-batch
+    batch_size: int = 32  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
     group_by_length: bool = False  # batches of similar-length examples (training.BatchStream): less padding
-    label_loss_weight: float = 1.0  # loss weight of grade-token targets relative to a reasoning token: the grade
+    label_loss_weight: float = 5.0  # loss weight of grade-token targets relative to a reasoning token: the grade
     #   is one token among ~50, and a small model otherwise learns the reasoning text long before the grade
-    balance_grades: float = 0.0  # 0..1: scale each grade token's weight by (inverse train frequency of that
+    balance_grades: float = 0.5  # 0..1: scale each grade token's weight by (inverse train frequency of that
     #   grade) ** balance_grades, normalised to mean 1 over examples; 1 = fully class-balanced (macro-F1 view)
-    cot_fraction: float = 1.0  # share of the training examples that keep their chain of thought (seeded); the others
+    cot_fraction: float = 0.25  # share of the training examples that keep their chain of thought (seeded); the others
     #   are trained on the grade token alone: the model still writes its CoT, and an epoch costs far fewer tokens
     hint_fraction: float = 0.0  # share of the training examples whose prompt carries guided replay's hint (the
     #   gold grade and the rule verdicts, guided_replay.hint_text) as the replay will give it: a policy that has
     #   read hints in SFT can use them in AGRL's guided rollouts; serving prompts never carry one
-    rank_loss_weight: float = 0.0  # + this x a within-query pairwise (RankNet) loss on the Good log-odds
+    rank_loss_weight: float = 1.0  # + this x a within-query pairwise (RankNet) loss on the Good log-odds
     #   log P(L3|L4) - log P(L1|L2) of candidates with different grades: forces ranking inside a query
-    query_chunk: int = 0  # > 0: batches are made of chunks of this many candidates of one query (what the rank
+    query_chunk: int = 16  # > 0: batches are made of chunks of this many candidates of one query (what the rank
     #   loss needs); 0 = examples in random (or length-grouped) order
     # --- sections
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_ratio=0.03, schedule="cosine"))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, epochs=2.0, warmup_ratio=0.06, schedule="linear"))
     #   (full fine-tuning of a pretrained model wants lr ~1e-5, LoRA ~1e-4)
-    eval: EvalConfig = field(default_factory=EvalConfig)  # in-training eval on eval.split (macro-F1, accuracy)
-    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/sft"))  # output, cadence, resume
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(split="valid", every=0, max_examples=0))
+    #   in-training eval on eval.split (macro-F1, accuracy)
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/sft", save_every=50, save_total_limit=1,
+                                                             resume=True))  # output, cadence, resume
 
     def __post_init__(self):
         check_choices(self, teacher=("rule", "llm"), on_disagree=("condition", "drop"), dtype=DTYPES)
