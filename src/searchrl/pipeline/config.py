@@ -8,6 +8,10 @@ directories, which model a stage starts from, the relevance model that judges R-
 set by the pipeline and overrides what a section says (the stage's ``data_dir``,
 ``model``, ``pairs``, ``encoder``, ``reward.relevance_model``, ``run.output_dir``,
 ``run.resume``).
+
+``start_model`` lets a run start the relevance chain from a model trained elsewhere: with
+``--stages data,sample,dpo,grpo --set start_model=runs/quickstart/sft/final`` the sample and DPO
+stages read that SFT model, and GRPO the DPO model this run trains.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class SampleStage:
     max_new_tokens: int = 64  # completion length cap (label-first: the grade is the first token)
     prompts_per_batch: int = 16  # prompts per sampling batch (x n rows)
     seed: int = 0  # seeds the subset and the sampling
+    teacher_chosen: str = "completion"  # an all-wrong prompt's chosen side: the rule teacher's whole completion,
+    #   or "grade": its grade token alone (grade-only sampling, max_new_tokens=1: as long as the rejected sample)
 
 
 @dataclass
@@ -65,6 +71,8 @@ class EvaluateStage:
 class ReportStage:
     examples_per_grade: int = 2  # test pairs per gold grade shown with the final model's grade and decoded CoT
     max_new_tokens: int = 96  # CoT tokens decoded for each example
+    results_dir: str = ""  # also write the results pages (relevance.md, retrieval.md, timing.md) here, e.g.
+    #   docs/results (what scripts/quickstart.sh does); "" = none
 
 
 @dataclass
@@ -79,6 +87,8 @@ class PipelineConfig:
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)  # sft, hardneg and R-GRPO stages
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)  # every system on one split, with intervals
     report: ReportStage = field(default_factory=ReportStage)  # report.html
+    start_model: str = ""  # a trained relevance model (a final/ or export directory) the chain starts from: a stage
+    #   that reads an earlier relevance model gets this one when the run has trained none before it
 
     def __post_init__(self):
         unknown = [s for s in self.stages if s not in STAGES]
@@ -86,3 +96,4 @@ class PipelineConfig:
             raise ConfigError(f"stages: unknown {unknown}; known, in order: {', '.join(STAGES)}")
         check_choices(self.evaluate, split=("train", "valid", "test"))
         check_choices(self.tiering, split=("train", "valid", "test"))
+        check_choices(self.sample, teacher_chosen=("completion", "grade"))

@@ -93,6 +93,8 @@ def tiering(ctx: Context) -> dict:
     model = ctx.relevance_model(before="dpo")
     if model is None:
         raise SkipStage("no relevance model to tune (run the sft stage first)")
+    if ctx.cfg.start_model and model == Path(ctx.cfg.start_model):  # tuning writes into the model's directory
+        raise SkipStage("the start model is another run's: tune it there (searchrl tune-tiering)")
     _rows_of_split(ctx.ds(), ctx.cfg.tiering.split, "tuning beta")
     result = tune_tiering(model, ctx.ds(), ctx.cfg.tiering.split)
     out = ctx.dir("tiering")
@@ -110,6 +112,9 @@ def sample(ctx: Context) -> dict:
     _rows_of_split(ctx.ds(), s.split, "pass@N sampling")
     rows, table = sample_preferences(model, ctx.ds(), s.n, s.split, s.temperature, s.top_p, s.max_new_tokens,
                                      s.prompts_per_batch, s.seed, s.max_prompts, ctx.cfg.sft.rules or None)
+    if s.teacher_chosen == "grade":  # grade-only samples: the teacher's side is its grade token, not its CoT
+        from searchrl.relevance.format.prompt import grade_token
+        rows = [r | {"chosen": grade_token(r["grade"])} if r["source"] == "teacher" else r for r in rows]
     out = ctx.dir("sample")
     write_pairs(out / "pairs.jsonl", rows)
     (out / "pass_at_n.json").write_text(json.dumps(table, indent=1) + "\n")
@@ -272,6 +277,10 @@ def report(ctx: Context) -> dict:
     doc = collect_report(ctx, rendering="report")
     (ctx.out / "report.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     path = render_report(doc, ctx.out / "report.html")
+    if ctx.cfg.report.results_dir:
+        from searchrl.pipeline.results import write_results_pages
+        for page in write_results_pages(doc, ctx.cfg.report.results_dir):
+            print(f"[pipeline] results page: {page}")
     return {"report": str(path)}
 
 

@@ -224,50 +224,66 @@ class _Flat:
         return [ex for chunk in self.chunks(m) for ex in chunk]
 
 
-def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[dict] | None = None,
-              resume: bool | None = None) -> SFTResult:
-    """Fine-tune on examples_train ({"prompt", "completion", "grade"}); evaluate on examples_eval."""
-    if resume is not None:
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=resume))
-    loop = RunLoop("sft", cfg.run, cfg)
+def _load_policy(cfg: SFTConfig, loop: RunLoop):
+    """(model, tokenizer) to train: the start model or the resumed checkpoint, lower layers frozen, in train mode."""
     model, tok = load_trainable(cfg.model, DTYPES[cfg.dtype], cfg.lora, loop.checkpoint, cfg.tokenizer or None,
                                 seed=cfg.run.seed, tiny=cfg.tiny, prefix=cfg.prefix)
     model.to(loop.device)
     if cfg.freeze_layers:
         freeze_lower_layers(model, cfg.freeze_layers)
-    gids = grade_token_ids(tok)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         if cfg.lora is not None:
             model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
     model.train()
+    return model, tok
 
-    train = subset(examples_train, cfg.max_train_examples, cfg.run.seed)
-    evals = subset(examples_eval or [], cfg.eval.max_examples, cfg.run.seed)
-    check_order(train, cfg.prompt.order)
-    gweights = grade_weights([int(ex["grade"]) for ex in train], cfg.label_loss_weight, cfg.balance_grades)
+
+def _encode_train(cfg: SFTConfig, tok, train: list[dict], loop: RunLoop) -> list[dict | None]:
+    """Each example encoded (None: longer than max_length): a seeded cot_fraction keeps its chain of thought (the rest
+    train on the grade token alone), a seeded hint_fraction reads guided replay's hint in its prompt."""
     with_cot = np.random.default_rng([cfg.run.seed, 31]).random(len(train)) < cfg.cot_fraction
     with_hint = np.random.default_rng([cfg.run.seed, 37]).random(len(train)) < cfg.hint_fraction
     encoded = [encode_example(tok, render_prompt(tok, hinted_prompt(ex["prompt"], hint_text(ex)) if hint else
                                                  ex["prompt"], cfg.chat_template),
                               ex["completion"] if cot else grade_token(int(ex["grade"])), cfg.max_length, eos=bool(cot))
                for ex, cot, hint in zip(train, with_cot, with_hint)]
-    data = [e for e in encoded if e is not None]
-    dropped = len(encoded) - len(data)
-    if not data:
+    dropped = sum(e is None for e in encoded)
+    if dropped == len(encoded):
         raise InputError(f"no training example fits max_length={cfg.max_length} ({dropped} dropped)")
     if dropped:
         loop.print(f"dropped {dropped} of {len(encoded)} training examples longer than {cfg.max_length} tokens")
+    return encoded
 
-    if cfg.query_chunk:  # a micro-batch is whole chunks of one query's candidates: pairs for the rank loss
+
+def _batch_stream(cfg: SFTConfig, train: list[dict], encoded: list[dict | None]):
+    """stream(m): the m-th micro-batch of the encoded examples that fit; with query_chunk, whole chunks of one
+    query's candidates (the pairs the rank loss needs)."""
+    data = [e for e in encoded if e is not None]
+    if cfg.query_chunk:
         kept = [ex for ex, e in zip(train, encoded) if e is not None]
         chunks = [[data[i] | {"group": g, "grade": int(kept[i]["grade"])} for i in c]
                   for g, c in enumerate(query_chunks(kept, cfg.query_chunk, cfg.run.seed))]
-        units = BatchStream(chunks, max(1, cfg.batch_size // cfg.query_chunk), cfg.run.seed)
-        stream = _Flat(units)
-    else:
-        stream = BatchStream(data, cfg.batch_size, cfg.run.seed,  # stream(m): the m-th micro-batch
-                             [len(e["input_ids"]) for e in data] if cfg.group_by_length else None)
+        return _Flat(BatchStream(chunks, max(1, cfg.batch_size // cfg.query_chunk), cfg.run.seed))
+    return BatchStream(data, cfg.batch_size, cfg.run.seed,
+                       [len(e["input_ids"]) for e in data] if cfg.group_by_length else None)
+
+
+def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[dict] | None = None,
+              resume: bool | None = None) -> SFTResult:
+    """Fine-tune on examples_train ({"prompt", "completion", "grade"}); evaluate on examples_eval."""
+    if resume is not None:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=resume))
+    loop = RunLoop("sft", cfg.run, cfg)
+    model, tok = _load_policy(cfg, loop)
+    gids = grade_token_ids(tok)
+    train = subset(examples_train, cfg.max_train_examples, cfg.run.seed)
+    evals = subset(examples_eval or [], cfg.eval.max_examples, cfg.run.seed)
+    check_order(train, cfg.prompt.order)
+    gweights = grade_weights([int(ex["grade"]) for ex in train], cfg.label_loss_weight, cfg.balance_grades)
+    encoded = _encode_train(cfg, tok, train, loop)
+    dropped = sum(e is None for e in encoded)
+    stream = _batch_stream(cfg, train, encoded)
     per_step = cfg.grad_accum * loop.world  # micro-batches per optimizer step, over all ranks
     total = total_steps(cfg.optim, stream.per_epoch, per_step)
     optimizer, scheduler = build_optimizer(model, cfg.optim, total, head_lr=cfg.head_lr)

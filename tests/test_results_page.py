@@ -1,0 +1,38 @@
+"""Results pages: the header names the command, date, machine and wall time; the pipeline's pages carry its tables."""
+
+import datetime
+
+from searchrl.eval.report_example import example_report
+from searchrl.eval.results_page import ResultsPage, markdown_table
+from searchrl.pipeline.results import write_results_pages
+
+
+def test_a_page_states_command_date_machine_and_wall_time_and_escapes_cells(tmp_path):
+    page = ResultsPage("demo", "Demo", command="python make_it.py --fast")
+    page.table(["system", "score"], [["a|b", 0.12345], ["c", 0.001234], ["d", None]], caption="cap")
+    path = page.write(tmp_path, wall_seconds=90)
+    text = path.read_text()
+    assert path.name == "demo.md" and text.startswith("# Demo\n")
+    assert "`python make_it.py --fast`" in text and datetime.date.today().isoformat() in text
+    assert "wall time 1.5 min" in text and "cores" in text
+    assert "| a\\|b | 0.123 |" in text and "| c | 0.0012 |" in text and "| d |  |" in text
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_markdown_table_has_a_separator_per_column():
+    lines = markdown_table(["x", "y", "z"], [[1, 2, 3]]).splitlines()
+    assert lines[1] == "|---|---|---|" and lines[2] == "| 1 | 2 | 3 |"
+
+
+def test_the_pipeline_writes_its_relevance_retrieval_and_timing_pages(tmp_path):
+    doc = example_report()
+    paths = write_results_pages(doc, tmp_path)
+    assert sorted(p.name for p in paths) == ["relevance.md", "retrieval.md", "timing.md"]
+    relevance = (tmp_path / "relevance.md").read_text()
+    for row in doc["relevance"]["rows"]:
+        assert f"| {row['system']} | {row['accuracy']:.3f} | {row['macro_f1']:.3f} |" in relevance
+    retrieval = (tmp_path / "retrieval.md").read_text()
+    assert all(f"| {r['system']} |" in retrieval for r in doc["retrieval"]["rows"])
+    timing = (tmp_path / "timing.md").read_text()
+    assert "| relevance_sft | ran | 23.5 min |" in timing
+    assert doc["run"]["command"] in timing
