@@ -36,3 +36,18 @@ def test_the_pipeline_writes_its_relevance_retrieval_and_timing_pages(tmp_path):
     timing = (tmp_path / "timing.md").read_text()
     assert "| relevance_sft | ran | 23.5 min |" in timing
     assert doc["run"]["command"] in timing
+
+
+def test_the_speed_page_renders_every_benchmarks_figures(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("speed_page", bench / "speed_page.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.main(["--from-json", "--out", str(tmp_path)]).read_text()
+    for path in bench.glob("results_*.json"):
+        figures = json.loads(path.read_text())["figures"]
+        assert f"## bench_{path.stem.removeprefix('results_')}" in text
+        assert all(f"| {k} |" in text for k, v in figures.items() if not isinstance(v, (dict, list)))
