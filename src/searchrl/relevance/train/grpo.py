@@ -228,6 +228,35 @@ def grpo_metrics(loop: RunLoop, batch: Groups, sums: dict, replay: GuidedReplay 
 
 # ---------------------------------------------------------------- training
 
+def _prompts(cfg: GRPOConfig, prompts: list[dict] | None, eval_examples: list[dict] | None):
+    """(train prompts, eval examples), seeded subsets; by default data_dir's train split and cfg.eval.split."""
+    if prompts is None:
+        if not cfg.data_dir:
+            raise ConfigError("data_dir is not set (--set data_dir=DIR, a directory made by `searchrl data prepare`)")
+        from searchrl.data.schema import load_dataset
+        ds = load_dataset(cfg.data_dir)
+        prompts = split_examples(ds, "train", cfg.prompt, cfg.rules)
+        if eval_examples is None:
+            eval_examples = split_examples(ds, cfg.eval.split, cfg.prompt, cfg.rules)
+    prompts = subset(prompts, cfg.max_train_prompts, cfg.run.seed)
+    if not prompts:
+        raise ConfigError("no training prompts")
+    return prompts, subset(eval_examples or [], cfg.eval.max_examples, cfg.run.seed)
+
+
+def _policy_and_reference(cfg: GRPOConfig, loop: RunLoop):
+    """(policy, tokenizer, reference): the reference is the starting model, frozen, when the KL term needs one and
+    the policy is not LoRA (under LoRA the adapters-off policy is the reference); else None."""
+    dtype = DTYPES[cfg.dtype]
+    model, tok = load_trainable(cfg.model, dtype, cfg.lora, loop.checkpoint, seed=cfg.run.seed, tiny=cfg.tiny)
+    model.to(loop.device).train()
+    reference = None
+    if cfg.beta > 0 and cfg.lora is None:
+        reference, _ = load_relevance_model(cfg.model, dtype, seed=cfg.run.seed, tiny=cfg.tiny)
+        reference.to(loop.device).eval().requires_grad_(False)
+    return model, tok, reference
+
+
 def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples: list[dict] | None = None,
                reward_fn=None, resume: bool | None = None) -> GRPOResult:
     """GRPO from cfg.model; prompts are {"prompt", "grade", ...} (default: data_dir's train split)."""
@@ -240,27 +269,9 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
     if ro_cfg.prompts_per_step % loop.world:
         raise ConfigError(f"rollout.prompts_per_step={ro_cfg.prompts_per_step} does not split over {loop.world} "
                           "processes")
-    if prompts is None:
-        if not cfg.data_dir:
-            raise ConfigError("data_dir is not set (--set data_dir=DIR, a directory made by `searchrl data prepare`)")
-        from searchrl.data.schema import load_dataset
-        ds = load_dataset(cfg.data_dir)
-        prompts = split_examples(ds, "train", cfg.prompt, cfg.rules)
-        if eval_examples is None:
-            eval_examples = split_examples(ds, cfg.eval.split, cfg.prompt, cfg.rules)
-    prompts = subset(prompts, cfg.max_train_prompts, cfg.run.seed)
-    evals = subset(eval_examples or [], cfg.eval.max_examples, cfg.run.seed)
-    if not prompts:
-        raise ConfigError("no training prompts")
+    prompts, evals = _prompts(cfg, prompts, eval_examples)
     reward_fn = reward_fn or build_reward(cfg.reward, cfg.prompt.order, ro_cfg.group_size, cfg.rules)
-
-    dtype = DTYPES[cfg.dtype]
-    model, tok = load_trainable(cfg.model, dtype, cfg.lora, loop.checkpoint, seed=cfg.run.seed, tiny=cfg.tiny)
-    model.to(loop.device).train()
-    reference = None
-    if cfg.beta > 0 and cfg.lora is None:  # the starting model, frozen (under LoRA: the adapters-off policy)
-        reference, _ = load_relevance_model(cfg.model, dtype, seed=cfg.run.seed, tiny=cfg.tiny)
-        reference.to(loop.device).eval().requires_grad_(False)
+    model, tok, reference = _policy_and_reference(cfg, loop)
     encoded = [encode_prompt(tok, render_prompt(tok, p["prompt"], cfg.chat_template)) for p in prompts]
     sampler = PromptSampler([int(p["grade"]) for p in prompts], ro_cfg.class_balance, [cfg.run.seed, loop.rank])
     generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + loop.rank)  # rank's own sampling stream
