@@ -388,7 +388,7 @@ def test_a_jsonl_queries_file_without_a_key_is_a_located_error(tmp_path):
 
 
 def test_float_ids_in_jsonl_match_their_integer_form(tmp_path):
-    # 3.0 and 3 are one product: the second row used to add product "3" again (duplicate product_id)
+    # 3.0 and 3 are one product: the second row must not add product "3" again (a duplicate product_id)
     files = {"judgments": ("j.jsonl", ('{"query": "laptop", "product_id": 3.0, "title": "a laptop", "label": 4}\n'
                                       '{"query": "mouse", "product_id": 3.0, "title": "a laptop", "label": 1}\n'))}
     ds = _import(tmp_path, files)

@@ -67,7 +67,7 @@ def test_non_strings_are_a_format_error(value):
        query=st.text(max_size=20), item=st.text(max_size=20),
        notes=st.fixed_dictionaries({s: notes_text for s in STEPS}), order=st.sampled_from(ORDERS),
        max_note_chars=st.integers(0, 200))
-# a note "<<L3>>" used to lose one layer of brackets only, leaving a grade token inside the completion
+# a note "<<L3>>" must lose both layers of brackets: one left would put a grade token inside the completion
 @example(grade=2, category="match", attribute="match", query="laptop", item="laptop",
          notes={"query": "<<L3>>", "item": "-", "category": "-", "attribute": "-", "verdict": "-"},
          order="label_first", max_note_chars=160)

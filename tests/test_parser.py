@@ -39,8 +39,8 @@ def test_round_trip_every_grade_and_order(grade, order):
 
 @pytest.mark.parametrize("order", ORDERS)
 def test_round_trip_through_minilm_wordpiece_decode(order):
-    # what a MiniLM-based model's sample looks like once decoded: "camera _ bag", " : ", "l3"; the default
-    # model's CoT used to fail here on every multi-word type, which read as a 98-100% format-error rate
+    # what a MiniLM-based model's sample looks like once decoded: "camera _ bag", " : ", "l3"; every multi-word
+    # type must read back, or a model's whole CoT counts as a format error
     from searchrl.relevance.model.tokenizer import add_grade_tokens, minilm_tokenizer
     tok = minilm_tokenizer()
     add_grade_tokens(tok)
