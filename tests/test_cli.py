@@ -28,7 +28,7 @@ def test_bad_fractions_flag():
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
-    from searchrl import cli
+    from searchrl.commands import data as data_commands
     from searchrl.errors import ConfigError
     assert main(["train", "sft", "--set", "optim.lrr=1"]) == 2  # a typo in a section key: a one-line error
     err = capsys.readouterr().err
@@ -36,13 +36,13 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, cap
 
     def bug(a):
         raise KeyError("file")  # a programming bug, not a user mistake
-    monkeypatch.setattr(cli, "cmd_data_stats", bug)
+    monkeypatch.setattr(data_commands, "cmd_data_stats", bug)
     with pytest.raises(KeyError):  # not swallowed into "error: file"
         main(["data", "stats", "somewhere"])
 
     def config_problem(a):
         raise ConfigError("batch_size must be >= 1")
-    monkeypatch.setattr(cli, "cmd_data_stats", config_problem)
+    monkeypatch.setattr(data_commands, "cmd_data_stats", config_problem)
     assert main(["data", "stats", "somewhere"]) == 2
 
 
