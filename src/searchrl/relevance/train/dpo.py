@@ -28,14 +28,15 @@ import torch
 
 from searchrl.config import EvalConfig, OptimConfig, RunConfig, check_choices
 from searchrl.errors import ConfigError, InputError
-from searchrl.rl.dpo_loss import dpo_sigmoid_loss, sequence_logps
-from searchrl.training import BatchStream, RunLoop, build_optimizer, optimizer_step, total_steps
-from searchrl.relevance.scoring.evaluate import evaluate_examples
-from searchrl.relevance.train.examples import IGNORE, collate, encode_example, split_examples, subset
 from searchrl.relevance.model.load import DTYPES, load_relevance_model, load_trainable
 from searchrl.relevance.model.lora import LoraSettings, frozen_reference
-from searchrl.relevance.train.sample import read_preference_pairs
 from searchrl.relevance.model.scorer_config import save_relevance_model, scorer_config_of
+from searchrl.relevance.scoring.evaluate import evaluate_examples
+from searchrl.relevance.train.examples import IGNORE, collate, encode_example, split_examples, subset
+from searchrl.relevance.train.sample import read_preference_pairs
+from searchrl.relevance.train.saving import PolicySaver
+from searchrl.rl.dpo_loss import dpo_sigmoid_loss, sequence_logps
+from searchrl.training import BatchStream, RunLoop, build_optimizer, optimizer_step, total_steps
 
 
 @dataclass
@@ -159,24 +160,12 @@ def train_dpo(cfg: DPOConfig) -> DPOResult:
                 "reward_accuracy": accuracy, "chosen_reward": chosen, "rejected_reward": chosen - margin, "lr": lr,
                 "tokens_per_s": n_tokens / max(time.perf_counter() - t0, 1e-9)}
 
-    def save_weights(path: Path) -> None:
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
-
-    export = model
-
-    def save_final(path: Path) -> None:
-        nonlocal export
-        # a merged full model loads anywhere with load_relevance_model, LoRA or not
-        export = model.merge_and_unload() if cfg.lora is not None else model
-        save_relevance_model(path, export, tok, scorer, cfg, "dpo_config")  # DPO changed no prompt setting
-
-    result = loop.fit(step, total, optimizer, scheduler, save_weights, save_final=save_final,
+    saver = PolicySaver(model, tok, cfg.lora,  # DPO changed no prompt setting: the SFT model's scorer config
+                        lambda path, export: save_relevance_model(path, export, tok, scorer, cfg, "dpo_config"))
+    result = loop.fit(step, total, optimizer, scheduler, saver.save_weights, save_final=saver.save_final,
                       evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, scorer.prompt.order,
                                                           scorer.chat_template)) if evals else None,
                       eval_every=cfg.eval.every, postfix=("loss", "reward_margin"),
                       best_metric=cfg.eval.best_metric, model=model)
-    if result.final_dir is not None and cfg.lora is not None and not loop.main:
-        export = model.merge_and_unload()  # every rank returns the same merged model
-    return DPOResult(export if result.final_dir else model, reference, tok, result.step, result.final_dir, dropped,
+    return DPOResult(saver.trained_model(result.final_dir, loop.main), reference, tok, result.step, result.final_dir, dropped,
                      result.last_eval)

@@ -49,19 +49,27 @@ import torch
 
 from searchrl.config import EvalConfig, OptimConfig, RunConfig, check_choices
 from searchrl.errors import ConfigError
-from searchrl.rl.grpo_loss import AGGREGATIONS, SCALES, aggregate, clipped_surrogate, group_advantages
-from searchrl.training import RunLoop, build_optimizer, optimizer_step
-from searchrl.relevance.scoring.evaluate import evaluate_examples
-from searchrl.relevance.train.examples import split_examples, subset
-from searchrl.relevance.train.rollouts import Groups, PromptSampler, RolloutConfig, collect_groups, completion_logps, split_rows
-from searchrl.relevance.train.guided_replay import GuidedReplay, GuidedReplayConfig, guided_old_logps
+from searchrl.relevance.format.prompt import PromptConfig
+from searchrl.relevance.model.builds import TinyModel
 from searchrl.relevance.model.load import DTYPES, load_relevance_model, load_trainable
 from searchrl.relevance.model.lora import LoraSettings, frozen_reference
-from searchrl.relevance.model.builds import TinyModel
-from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
-from searchrl.relevance.format.prompt import PromptConfig
-from searchrl.relevance.train.rewards import RewardConfig, build_reward
 from searchrl.relevance.model.scorer_config import save_relevance_model, scorer_config_or_default
+from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
+from searchrl.relevance.scoring.evaluate import evaluate_examples
+from searchrl.relevance.train.examples import split_examples, subset
+from searchrl.relevance.train.guided_replay import GuidedReplay, GuidedReplayConfig, guided_old_logps
+from searchrl.relevance.train.rewards import RewardConfig, build_reward
+from searchrl.relevance.train.rollouts import (
+    Groups,
+    PromptSampler,
+    RolloutConfig,
+    collect_groups,
+    completion_logps,
+    split_rows,
+)
+from searchrl.relevance.train.saving import PolicySaver
+from searchrl.rl.grpo_loss import AGGREGATIONS, SCALES, aggregate, clipped_surrogate, group_advantages
+from searchrl.training import RunLoop, build_optimizer, optimizer_step
 
 
 @dataclass
@@ -309,24 +317,14 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
         return {"sampler": sampler.state_dict(), "generator": generator.get_state(), "rollouts_total": rollouts_total,
                 "replay": replay.buffer.state_dict() if replay else None}
 
-    def save_weights(path: Path) -> None:
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
-
-    export = model
-
-    def save_final(path: Path) -> None:
-        nonlocal export
-        export = model.merge_and_unload() if cfg.lora is not None else model
-        # scorer: the starting model's scorer config when it has one (its tuned beta included)
-        save_relevance_model(path, export, tok, scorer, cfg, "grpo_config")
-
-    result = loop.fit(step, total, optimizer, scheduler, save_weights, save_final=save_final, rank_state=rank_state,
+    # final/'s scorer config: the starting model's when it has one (its tuned beta included)
+    saver = PolicySaver(model, tok, cfg.lora,
+                        lambda path, export: save_relevance_model(path, export, tok, scorer, cfg, "grpo_config"))
+    result = loop.fit(step, total, optimizer, scheduler, saver.save_weights, save_final=saver.save_final,
+                      rank_state=rank_state,
                       evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, cfg.prompt.order,
                                                           cfg.chat_template)) if evals else None,
                       eval_every=cfg.eval.every, postfix=("reward_mean", "tokens_per_s"),
                       best_metric=cfg.eval.best_metric, model=model)
-    if result.final_dir is not None and cfg.lora is not None and not loop.main:
-        export = model.merge_and_unload()  # every rank returns the same merged model
-    return GRPOResult(export if result.final_dir else model, tok, result.step, result.final_dir, result.last_eval,
+    return GRPOResult(saver.trained_model(result.final_dir, loop.main), tok, result.step, result.final_dir, result.last_eval,
                       reference, rollouts_total)

@@ -39,19 +39,27 @@ import torch.nn.functional as F
 
 from searchrl.config import EvalConfig, OptimConfig, RunConfig, check_choices
 from searchrl.errors import ConfigError, InputError
-from searchrl.training import BatchStream, RunLoop, build_optimizer, optimizer_step, total_steps
-from searchrl.relevance.scoring.evaluate import evaluate_examples
-from searchrl.relevance.train.examples import IGNORE, build_examples, check_order, collate, encode_example, split_examples, subset
-from searchrl.relevance.train.guided_replay import hint_text, hinted_prompt
-from searchrl.relevance.rules.llm_teacher import LLMTeacherConfig
-from searchrl.relevance.model.load import DTYPES, MINILM_BUILDS, PrefixLMSettings, load_trainable
-from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
-from searchrl.relevance.model.lora import LoraSettings, freeze_lower_layers
-from searchrl.relevance.model.builds import TinyModel
-from searchrl.relevance.model.tokenizer import grade_token_ids, render_prompt, trim_minilm_tokenizer
 from searchrl.relevance.format.prompt import PromptConfig, build_prompt, grade_token
+from searchrl.relevance.model.builds import TinyModel
+from searchrl.relevance.model.load import DTYPES, MINILM_BUILDS, PrefixLMSettings, load_trainable
+from searchrl.relevance.model.lora import LoraSettings, freeze_lower_layers
+from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
 from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
-
+from searchrl.relevance.model.tokenizer import grade_token_ids, render_prompt, trim_minilm_tokenizer
+from searchrl.relevance.rules.llm_teacher import LLMTeacherConfig
+from searchrl.relevance.scoring.evaluate import evaluate_examples
+from searchrl.relevance.train.examples import (
+    IGNORE,
+    build_examples,
+    check_order,
+    collate,
+    encode_example,
+    split_examples,
+    subset,
+)
+from searchrl.relevance.train.guided_replay import hint_text, hinted_prompt
+from searchrl.relevance.train.saving import PolicySaver
+from searchrl.training import BatchStream, RunLoop, build_optimizer, optimizer_step, total_steps
 
 
 @dataclass
@@ -322,27 +330,13 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
             row["rank_loss"] = loop.sum(rank_total) / loop.world
         return row
 
-    def save_weights(path: Path) -> None:
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
-
-    export = model
-
-    def save_final(path: Path) -> None:
-        nonlocal export
-        # a merged full model loads anywhere with load_relevance_model, LoRA or not
-        export = model.merge_and_unload() if cfg.lora is not None else model
-        export.save_pretrained(path)
-        tok.save_pretrained(path)
-
-    result = loop.fit(step, total, optimizer, scheduler, save_weights, save_final=save_final,
+    saver = PolicySaver(model, tok, cfg.lora)
+    result = loop.fit(step, total, optimizer, scheduler, saver.save_weights, save_final=saver.save_final,
                       evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, cfg.prompt.order,
                                                           cfg.chat_template)) if evals else None,
                       eval_every=cfg.eval.every, postfix=("loss", "tokens_per_s"),
                       best_metric=cfg.eval.best_metric, model=model)
-    if result.final_dir is not None and cfg.lora is not None and not loop.main:
-        export = model.merge_and_unload()  # every rank returns the same merged model
-    return SFTResult(export if result.final_dir else model, tok, result.step, result.final_dir, dropped,
+    return SFTResult(saver.trained_model(result.final_dir, loop.main), tok, result.step, result.final_dir, dropped,
                      result.last_eval)
 
 
@@ -351,8 +345,8 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
 def run_sft(cfg: SFTConfig) -> SFTResult:
     """Prepared dataset -> teacher completions (+ synthetic pairs, trimmed vocabulary) -> train_sft -> final/."""
     from searchrl.data.schema import load_dataset
-    from searchrl.relevance.rules.llm_teacher import LLMTeacher
     from searchrl.relevance.rules.engine import RuleEngine
+    from searchrl.relevance.rules.llm_teacher import LLMTeacher
     from searchrl.relevance.rules.synthetic import synthetic_pairs
     from searchrl.relevance.rules.teacher import RuleTeacher
     if not cfg.data_dir:
