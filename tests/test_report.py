@@ -226,6 +226,8 @@ def test_missing_sections_render_not_run_notes(tmp_path):
     (lambda r: r["curves"]["dpo"][0].pop("step"), "curves.dpo[0]"),
     (lambda r: r["dataset"].pop("counts"), "dataset.counts"),
     (lambda r: r["examples"][0].update(gold=5), "examples[0].gold"),
+    (lambda r: r["relevance"]["rows"][-1].update(x_parse_rate=1.5), "x_parse_rate"),
+    (lambda r: r["relevance"]["rows"][1]["x_free_signal_failures"][0].pop("signal"), "x_free_signal_failures[0]"),
 ])
 def test_malformed_input_names_the_field_and_writes_nothing(example, tmp_path, breakage, field):
     report = copy.deepcopy(example)
@@ -257,6 +259,41 @@ def test_example_entry_point(tmp_path, capsys):
     assert main(["--example", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     assert out.read_text(encoding="utf-8") == render_html(example_report())
+
+
+def test_reasoning_tables_and_the_free_signal_warning_box(example, example_html):
+    page = Page(example_html)
+    final = example["relevance"]["rows"][-1]
+    cells = page.row("relevance", final["system"])  # the main table's row comes first
+    assert cells["macro-F1"].startswith(f"{final['macro_f1']:.3f}")
+    section = example_html[example_html.index('<section id="relevance">'):]
+    section = section[:section.index("</section>")]
+    reasoning = Page('<section id="reasoning">' + section[section.index("<h3>Reasoning of decoded completions</h3>"):]
+                     + "</section>")  # the reasoning tables alone
+    row = reasoning.row("reasoning", final["system"])
+    assert row["parse rate"] == f"{final['x_parse_rate']:.3f}"
+    assert row["step agreement"] == f"{final['x_step_agreement']:.3f}"
+    assert row["self-consistency"] == f"{final['x_self_consistency']:.3f}"
+    assert row["discriminative hallucination"] == f"{final['x_discriminative_hallucination_rate']:.3f}"
+    assert row["rule adherence"] == f"{final['x_rule_adherence']:.3f}"
+    steps = [r for r in reasoning.tables["reasoning"] if r and r[0] == final["system"]][1]
+    assert steps[1:] == [f"{final[f'x_step_agreement_{s}']:.3f}" for s in ("query", "item", "category", "attribute",
+                                                                            "verdict")]
+    assert [r["system"] for r in example["relevance"]["rows"] if "x_parse_rate" in r] == [final["system"]]
+    # the warning box: at the top of the section, one line per failed check
+    failure = example["relevance"]["rows"][1]["x_free_signal_failures"][0]
+    box = section[section.index('<div class="warning" role="alert">'):section.index("</div>")]
+    assert section.index('<div class="warning"') < section.index("<table>")
+    assert (f"{failure['system']} is below {failure['signal']} on {failure['measure']}: {failure['model']:.3f} "
+            f"&lt; {failure['signal_value']:.3f}") in box
+    plain = copy.deepcopy(example)
+    for r in plain["relevance"]["rows"]:
+        r.pop("x_free_signal_failures", None)
+    assert 'class="warning"' not in render_html(plain)
+    none_parsed = {"relevance": {"rows": [{"system": "sft", "macro_f1": 0.5, "x_parse_rate": 0.0,
+                                           "x_self_consistency": None}]}}
+    assert Page(render_html(none_parsed)).row("relevance", "sft") == {"system": "sft", "macro-F1": "0.500"}
+    assert "<td class=\"num\">0.000</td><td class=\"num\">–</td>" in render_html(none_parsed)
 
 
 # ---------------------------------------------------------------- in a real browser
@@ -328,3 +365,29 @@ def test_report_in_headless_chromium(tmp_path):
     packed = (img[..., 0].astype(np.int32) << 16) | (img[..., 1].astype(np.int32) << 8) | img[..., 2]
     assert len(np.unique(packed)) > 200
     assert (img.min(axis=2) < 200).mean() > 0.02
+
+
+def test_hybrid_rows_and_route_columns_render_from_the_retrieval_table(tmp_path):
+    from types import SimpleNamespace
+
+    from searchrl.metrics.measures import write_metrics_json
+    from searchrl.pipeline.collect import _retrieval
+
+    def row(system, base, added, overlap):  # the keys run_retriever_stages writes
+        return {"system": system, "hitrate@10": base, "ndcg@10": base, "mrr@10": base, "hitrate@100": base + 0.2,
+                "ndcg@100": base, "mrr@100": base, "n_queries": 27, "bm25_overlap@10": overlap,
+                "added_recall@10": added, "quality@10": 0.5, "bm25_overlap@100": overlap, "added_recall@100": added,
+                "quality@100": 0.5, "goodrate@10": 0.4}
+    rows = [row("bm25", 0.7, 0.0, 1.0), {**row("sft", 0.6, 0.1, 0.3), "x_train_seconds": 30.0},
+            {**row("hybrid(bm25+sft)", 0.75, 0.15, 0.6), "x_train_seconds": 30.0}]
+    write_metrics_json(tmp_path / "retriever" / "retrieval.json", "retrieval", "chorus", "test", rows)
+    section = _retrieval(SimpleNamespace(dir=lambda stage: tmp_path / stage))
+    assert set(section["curves"]["ndcg"]) == {"bm25", "sft", "hybrid(bm25+sft)"}
+    page = Page(render_html({"retrieval": section}))
+    header = page.tables["retrieval"][0]
+    assert header[:13] == ["system", "hitrate@10", "hitrate@100", "ndcg@10", "ndcg@100", "mrr@10", "goodrate@10",
+                           "bm25_overlap@10", "bm25_overlap@100", "added_recall@10", "added_recall@100",
+                           "quality@10", "train seconds"]
+    hybrid = page.row("retrieval", "hybrid(bm25+sft)")
+    assert hybrid["added_recall@10"] == "0.150" and hybrid["bm25_overlap@100"] == "0.600"
+    assert hybrid["train seconds"] == "30.0" and page.row("retrieval", "bm25")["train seconds"] == "\u2013"

@@ -170,8 +170,8 @@ def test_search_endpoint_ranks_regrades_and_validates(scorer, search_service, mo
         assert health["search"] is True and health["catalogue"] == 8
         assert "/v1/search" in client.get("/openapi.json").json()["paths"]
 
-        r = client.post("/v1/search", json={"query": "bluetooth speaker", "k": 3})
-        assert r.status_code == 200
+        r = client.post("/v1/search", json={"query": "bluetooth speaker", "k": 3, "route": "dense"})
+        assert r.status_code == 200 and r.json()["route"] == "dense"
         hits = r.json()["results"]
         assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
         assert hits[0]["product_id"] == "p5" and hits[0]["title"] == "JBL Flip 5 bluetooth speaker"
@@ -206,6 +206,34 @@ def test_search_endpoint_ranks_regrades_and_validates(scorer, search_service, mo
         assert r.status_code == 413 and "query" in r.json()["detail"] and "limit is 40" in r.json()["detail"]
         r = client.post("/v1/search", json={"query": "laptop", "k": 9})
         assert r.status_code == 413 and "limit is 8" in r.json()["detail"]
+
+
+def test_search_serves_the_hybrid_by_default_and_each_route_on_request(scorer, search_service, monkeypatch):
+    monkeypatch.delenv("SEARCHRL_API_KEY", raising=False)
+    with TestClient(create_app(scorer, ServerConfig(max_k=8), "tiny", retriever=search_service)) as client:
+        for query in ("laptop bag", "hp ink", "bluetooth speaker"):
+            r = client.post("/v1/search", json={"query": query, "k": 5})
+            assert r.status_code == 200 and r.json()["route"] == "hybrid"
+            hits = r.json()["results"]
+            fused = search_service.hybrid.search(query, 5)  # BM25 and the dense route, fused
+            assert [h["product_id"] for h in hits] == [h.product_id for h in fused]
+            np.testing.assert_allclose([h["score"] for h in hits], [h.score for h in fused], rtol=1e-6)
+            assert [h["routes"] for h in hits] == [list(h.routes) for h in fused]
+            assert any(h["routes"] == ["bm25", "dense"] for h in hits)
+            assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+            assert hits == client.post("/v1/search", json={"query": query, "k": 5, "route": "hybrid"}).json()["results"]
+
+            dense = client.post("/v1/search", json={"query": query, "k": 5, "route": "dense"}).json()
+            direct = search_service.retriever.search([query], 5)[0]
+            assert dense["route"] == "dense" and [h["product_id"] for h in dense["results"]] == [p for p, _ in direct]
+            assert all("routes" not in h for h in dense["results"])
+            lexical = client.post("/v1/search", json={"query": query, "k": 5, "route": "bm25"}).json()["results"]
+            alone = search_service.hybrid.bm25.search([query], 5)[0]
+            assert [h["product_id"] for h in lexical] == [p for p, _ in alone]
+        graded = client.post("/v1/search", json={"query": "laptop", "k": 4, "regrade": True}).json()["results"]
+        assert all(h["routes"] and h["p_good"] is not None for h in graded)  # a re-graded hybrid keeps its routes
+        r = client.post("/v1/search", json={"query": "laptop", "route": "both"})
+        assert r.status_code == 422 and "route" in r.text
 
 
 def test_search_api_key_and_default_k(scorer, search_service, monkeypatch):

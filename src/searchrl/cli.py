@@ -205,6 +205,8 @@ def _add_eval_and_use_commands(sub) -> None:
     se.add_argument("--data", help="prepared dataset (default: the data_dir the retriever was trained on)")
     se.add_argument("--k", type=int, default=10)
     se.add_argument("--relevance-model", help="relevance model directory: add P(Good) and the tiered grade")
+    se.add_argument("--route", choices=["hybrid", "dense", "bm25"], default="hybrid",
+                    help="hybrid (BM25 and the retriever fused; default), dense (the retriever alone) or bm25")
     se.set_defaults(func=_command("retrieval", "cmd_search"))
     ex = sub.add_parser("export", help="a deployable copy of a model: safetensors, tokenizer, scorer config")
     ex.add_argument("--model", required=True)

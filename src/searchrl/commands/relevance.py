@@ -114,12 +114,18 @@ def _crossval(a) -> None:
     ds = load_dataset(a.data)
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     folds = [int(f) for f in a.folds.split(",") if f.strip()] if a.folds else None
+    from searchrl.eval.free_signals import free_signal_failures, warning_line
+    from searchrl.relevance.scoring.reasoning import REASONING_MEASURES
     result = crossval(cfg, ds, a.cv, seeds, a.out, folds_to_run=folds)
     rows = summarize(result, reference="model")
-    shown = [{**{k: v for k, v in r.items() if not k.startswith("x_") or k == "x_good_auc_per_query"},
+    keep = {"x_good_auc", "x_good_auc_per_query", *(k for k, _ in REASONING_MEASURES)}
+    shown = [{**{k: v for k, v in r.items() if not k.startswith("x_") or k in keep},
               **{f"{m} 95%": f"[{lo:.3f}, {hi:.3f}]" for m, (lo, hi) in r.get("x_ci", {}).items()},
               **({"AUC diff (model - this)": "{:+.3f} [{:+.3f}, {:+.3f}]".format(*r["x_auc_diff_vs_ref"])}
                  if "x_auc_diff_vs_ref" in r else {})} for r in rows]
     print_table(shown, title=f"{a.cv}-fold cross-validation over {rows[0]['x_queries']} queries, seeds {seeds}")
+    failures = free_signal_failures(rows, "model")  # the recipe against the free signals on the same folds
+    for failure in failures:
+        print(warning_line(failure))
     write_metrics_json(os.path.join(a.out, "crossval_summary.json"), "relevance", ds.card.get("name", str(a.data)),
-                       f"cv{a.cv}", rows)
+                       f"cv{a.cv}", rows, free_signal_failures=failures)

@@ -12,7 +12,8 @@ from searchrl.metrics.measures import print_table, write_metrics_json
 from searchrl.relevance.scoring.scorer import RelevanceScorer
 from searchrl.retrieval.chain import catalogue_subset, run_retriever_stages
 from searchrl.retrieval.config import RetrieverConfig
-from searchrl.retrieval.evaluate import Retriever, evaluate_retrieval, search
+from searchrl.retrieval.evaluate import Retriever, evaluate_retrieval
+from searchrl.retrieval.hybrid import search
 from searchrl.retrieval.index import IndexConfig
 
 
@@ -66,6 +67,8 @@ def cmd_eval_retrieval(a) -> None:
 
 
 def cmd_search(a) -> None:
-    for r in search(a.retriever, a.query, a.k, a.data, _relevance_scorer(a.relevance_model), progress=False):
+    for r in search(a.retriever, a.query, a.k, a.data, _relevance_scorer(a.relevance_model), progress=False,
+                    route=a.route):
         graded = f"  P(Good)={r['p_good']:.3f} L{r['grade']}" if "p_good" in r else ""
-        print(f"{r['rank']:>3}. {r['score']:.4f}  {r['product_id']}  {r['title']} [{r['brand']}]{graded}")
+        print(f"{r['rank']:>3}. {r['score']:.4f}  {r['product_id']}  {r['title']} [{r['brand']}]{graded}"
+              f"  ({'+'.join(r['routes'])})")

@@ -17,19 +17,27 @@ Metric rows are those of the results files (``write_metrics_json``), so they pas
     dataset:   {name, counts: {products, queries, judgments},
                 grades_by_split: {split: {"1": n, "2": n, "3": n, "4": n}},
                 provenance?: {description?, licence?, files: [{name, url?, sha256?}]}}
-    stages:    [{name, status: "ran" | "reused" | "skipped" | "failed", message?: str,
+    stages:    [{name, status: "ran" | "reused" | "skipped" | "failed" | "running", message?: str,
                  wall_seconds?: float, config_diff?: [{key, default, value}]}]
     relevance: {split?: str,
                 rows: [{system, accuracy?, macro_f1?, good_f1?, x_good_auc_per_query?,
                         f1_L1?..f1_L4?, confusion?: 4x4 ints (rows = human grade),
-                        x_ci?: {metric: [lo, hi]}}],          # 95% interval, shown "0.810 [0.770, 0.850]"
+                        x_ci?: {metric: [lo, hi]},          # 95% interval, shown "0.810 [0.770, 0.850]"
+                        # the reasoning of decoded completions (relevance/scoring/reasoning.py), a share
+                        # or None each; rows with any of them form a second table, per step a third:
+                        x_parse_rate?, x_step_agreement?, x_self_consistency?,
+                        x_discriminative_hallucination_rate?, x_format_error_rate?, x_rule_adherence?,
+                        x_hallucination_rate?, x_step_agreement_<step>? (query|item|category|attribute|verdict),
+                        # checks the system failed against the free signals (eval/free_signals.py),
+                        # shown in a warning box at the top of the section:
+                        x_free_signal_failures?: [{measure, model: float, signal, signal_value: float}]}],
                 human_ceiling?: {label, note?, <metric>: [lo, hi]},  # a range, e.g. macro_f1 [0.43, 0.47]
                 confusion_system?: str,       # whose row's "confusion" is drawn (default: last row with one)
                 calibration?: {system, p_good: [float], gold: [grade 1..4], bins?: int = 10}}
     tiering:   {betas: [float], macro_f1: [float], chosen_beta: float, system?: str, split?: str}
     curves:    {stage: [metrics.jsonl row: {step, <metric>: number, ...}]}
     retrieval: {split?: str, rows: [{system, hitrate@K?, ndcg@K?, mrr@10?, goodrate@10?,
-                                     bm25_overlap@10?, quality@10?, x_train_seconds?}],
+                                     bm25_overlap@K?, added_recall@K?, quality@10?, x_train_seconds?}],
                 curves?: {"ndcg" | "hitrate": {system: {K: value}}}}  # K may be a str (JSON keys)
     examples:  [{query, title, gold: grade, pred: grade, p_good: float, cot?: str, system?: str}]
 
@@ -54,19 +62,25 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from searchrl.data.schema import GRADE_NAMES, GRADES
 from searchrl.eval import report_figures as figures
+from searchrl.eval.free_signals import warning_line
+from searchrl.relevance.scoring.reasoning import REASONING_MEASURES, STEP_AGREEMENT
 
 SECTIONS = {  # id -> heading, in page order
     "dataset": "Dataset", "stages": "Stages", "relevance": "Relevance", "tiering": "Tiering",
     "curves": "Learning curves", "retrieval": "Retrieval", "examples": "Examples",
 }
-STAGE_STATUSES = ("ran", "reused", "skipped", "failed")
+STAGE_STATUSES = ("ran", "reused", "skipped", "failed", "running")  # running: the stage writing this report
 RELEVANCE_TABLE = [  # (row key, column heading)
     ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("good_f1", "Good-F1"),
     ("x_good_auc_per_query", "AUC P(Good) per query"),
     *[(f"f1_L{g}", f"F1 L{g}") for g in GRADES],
 ]
+REASONING_TABLE = [*REASONING_MEASURES, ("x_format_error_rate", "format errors"),
+                   ("x_rule_adherence", "rule adherence"), ("x_hallucination_rate", "grade not allowed")]
+STEP_TABLE = STEP_AGREEMENT  # (row key, step)
 # Retrieval columns print in this order when present; any other metric follows, first seen first.
-RETRIEVAL_ORDER = ("hitrate", "ndcg", "mrr@10", "goodrate@10", "bm25_overlap@10", "quality@10", "x_train_seconds")
+RETRIEVAL_ORDER = ("hitrate", "ndcg", "mrr@10", "goodrate@10", "bm25_overlap", "added_recall", "quality@10",
+                   "x_train_seconds")
 RETRIEVAL_HEADINGS = {"x_train_seconds": "train seconds"}
 # Metrics a learning curve shows first when present; others follow alphabetically.
 CURVE_ORDER = ("loss", "reward_mean", "accuracy", "kl", "groups_filtered_frac", "guided_groups", "valid_macro_f1")
@@ -195,7 +209,41 @@ def _relevance_view(rel: Mapping) -> dict:
         calibration = {"system": cal["system"], "n": len(p),
                        "figure": figures.reliability_figure(p, gold, cal["system"], int(cal.get("bins", 10)))}
     return {"split": rel.get("split"), "columns": [h for _, h in columns], "rows": body,
-            "ceiling_note": (ceiling or {}).get("note"), "confusion": confusion, "calibration": calibration}
+            "ceiling_note": (ceiling or {}).get("note"), "confusion": confusion, "calibration": calibration,
+            "reasoning": _reasoning_view(rows), "warnings": _signal_warnings(rows)}
+
+
+def _reasoning_view(rows: Sequence[Mapping]) -> dict | None:
+    """The reasoning table and the per-step agreement table of the rows that have reasoning measures; None if
+    no row has any."""
+    decoded = [r for r in rows if any(k in r for k, _ in REASONING_TABLE + STEP_TABLE)]
+    if not decoded:
+        return None
+    for r in decoded:
+        for key, _ in REASONING_TABLE + STEP_TABLE:
+            v = r.get(key)
+            if v is not None and not (_is_number(v) and 0 <= v <= 1):
+                _bad(f"relevance.rows[{r['system']!r}].{key}", f"must be a share in [0, 1] or null, got {v!r}")
+
+    def table(spec):
+        return {"columns": [h for _, h in spec],
+                "rows": [{"system": r["system"], "cells": [fmt(None if r.get(k) is None else float(r[k]))
+                                                           for k, _ in spec]} for r in decoded]}
+    return {"measures": table(REASONING_TABLE), "steps": table(STEP_TABLE)}
+
+
+def _signal_warnings(rows: Sequence[Mapping]) -> list[str]:
+    """One line per free-signal check a row failed (its x_free_signal_failures)."""
+    out = []
+    for r in rows:
+        for i, f in enumerate(r.get("x_free_signal_failures") or []):
+            where = f"relevance.rows[{r['system']!r}].x_free_signal_failures[{i}]"
+            if not (isinstance(f, Mapping) and isinstance(f.get("measure"), str) and isinstance(f.get("signal"), str)):
+                _bad(where, f"needs the strings measure and signal, got {f!r}")
+            if not (_is_number(f.get("model")) and _is_number(f.get("signal_value"))):
+                _bad(where, "model and signal_value must be numbers")
+            out.append(warning_line({"system": r["system"], **f}).removeprefix("warning: "))
+    return out
 
 
 def _tiering_view(t: Mapping) -> dict:
@@ -228,7 +276,8 @@ def _curves_view(curves: Mapping[str, Sequence[Mapping]]) -> list[dict]:
 
 
 def _retrieval_order(key: str) -> tuple:
-    # "hitrate"/"ndcg" stand for their whole @K family, ordered by K; the rest match exactly.
+    # "hitrate", "ndcg", "bm25_overlap", "added_recall" stand for their whole @K family, ordered by K; the rest
+    # match exactly.
     name, _, k = key.partition("@")
     for rank, want in enumerate(RETRIEVAL_ORDER):
         if key == want or (name == want and k.isdigit()):

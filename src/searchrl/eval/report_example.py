@@ -4,8 +4,11 @@
 grade probabilities are drawn per pair around the gold grade (less noise for the "better"
 systems), and the relevance rows, confusion matrix, reliability input and tiering curve are
 computed from them with the project's own metric and tiering functions, so the numbers on
-the page agree with each other. Learning curves and retrieval numbers are smooth made-up
-functions. One query and one chain of thought hold HTML special characters on purpose.
+the page agree with each other. The final system's reasoning measures come from made-up
+counts of decoded completions through the project's own rates, and the first system carries
+one failed free-signal check (its own per-query AUC against a made-up cosine value). Learning
+curves and retrieval numbers are smooth made-up functions. One query and one chain of thought
+hold HTML special characters on purpose.
 
 Simplifies: nothing here was trained; the numbers only look like a run's.
 """
@@ -18,11 +21,15 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from searchrl.metrics.measures import classification_metrics, good_auc
+from searchrl.relevance.scoring.reasoning import reasoning_rates
 from searchrl.relevance.scoring.tiering import BETA_GRID, argmax_grades, tiered_grades, tune_beta
 
 TRICKY_QUERY = 'usb-c cable <2m> & "fast" charging'
 TRICKY_COT = ('The query asks for a cable shorter than 2 m: <length> < 2m & "fast".\n'
               '<script>alert("not code")</script> is text here.\nVerdict: <L4>')
+# the final system's decoded completions, counted as reasoning.reasoning_counts counts them
+REASONING_COUNTS = {"completions": 256, "parsed": 246, "self_consistent": 229,
+                    "step_agree": {"query": 201, "item": 214, "category": 226, "attribute": 188, "verdict": 171}}
 
 
 def _probs(rng: np.random.Generator, gold: np.ndarray, noise: float) -> np.ndarray:
@@ -52,6 +59,12 @@ def _relevance(rng: np.random.Generator, gold: np.ndarray, qids: np.ndarray):
         rows.append(row)
         chosen = (system, probs, p_good)
     system, probs, p_good = chosen
+    # decoded: the reasoning measures, and the older looser ones (250 of 256 readable, 238 of them adherent)
+    rows[-1].update(reasoning_rates(REASONING_COUNTS), x_format_error_rate=6 / 256, x_rule_adherence=238 / 250,
+                    x_hallucination_rate=12 / 250)
+    rows[0]["x_free_signal_failures"] = [{"measure": "per-query AUC of P(Good)", "system": rows[0]["system"],
+                                          "model": rows[0]["x_good_auc_per_query"], "signal": "minilm-cosine",
+                                          "signal_value": round(rows[0]["x_good_auc_per_query"] + 0.021, 3)}]
     beta, _ = tune_beta(probs, gold)
     betas = [float(b) for b in BETA_GRID]
     # the criterion tune_beta maximises (sklearn's macro-F1 over the four grades), at every grid point

@@ -3,7 +3,10 @@
 - :func:`classification_metrics`: relevance-model quality on the 4 grades (accuracy,
   macro/per-grade F1, confusion) and on the binary "Good" (grade >= 3) decision.
 - :func:`retrieval_metrics`: HitRate (recall of Good items), nDCG and MRR at cutoffs,
-  computed by ``ir_measures`` rather than by hand.
+  computed by ``ir_measures`` rather than by hand (:func:`retrieval_metrics_per_query`: the
+  same values one query at a time, for bootstraps).
+- :func:`added_recall`, :func:`lost_recall`, :func:`bm25_overlap`: what a route (or a hybrid)
+  adds to the lexical route's top K, and how much of its top K the lexical route also returns.
 - :func:`write_metrics_json` / :func:`read_metrics_json`: the validated results file
   ``{"task", "dataset", "split", "rows": [{"system": ..., metric: value}], ...}``.
 - :func:`format_table` / :func:`print_table`: a pipe table for terminals and READMEs.
@@ -202,6 +205,102 @@ def retrieval_metrics(run, qrels, ks=(10, 100)) -> dict:
         out[f"mrr@{k}"] = float(np.mean(list(hit_rr[RR(rel=GOOD_MIN_GRADE) @ k].values())))
     out["n_queries"] = len(evaluated)
     return out
+
+
+def retrieval_metrics_per_query(run, qrels, ks=(10, 100)) -> dict[str, dict[str, float]]:
+    """{"hitrate@K" | "ndcg@K" | "mrr@K": {query id: value}} for every query :func:`retrieval_metrics` evaluates
+    (those with a Good judgment), each computed by :func:`retrieval_metrics` on that query alone, so the mean
+    over queries equals its macro average. For query-bootstrap intervals."""
+    runs, judged = _by_str(run), _by_str(qrels)
+    out: dict[str, dict[str, float]] = {}
+    for qid in _good_items(qrels):
+        one = retrieval_metrics({qid: runs.get(qid, [])}, {qid: judged[qid]}, ks)
+        for name, value in one.items():
+            if name != "n_queries":
+                out.setdefault(name, {})[qid] = value
+    return out
+
+
+def _by_str(mapping) -> dict:
+    return {str(q): v for q, v in mapping.items()}
+
+
+def _good_items(qrels) -> dict[str, set[str]]:
+    """{query id: its Good (grade >= 3) product ids} for the queries with at least one; grades checked as in
+    :func:`retrieval_metrics`."""
+    out = {}
+    for qid, judged in qrels.items():
+        for pid, g in judged.items():
+            if isinstance(g, bool) or g not in GRADES:
+                raise ValueError(f"qrels[{qid!r}][{pid!r}]: grade must be an integer in 1..4, got {g!r}")
+        good = {str(p) for p, g in judged.items() if g >= GOOD_MIN_GRADE}
+        if good:
+            out[str(qid)] = good
+    return out
+
+
+def _top(runs: dict, qid: str, k: int) -> list[str]:
+    """The query's top k product ids from ``runs`` (string keys; a missing query has none)."""
+    ranked = _scores(qid, runs.get(qid, []))  # {id: -rank}, duplicates rejected
+    return sorted(ranked, key=lambda pid: -ranked[pid])[:k]
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive cutoff, got {k!r}")
+    return int(k)
+
+
+def added_recall_per_query(run, bm25_run, qrels, k: int) -> dict[str, float]:
+    """{query id: added recall@k} for every query with a Good judgment.
+
+    Added recall@K of a run against the lexical run, for one query with Good (grade >= 3) set G:
+    |G & top_K(run) - top_K(bm25_run)| / |G| -- the share of ALL the query's Good items that the run finds in
+    its top K and BM25's top K misses. Runs are as in :func:`retrieval_metrics` ({query: ranked ids} or
+    {query: {id: score}}); a query missing from a run has an empty ranking. With lost recall (the Good items
+    BM25's top K finds and the run's top K drops), hitrate@K(run) - hitrate@K(bm25) = added - lost."""
+    k, runs, lexical_runs = _check_k(k), _by_str(run), _by_str(bm25_run)
+    out = {}
+    for qid, good in _good_items(qrels).items():
+        found, lexical = set(_top(runs, qid, k)), set(_top(lexical_runs, qid, k))
+        out[qid] = len(good & (found - lexical)) / len(good)
+    return out
+
+
+def added_recall(run, bm25_run, qrels, k: int) -> float:
+    """Mean over queries with a Good judgment of :func:`added_recall_per_query` (0.0 when there is none)."""
+    values = list(added_recall_per_query(run, bm25_run, qrels, k).values())
+    return float(np.mean(values)) if values else 0.0
+
+
+def lost_recall_per_query(run, bm25_run, qrels, k: int) -> dict[str, float]:
+    """{query id: |G & top_K(bm25_run) - top_K(run)| / |G|}: the Good items the lexical top K finds and the run's
+    top K does not (the other side of :func:`added_recall_per_query`)."""
+    return added_recall_per_query(bm25_run, run, qrels, k)
+
+
+def lost_recall(run, bm25_run, qrels, k: int) -> float:
+    values = list(lost_recall_per_query(run, bm25_run, qrels, k).values())
+    return float(np.mean(values)) if values else 0.0
+
+
+def bm25_overlap_per_query(run, bm25_run, k: int) -> dict[str, float]:
+    """{query id: |top_K(run) & top_K(bm25_run)| / |top_K(run)|} for every query of ``run`` that retrieved
+    anything, judged or not (the share of the run's top K that BM25's top K also returns; a run shorter than K
+    divides by its own length)."""
+    k, runs, lexical_runs = _check_k(k), _by_str(run), _by_str(bm25_run)
+    out = {}
+    for qid in runs:
+        top = _top(runs, qid, k)
+        if top:
+            out[qid] = len(set(top) & set(_top(lexical_runs, qid, k))) / len(top)
+    return out
+
+
+def bm25_overlap(run, bm25_run, k: int) -> float:
+    """Mean of :func:`bm25_overlap_per_query` (0.0 when no query retrieved anything)."""
+    values = list(bm25_overlap_per_query(run, bm25_run, k).values())
+    return float(np.mean(values)) if values else 0.0
 
 
 # ---------------------------------------------------------------- results file

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from searchrl.eval.free_signals import warning_line
 from searchrl.eval.results_page import ResultsPage
+from searchrl.relevance.scoring.reasoning import REASONING_MEASURES, STEP_AGREEMENT
 
 RELEVANCE = [("system", "system"), ("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("Good-F1", "good_f1"),
              ("per-query AUC", "x_good_auc_per_query"), ("F1 L1", "f1_L1"), ("F1 L2", "f1_L2"), ("F1 L3", "f1_L3"),
              ("F1 L4", "f1_L4")]
-REASONING = [("format errors", "x_format_error_rate"), ("rule adherence", "x_rule_adherence"),
-             ("hallucination", "x_hallucination_rate")]
+REASONING = [(heading, key) for key, heading in REASONING_MEASURES] + [
+    ("format errors", "x_format_error_rate"), ("rule adherence", "x_rule_adherence"),
+    ("grade not allowed", "x_hallucination_rate")]
+STEPS = [(f"agreement: {step}", key) for key, step in STEP_AGREEMENT]
 
 
 def _ci(row: dict, key: str) -> str:
@@ -35,7 +39,19 @@ def _relevance_page(doc: dict, command: str) -> ResultsPage:
     if decoded:
         page.table(["system"] + [c for c, _ in REASONING],
                    [[r["system"]] + [r.get(k) for _, k in REASONING] for r in decoded],
-                   caption="The final model's decoded completions (a seeded subset of the split).")
+                   caption="The final model's decoded completions (a seeded subset of the split). Parse rate: the "
+                           "share the strict parser reads whole. Over the parsed ones: step agreement, the share of "
+                           "step verdicts equal to the rule engine's (five steps pooled; per step below); "
+                           "self-consistency, the share whose grade equals the one their own category and attribute "
+                           "verdicts imply; discriminative hallucination, its complement. Older, looser: format "
+                           "errors (no grade token or not five valid verdicts), rule adherence (the grade lies in the "
+                           "set the verdicts allow) and grade not allowed (its complement).")
+        page.table(["system"] + [c for c, _ in STEPS], [[r["system"]] + [r.get(k) for _, k in STEPS] for r in decoded],
+                   caption="Step agreement per step: the share of parsed completions whose verdict at that step "
+                           "equals the rule engine's.")
+    for r in rel["rows"]:
+        for failure in r.get("x_free_signal_failures") or []:
+            page.text(f"**{warning_line(failure)}**")
     return page
 
 

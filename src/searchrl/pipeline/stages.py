@@ -178,9 +178,9 @@ def retriever(ctx: Context) -> dict:
 # ---------------------------------------------------------------- evaluation
 
 def evaluate(ctx: Context) -> dict:
-    """Every relevance system on one split with query-bootstrap intervals; the final model's CoT decoded."""
-    from searchrl.metrics.measures import classification_metrics, fast_scores, per_query_auc, write_metrics_json
-    from searchrl.metrics.stats import query_bootstrap
+    """Every relevance system on one split with query-bootstrap intervals; the final model's CoT decoded, and the
+    final model checked against the free signals (eval/free_signals.py: a warning per failed check)."""
+    from searchrl.metrics.measures import classification_metrics, fast_scores, write_metrics_json
     from searchrl.relevance.scoring.evaluate import evaluate_model, split_probs
     from searchrl.relevance.scoring.scorer import RelevanceScorer
     e = ctx.cfg.evaluate
@@ -201,19 +201,7 @@ def evaluate(ctx: Context) -> dict:
         probs, _, _ = split_probs(scorer, ds, e.split)
         systems[stage] = {"pred": probs.argmax(1) + 1, "score": probs[:, 2:].sum(1), "probs": probs}
     for name, p in systems.items():
-        row = {"system": name}
-        if p["pred"] is not None:
-            pred = np.asarray(p["pred"])
-            row.update(classification_metrics(gold, pred))
-            row["x_ci"] = {m: _ci(lambda r, m=m: fast_scores(gold[r], pred[r])[m], qids, e.bootstrap)
-                           for m in RELEVANCE_METRICS}
-        if p["score"] is not None:
-            auc = per_query_auc(gold, p["score"], qids)
-            if auc:
-                row["x_good_auc_per_query"] = float(np.mean(list(auc.values())))
-                iv = query_bootstrap(list(auc.values()), n_boot=e.bootstrap)
-                row.setdefault("x_ci", {})["x_good_auc_per_query"] = [iv.lo, iv.hi]
-        rows.append(row)
+        rows.append(_system_row(name, p, gold, qids, e.bootstrap))
         if name == final:  # the deployed reading of the final model: cumulative-probability tiering
             from searchrl.relevance.model.scorer_config import load_scorer_config
             from searchrl.relevance.scoring.tiering import tiered_grades
@@ -225,20 +213,73 @@ def evaluate(ctx: Context) -> dict:
     out = ctx.dir("evaluate")
     out.mkdir(parents=True, exist_ok=True)
     extra = {}
-    if final is not None and e.decode:  # format errors, rule adherence, hallucination of the final model
-        decoded = evaluate_model(models[final], _decode_subset(ds, e), e.split, decode=True)[0]
+    if final is not None and e.decode:  # the final model's reasoning: parse rate, step agreement, consistency, ...
+        decoded = evaluate_model(models[final], _decode_subset(ds, e), e.split, decode=True,
+                                 rules=ctx.cfg.sft.rules or None)[0]
         extra = {k: v for k, v in decoded.items() if k.startswith("x_") and k not in ("x_good_auc", "x_auc_queries",
                                                                                      "x_good_auc_per_query")}
         next(r for r in rows if r["system"] == final).update(extra)
-    write_metrics_json(out / "relevance.json", "relevance", ds.card.get("name", "custom"), e.split, rows)
-    from searchrl.metrics.measures import RELEVANCE_COLUMNS, print_table
-    print_table(rows, RELEVANCE_COLUMNS + ["x_good_auc_per_query"],
-                title=f"Relevance, {ds.card.get('name', 'custom')} {e.split} ({len(pairs)} pairs)")
+    failures = _check_free_signals(rows, final)
+    dataset = ds.card.get("name", "custom")
+    write_metrics_json(out / "relevance.json", "relevance", dataset, e.split, rows, free_signal_failures=failures)
+    _print_evaluation(rows, final, extra, failures, f"{dataset} {e.split}", len(pairs))
     _write_predictions(out / "predictions.json", pairs, {k: {"pred": v["pred"], "score": v["score"]}
                                                          for k, v in systems.items()})
     if final is not None:
         np.save(out / "final_probs.npy", systems[final]["probs"])
-    return {"systems": list(systems), "final": final, **extra}
+    return {"systems": list(systems), "final": final, **extra, "free_signal_failures": failures}
+
+
+def _system_row(name: str, p: dict, gold: np.ndarray, qids: np.ndarray, n_boot: int) -> dict:
+    """One system's metrics row from its per-pair grades and Good score (either may be None): classification
+    metrics, pooled and per-query AUC of the score, query-bootstrap intervals."""
+    from searchrl.metrics.measures import classification_metrics, fast_scores, good_auc, per_query_auc
+    from searchrl.metrics.stats import query_bootstrap
+    row = {"system": name}
+    if p["pred"] is not None:
+        pred = np.asarray(p["pred"])
+        row.update(classification_metrics(gold, pred))
+        row["x_ci"] = {m: _ci(lambda r, m=m: fast_scores(gold[r], pred[r])[m], qids, n_boot)
+                       for m in RELEVANCE_METRICS}
+    if p["score"] is not None:
+        pooled = good_auc(gold, p["score"], qids).get("x_good_auc")  # absent when the split has one class only
+        if pooled is not None:
+            row["x_good_auc"] = pooled
+        auc = per_query_auc(gold, p["score"], qids)
+        if auc:
+            row["x_good_auc_per_query"] = float(np.mean(list(auc.values())))
+            iv = query_bootstrap(list(auc.values()), n_boot=n_boot)
+            row.setdefault("x_ci", {})["x_good_auc_per_query"] = [iv.lo, iv.hi]
+    return row
+
+
+def _check_free_signals(rows: list[dict], final: str | None) -> list[dict]:
+    """The free-signal checks the final model fails (eval/free_signals.py); they also go on its row
+    (x_free_signal_failures), which the report flags."""
+    from searchrl.eval.free_signals import free_signal_failures
+    if final is None:
+        return []
+    failures = free_signal_failures(rows, final)
+    if failures:
+        next(r for r in rows if r["system"] == final)["x_free_signal_failures"] = failures
+    return failures
+
+
+def _print_evaluation(rows: list[dict], final: str | None, extra: dict, failures: list[dict], what: str,
+                      n_pairs: int) -> None:
+    """The evaluation table of ``what`` (dataset and split), the final model's reasoning table (when decoded) and a
+    warning per failed free-signal check."""
+    from searchrl.eval.free_signals import warning_line
+    from searchrl.metrics.measures import RELEVANCE_COLUMNS, print_table
+    from searchrl.relevance.scoring.reasoning import REASONING_MEASURES, STEP_AGREEMENT
+    print_table(rows, RELEVANCE_COLUMNS + ["x_good_auc", "x_good_auc_per_query"],
+                title=f"Relevance, {what} ({n_pairs} pairs)")
+    if extra:
+        print_table([r for r in rows if r["system"] == final],
+                    [k for k, _ in REASONING_MEASURES + STEP_AGREEMENT] + ["x_format_error_rate", "x_rule_adherence"],
+                    title=f"Reasoning of {final}'s decoded completions, {what} (a seeded subset)")
+    for failure in failures:
+        print(f"[evaluate] {warning_line(failure)}")
 
 
 def _final_stage(ctx: Context, models: dict) -> str | None:

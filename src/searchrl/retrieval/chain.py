@@ -11,9 +11,11 @@ and, with ``ablations``, three more rgrpo runs with one reward term (relevance, 
 exclusivity) switched off each; then evaluates BM25, the zero-shot encoder and the trained
 encoders on one split, over the same catalogue the stages trained on (``max_products``: every
 judged product plus a seeded random fill, so the table is cheap enough for the quickstart; 0 =
-the whole catalogue). Each row carries the stage's wall time (``x_train_seconds``: mining
-included for hardneg). A stage whose ``final/`` exists with the same config is reused, so a
-re-run only evaluates.
+the whole catalogue), and after them each dense model fused with BM25
+(``hybrid(bm25+NAME)``: retrieval.hybrid, default fusion), whose added_recall@K says what the
+dense route adds to BM25's top K. Each row carries the stage's wall time (``x_train_seconds``:
+mining included for hardneg; a hybrid row its dense model's). A stage whose ``final/`` exists
+with the same config is reused, so a re-run only evaluates.
 
 Simplifies: one seed; the evaluation catalogue is the training subset (documented in the README).
 """
@@ -31,6 +33,7 @@ from searchrl.data.schema import Dataset
 from searchrl.lexical.bm25 import BM25Index
 from searchrl.retrieval.config import RetrieverConfig
 from searchrl.retrieval.evaluate import Retriever, evaluate_retrieval
+from searchrl.retrieval.hybrid import HybridRetriever
 from searchrl.retrieval.rgrpo import train_rgrpo
 from searchrl.retrieval.shared import subset_products
 from searchrl.retrieval.train_sft import train_contrastive
@@ -100,9 +103,13 @@ def run_retriever_stages(base: RetrieverConfig, ds: Dataset, out: str | Path, sp
         scorer = RelevanceScorer.load(goodrate_model or relevance_model)
     bm25 = BM25Index(sub.products)
     rows = [evaluate_retrieval(bm25, sub, split, ks, scorer, bm25=bm25, system="bm25")]
+    hybrids = []  # after every dense row, so the dense rows keep their places
     for name, path, seconds in [("minilm-zero-shot", None, 0.0), *trained]:
         retriever = Retriever(path, sub.products, batch_size=base.encode_batch_size, progress=base.run.progress,
                               max_seq_length=base.max_seq_length)
         rows.append({**evaluate_retrieval(retriever, sub, split, ks, scorer, bm25=bm25, system=name),
                      "x_train_seconds": seconds})
-    return rows
+        hybrid = HybridRetriever(retriever, sub, bm25=bm25)
+        hybrids.append({**evaluate_retrieval(hybrid, sub, split, ks, scorer, bm25=bm25, system=f"hybrid(bm25+{name})"),
+                        "x_train_seconds": seconds})
+    return rows + hybrids

@@ -1,4 +1,4 @@
-"""``searchrl eval retrieval`` and ``searchrl search``: a trained retriever over a whole catalogue.
+"""``searchrl eval retrieval``: a trained retriever over a whole catalogue.
 
 :class:`Retriever` loads a saved encoder directory (any SentenceTransformer directory: a
 retriever stage's ``final/``, or the zero-shot MiniLM), encodes the catalogue (batched, with
@@ -12,10 +12,16 @@ training config or the caller says otherwise) and searches it.
   when a relevance model is given, at ``goodrate_k`` (scoring is the expensive part);
 - ``bm25_overlap@K``: share of the dense top K that BM25's top K also returns (the paper's
   overlap with the lexical route; a catalogue smaller than K divides by its size);
+- ``added_recall@K``: share of a query's Good items that the top K finds and BM25's top K misses
+  (metrics.measures.added_recall; averaged over the queries with a Good judgment, as hitrate);
 - ``quality@K``: mean product quality of the top K (rewards.product_quality: the quality
   column, else the completeness proxy).
-The last three average over every query of the split, judged or not, that retrieved anything
-(BM25 finds nothing for a query none of whose terms is in the catalogue).
+BM25 overlap and quality average over every query of the split, judged or not, that retrieved
+anything (BM25 finds nothing for a query none of whose terms is in the catalogue).
+
+``retriever`` is anything with ``search(queries, k) -> [[(id, score)]]`` (:class:`Retriever`,
+BM25Index) or ``search_batch(queries, k) -> [[Hit]]`` (retrieval.hybrid.HybridRetriever, whose
+module also holds ``searchrl search``).
 """
 
 from __future__ import annotations
@@ -25,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from searchrl.data.schema import Dataset, load_dataset, product_text
-from searchrl.errors import ConfigError
-from searchrl.metrics.measures import retrieval_metrics
+from searchrl.data.schema import Dataset, product_text
 from searchrl.lexical.bm25 import BM25Index
+from searchrl.metrics.measures import added_recall, bm25_overlap, retrieval_metrics
 from searchrl.retrieval.encoder import build_encoder, corpus_index, embed, encoder_tag
 from searchrl.retrieval.index import IndexConfig
 from searchrl.retrieval.rewards import product_quality
@@ -71,6 +76,13 @@ def goodrate(scorer, queries: list[str], runs: list[list[str]], products_by_id: 
     return float(np.mean([np.mean([r["tier"] >= 3 for r in res]) for res in scorer.score_many(requests)]))
 
 
+def ranked_ids(retriever, queries: list[str], k: int) -> list[list[str]]:
+    """[Q] lists of the top-k product ids, best first, from a Retriever, a BM25Index or a HybridRetriever."""
+    if hasattr(retriever, "search_batch"):
+        return [[h.product_id for h in hits] for hits in retriever.search_batch(queries, k)]
+    return [[p for p, _ in h] for h in retriever.search(queries, k)]
+
+
 def evaluate_retrieval(retriever: Retriever, ds: Dataset, split: str = "test", ks=(10, 100), scorer=None,
                        goodrate_k: int = 10, bm25: BM25Index | None = None, system: str = "dense") -> dict:
     """One metrics row for ``split`` (see the module docstring)."""
@@ -78,37 +90,20 @@ def evaluate_retrieval(retriever: Retriever, ds: Dataset, split: str = "test", k
     ks = sorted(set(int(k) for k in ks) | {10})
     kmax = max(ks)
     qids, texts = sub.queries["query_id"].tolist(), sub.queries["text"].tolist()
-    hits = retriever.search(texts, kmax)
-    runs = [[p for p, _ in h] for h in hits]
+    runs = ranked_ids(retriever, texts, kmax)
     qrels = {q: dict(zip(g["product_id"].astype(str), g["grade"].astype(int)))
              for q, g in sub.judgments.groupby("query_id")}
     row = {"system": system, **retrieval_metrics(dict(zip(qids, runs)), qrels, ks)}
-    bm25 = bm25 or BM25Index(getattr(retriever, "products", ds.products))  # the catalogue the retriever searches
+    # the catalogue the retriever searches (a hybrid's own index)
+    bm25 = bm25 or getattr(retriever, "bm25", None) or BM25Index(getattr(retriever, "products", ds.products))
     lexical = [[p for p, _ in h] for h in bm25.search(texts, kmax)]
     quality = product_quality(ds.products)
-    found = [(r, lx) for r, lx in zip(runs, lexical) if r]  # a query with no result has no overlap or quality
+    found = [r for r in runs if r]  # a query with no result has no overlap or quality
     for k in ks:
-        row[f"bm25_overlap@{k}"] = float(np.mean([len(set(r[:k]) & set(lx[:k])) / len(r[:k]) for r, lx in found]))
-        row[f"quality@{k}"] = float(np.mean([np.mean([quality[p] for p in r[:k]]) for r, _ in found]))
+        row[f"bm25_overlap@{k}"] = bm25_overlap(dict(zip(qids, runs)), dict(zip(qids, lexical)), k)
+        row[f"added_recall@{k}"] = added_recall(dict(zip(qids, runs)), dict(zip(qids, lexical)), qrels, k)
+        row[f"quality@{k}"] = float(np.mean([np.mean([quality[p] for p in r[:k]]) for r in found]))
     if scorer is not None:
         by_id = {str(r["product_id"]): r for r in ds.products.to_dict("records")}
         row[f"goodrate@{goodrate_k}"] = goodrate(scorer, texts, [r[:goodrate_k] for r in runs], by_id)
     return row
-
-
-def search(retriever_dir: str | Path, query: str, k: int = 10, data_dir: str | Path | None = None,
-           scorer=None, progress: bool = True) -> list[dict]:
-    """Top-k products for one query: rank, product_id, score, title, brand (and the scorer's grade if given)."""
-    data_dir = data_dir or saved_config(retriever_dir).get("data_dir")
-    if not data_dir:
-        raise ConfigError(f"{retriever_dir}: no data_dir in retriever_config.yaml; pass --data DIR")
-    ds = load_dataset(data_dir)
-    retriever = Retriever(retriever_dir, ds.products, progress=progress)
-    hits = retriever.search([query], k)[0]
-    by_id = {str(r["product_id"]): r for r in ds.products.to_dict("records")}
-    out = [{"rank": i + 1, "product_id": p, "score": s, "title": by_id[p]["title"], "brand": by_id[p]["brand"]}
-           for i, (p, s) in enumerate(hits)]
-    if scorer is not None and out:
-        for row, res in zip(out, scorer.score(query, [by_id[r["product_id"]] for r in out])):
-            row.update(p_good=res["p_good"], grade=res["tier"])
-    return out

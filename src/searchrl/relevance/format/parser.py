@@ -9,6 +9,9 @@ single definition of "following the rules": the rule engine grades with it,
 the teacher keeps conditioned completions inside it, and TaoSR-AGRL's
 rule-adherence reward (and the discriminative hallucination rate: a grade its
 own reasoning does not support) is `not is_consistent(grade, verdicts)`.
+The stricter reading, a grade other than the one the verdicts imply
+(`grade_implied_by_verdicts`), is scoring/reasoning.py's
+x_discriminative_hallucination_rate.
 
 Simplifies: only the category and attribute verdicts constrain the grade; the
 query/item steps are free-form type names that are scored against a reference,

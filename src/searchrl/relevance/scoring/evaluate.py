@@ -4,10 +4,12 @@
   scorer, shared query prefix), turned into grades three ways side by side: argmax,
   cumulative-probability tiering with the model's beta, and per-grade thresholds.
   A cot-first model is decoded instead, its grade read after the reasoning. With
-  ``decode=True`` the completion is also generated greedily and parsed, adding the
-  format-error rate and rule adherence (the written grade is consistent with the
-  written step verdicts) and the discriminative-hallucination rate (its complement
-  among parseable completions).
+  ``decode=True`` the completion is also generated greedily and parsed, adding to the
+  first row the measures of its reasoning against the rule engine's verdicts for each
+  pair (:mod:`searchrl.relevance.scoring.reasoning`: x_parse_rate, x_step_agreement and
+  per step, x_self_consistency, x_discriminative_hallucination_rate) and the older, looser
+  x_format_error_rate, x_rule_adherence (the written grade lies in the set the written
+  verdicts allow) and x_hallucination_rate (its complement among readable completions).
 - :func:`tune_tiering`: fits beta (and the per-grade thresholds, for comparison) on
   a split and stores them in the model's scorer config.
 - :func:`rule_agreement`: the rule engine's grade vs the human grade, per split —
@@ -36,6 +38,7 @@ from searchrl.relevance.model.load import grade_probs
 from searchrl.relevance.format.parser import is_consistent, parse_completion
 from searchrl.relevance.rules.engine import RuleEngine
 from searchrl.relevance.model.scorer_config import update_scorer_config
+from searchrl.relevance.scoring.reasoning import reasoning_measures
 from searchrl.relevance.scoring.tiering import argmax_grades, beta_curve, threshold_grades, tiered_grades, tune_beta, tune_grade_thresholds
 
 
@@ -110,9 +113,27 @@ def split_probs(scorer, ds: Dataset, split: str) -> tuple[np.ndarray, list[int],
     return probs, pairs["grade"].astype(int).tolist(), prompts
 
 
+def decoded_measures(parsed: list, gold: list[int], rule_verdicts: list[dict]) -> dict:
+    """The x_ measures of parsed decoded completions (one per pair; ``gold``: the human grades, ``rule_verdicts``:
+    the rule engine's step verdicts): the reasoning measures (reasoning.py) and the looser older ones --
+    x_format_error_rate (no grade token or not five valid verdicts), x_rule_adherence (share of the readable
+    ones whose grade the verdicts allow; 0.0 when none is readable), x_hallucination_rate (its complement; 0.0
+    when none is readable) and x_decoded_accuracy (the written grade equals the human grade)."""
+    ok = [p for p in parsed if p.grade is not None and len(p.verdicts) == 5]
+    consistent = [is_consistent(p.grade, p.verdicts) for p in ok]
+    out = {"x_format_error_rate": 1 - len(ok) / max(len(parsed), 1),
+           "x_rule_adherence": float(np.mean(consistent)) if ok else 0.0}
+    out["x_hallucination_rate"] = 1 - out["x_rule_adherence"] if ok else 0.0
+    out["x_decoded_accuracy"] = float(np.mean([p.grade == g for p, g in zip(parsed, gold)]))
+    return {**out, **reasoning_measures(parsed, rule_verdicts)}
+
+
 def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", decode: bool = False,
-                   batch_size: int = 16, max_new_tokens: int = 160, system: str | None = None) -> list[dict]:
-    """Metrics rows for ``model_dir`` on ``split``: argmax, tiered (beta) and per-grade thresholds."""
+                   batch_size: int = 16, max_new_tokens: int = 160, system: str | None = None,
+                   rules: str | Path | None = None) -> list[dict]:
+    """Metrics rows for ``model_dir`` on ``split``: argmax, tiered (beta) and per-grade thresholds; decoded, the
+    first row also carries :func:`decoded_measures`, against the rule engine of ``rules`` (None: the packaged
+    rules.yaml)."""
     from searchrl.relevance.scoring.scorer import RelevanceScorer
     scorer = RelevanceScorer.load(model_dir, batch_size=batch_size)
     cfg, name = scorer.config, system or Path(model_dir).name
@@ -135,13 +156,9 @@ def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", deco
         # split_probs keeps the pairs' order, so the split's query ids line up with probs
         rows[0].update(good_auc(gold, probs[:, 2:].sum(1), ds.split(split).pairs()["query_id"].tolist()))
     if parsed:
-        ok = [p for p in parsed if p.grade is not None and len(p.verdicts) == 5]
-        consistent = [is_consistent(p.grade, p.verdicts) for p in ok]
-        row = rows[0]
-        row["x_format_error_rate"] = 1 - len(ok) / max(len(parsed), 1)
-        row["x_rule_adherence"] = float(np.mean(consistent)) if ok else 0.0
-        row["x_hallucination_rate"] = 1 - row["x_rule_adherence"] if ok else 0.0
-        row["x_decoded_accuracy"] = float(np.mean([p.grade == g for p, g in zip(parsed, gold)]))
+        engine, pairs = RuleEngine.from_yaml(rules), ds.split(split).pairs()
+        rule_verdicts = [engine.judge(q, p).verdicts for q, p in zip(pairs["text"], pair_products(pairs))]
+        rows[0].update(decoded_measures(parsed, gold, rule_verdicts))
     return rows
 
 
