@@ -23,7 +23,8 @@ def test_quickstart_runs_the_pipeline_on_chorus(mirror, tmp_path, capsys):
     assert all(r["n"] == 802 for r in json.loads((out / "evaluate" / "relevance.json").read_text())["rows"]
                if "n" in r)
     ret = json.loads((out / "retriever" / "retrieval.json").read_text())["rows"]
-    assert [r["system"] for r in ret] == ["bm25", "minilm-zero-shot", "sft", "sft+hardneg", "sft+rgrpo"]
+    dense = ["minilm-zero-shot", "sft", "sft+hardneg", "sft+rgrpo"]
+    assert [r["system"] for r in ret] == ["bm25", *dense] + [f"hybrid(bm25+{s})" for s in dense]
     for r in ret:
         assert 0.2 < r["ndcg@10"] <= 1 and r["n_queries"] == 21
         assert 0 <= r["goodrate@10"] <= 1 and 0 <= r["bm25_overlap@10"] <= 1

@@ -61,7 +61,9 @@ def _retrieval_page(doc: dict, command: str) -> ResultsPage:
     columns = [c for c in ret["rows"][0] if c != "system" and not c.startswith("x_")] if ret["rows"] else []
     page.table(["system", *columns, "train seconds"],
                [[r["system"], *[r.get(c) for c in columns], r.get("x_train_seconds")] for r in ret["rows"]],
-               caption="BM25, the zero-shot encoder and the trained encoders over the catalogue the stages trained on.")
+               caption="BM25, the zero-shot encoder, the trained encoders, and each dense route fused with BM25 "
+                       "(hybrid: reciprocal-rank fusion), over the catalogue the stages trained on. added_recall@K: "
+                       "the share of a query's Good items in the top K that BM25's top K misses.")
     return page
 
 

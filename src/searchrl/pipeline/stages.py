@@ -22,8 +22,8 @@ from searchrl.pipeline.config import RELEVANCE_CHAIN
 from searchrl.pipeline.context import Context, SkipStage
 
 RELEVANCE_METRICS = ("accuracy", "macro_f1", "good_f1")  # pooled metrics given intervals by query bootstrap
-RETRIEVAL_COLUMNS = ["hitrate@10", "ndcg@10", "mrr@10", "hitrate@100", "goodrate@10", "bm25_overlap@10", "quality@10",
-                     "x_train_seconds"]
+RETRIEVAL_COLUMNS = ["hitrate@10", "ndcg@10", "mrr@10", "hitrate@100", "goodrate@10", "bm25_overlap@10",
+                     "added_recall@10", "added_recall@100", "quality@10", "x_train_seconds"]
 
 
 def _rows_of_split(ds: Dataset, split: str, what: str):
