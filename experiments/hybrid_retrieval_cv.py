@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import shlex
 import sys
@@ -170,6 +171,39 @@ def fold_values(dense: dict[str, Retriever], bm25: BM25Index, test: Dataset, fus
     return out
 
 
+def fold_identity(a, base: RetrieverConfig, systems: list[str], fusion: FusionConfig) -> str:
+    """What a fold's values depend on: a finished fold is reused only by a run with the same identity."""
+    setting = {"cv": a.cv, "max_products": a.max_products, "max_queries": a.max_queries, "systems": sorted(systems),
+               "judge": a.judge, "relevance_model": a.relevance_model, "fusion": fusion.label(),
+               "retriever": dataclasses.asdict(dataclasses.replace(base, run=dataclasses.replace(base.run,
+                                                                                                 output_dir="")))}
+    return hashlib.sha256(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_fold(fold_dir: Path | None, fold: int, identity: str) -> dict | None:
+    path = fold_dir / identity / f"fold{fold}.json" if fold_dir else None  # one folder per setting
+    if path is None or not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    return doc if doc.get("identity") == identity else None
+
+
+def write_fold(fold_dir: Path | None, fold: int, identity: str, values: dict, seconds: dict) -> None:
+    """One fold's per-query values, kept beside the page: the run can stop after any fold and go on later."""
+    if fold_dir is None:
+        return
+    (fold_dir / identity).mkdir(parents=True, exist_ok=True)
+    tmp = fold_dir / identity / f"fold{fold}.json.tmp"
+    tmp.write_text(json.dumps({"identity": identity, "values": values, "seconds": seconds}, default=float) + "\n")
+    tmp.replace(fold_dir / identity / f"fold{fold}.json")
+
+
+def merge_values(values: dict, fold_values: dict) -> None:
+    for system, metrics in fold_values.items():
+        for metric, per_query in metrics.items():
+            values.setdefault(system, {}).setdefault(metric, {}).update(per_query)
+
+
 def run_folds(a, ds: Dataset, base: RetrieverConfig, systems: list[str], fusion: FusionConfig) -> dict:
     """Train and evaluate every fold of ``a.folds``; {"values": {system: {metric: {query: value}}}, "seconds"}."""
     out, sub = Path(a.out), catalogue_subset(ds, a.max_products)
@@ -181,7 +215,14 @@ def run_folds(a, ds: Dataset, base: RetrieverConfig, systems: list[str], fusion:
     print(f"[hybrid-cv] {len(sub.products)} products, {len(ds.queries)} queries, {a.cv} folds; BM25 index and "
           f"zero-shot encoding {time.perf_counter() - t0:.1f} s", flush=True)
     values, seconds = {}, {"catalogue": time.perf_counter() - t0}
+    identity = fold_identity(a, base, systems, fusion)
     for fold in a.folds:
+        done = read_fold(a.fold_dir, fold, identity)
+        if done is not None:  # measured by an earlier run with this exact setting: its per-query values stand
+            print(f"[hybrid-cv] fold {fold}: reusing {a.fold_dir}/{identity}/fold{fold}.json", flush=True)
+            merge_values(values, done["values"])
+            seconds[f"fold {fold}"] = done["seconds"]
+            continue
         t = time.perf_counter()
         fds = fold_dataset(sub, folds, fold)
         queries = fds.queries.assign(split=fds.queries["split"].replace("valid", "train"))  # nothing is tuned per fold
@@ -196,15 +237,21 @@ def run_folds(a, ds: Dataset, base: RetrieverConfig, systems: list[str], fusion:
         dense.update({s: Retriever(d, sub.products, batch_size=base.encode_batch_size, progress=False,
                                    max_seq_length=base.max_seq_length) for s, d in dirs.items()})
         fold_vals = fold_values(dense, bm25, fds.split("test"), fusion)
-        for system, metrics in fold_vals.items():
-            for metric, per_query in metrics.items():
-                values.setdefault(system, {}).setdefault(metric, {}).update(per_query)
+        merge_values(values, fold_vals)
         stage_seconds["encode and evaluate"] = time.perf_counter() - t_eval
         stage_seconds["fold"] = time.perf_counter() - t
+        write_fold(a.fold_dir, fold, identity, fold_vals, stage_seconds)
         print(f"[hybrid-cv] fold {fold} encode and evaluate: {stage_seconds['encode and evaluate']:.1f} s; "
               f"fold total {stage_seconds['fold']:.1f} s", flush=True)
         seconds[f"fold {fold}"] = stage_seconds
-    return {"values": values, "seconds": seconds, "products": len(sub.products), "queries": len(ds.queries)}
+    for fold in sorted(set(range(a.cv)) - set(a.folds)):  # folds an earlier run finished: the page covers them too
+        done = read_fold(a.fold_dir, fold, identity)
+        if done is not None:
+            merge_values(values, done["values"])
+            seconds[f"fold {fold}"] = done["seconds"]
+    measured = sorted(int(k.split()[1]) for k in seconds if k.startswith("fold "))
+    return {"values": values, "seconds": seconds, "products": len(sub.products), "queries": len(ds.queries),
+            "measured_folds": measured}
 
 
 # ---------------------------------------------------------------- intervals and the page
@@ -258,7 +305,12 @@ def write_page(result: dict, command: str, results_dir: Path, started: float, ks
     page = ResultsPage("hybrid", "Hybrid retrieval: what each dense route adds to BM25 (query cross-validation)",
                        command=command, started=started)
     s, iv = result["summary"], result["summary"]["intervals"]
-    page.text(f"{s['queries']} queries, each tested once ({result['cv']} folds, run: {result['folds']}), over "
+    missing = sorted(set(range(result["cv"])) - set(result["measured_folds"]))
+    if missing:
+        page.text(f"**Partial: folds {missing} of {result['cv']} are not measured yet.** The same command with "
+                  f"`--folds {','.join(map(str, missing))}` measures them; finished folds are kept in "
+                  "docs/results/hybrid_folds/ and the page then covers every query.")
+    page.text(f"{s['queries']} queries, each tested once (folds {result['measured_folds']} of {result['cv']}), over "
               f"{result['products']:,} products; R-GRPO judge: {result['judge']}; fusion: {result['fusion']}. "
               "Each cell: mean over queries [query-bootstrap 95% interval]. Added recall@K: the query's Good items "
               "in the system's top K that BM25's top K misses, over all its Good items; lost recall@K: the reverse "
@@ -342,6 +394,8 @@ def parse(argv) -> argparse.Namespace:
         ap.error(f"--systems: unknown {unknown}; known: {', '.join(SYSTEMS)}")
     if any(not 0 <= f < a.cv for f in a.folds):
         ap.error(f"--folds must lie in 0..{a.cv - 1}")
+    # each finished fold's per-query values (small JSON) live beside the page, so a later run finishes the rest
+    a.fold_dir = None if a.quick and not a.results_dir else Path(a.results_dir or "docs/results") / "hybrid_folds"
     if a.judge == "model" and not a.relevance_model:
         ap.error("--judge model needs --relevance-model DIR")
     return a

@@ -64,3 +64,26 @@ def test_choose_fusion_scores_the_grid_on_the_valid_split(tiny_data, tmp_path):
 def test_bad_arguments_stop_before_any_work(args, tmp_path):
     with pytest.raises(SystemExit):
         hcv.main(["--data", str(tmp_path), *args])
+
+
+def test_finished_folds_are_kept_and_reused_only_by_the_same_setting(tiny_data, tmp_path, capsys):
+    """A fold's per-query values stay beside the page: a later run with the same setting reuses them (the page
+    then covers them), a run with another setting measures afresh."""
+    args = ["--data", str(tiny_data), "--quick", "--systems", "bm25,zero-shot", "--cv", "2", "--out",
+            str(tmp_path / "run"), "--results-dir", str(tmp_path / "results")]
+    first = hcv.main(args + ["--folds", "0"])
+    assert len(list((tmp_path / "results" / "hybrid_folds").glob("*/fold0.json"))) == 1
+    assert first["measured_folds"] == [0]
+    assert "Partial: folds [1] of 2" in (tmp_path / "results" / "hybrid.md").read_text()
+    capsys.readouterr()
+    second = hcv.main(args + ["--folds", "1"])
+    assert second["measured_folds"] == [0, 1] and "Partial" not in (tmp_path / "results" / "hybrid.md").read_text()
+    assert second["values"]["bm25"]["ndcg@10"].items() >= first["values"]["bm25"]["ndcg@10"].items()
+    again = hcv.main(args + ["--folds", "0"])
+    assert "fold 0: reusing" in capsys.readouterr().out and again["values"] == second["values"]
+    other = hcv.main(args[:-4] + ["--out", str(tmp_path / "run2"), "--results-dir", str(tmp_path / "results"),
+                                  "--folds", "0", "--n-boot", "50"])
+    assert other["measured_folds"] == [0, 1]  # n_boot is not part of what a fold measured: reused
+    changed = hcv.main(args + ["--folds", "0", "--systems", "bm25"])
+    assert changed["measured_folds"] == [0]  # another setting: fold 1's values are not its own
+    assert hcv.main(args + ["--folds", "1"])["measured_folds"] == [0, 1]  # and it left the first setting's alone
