@@ -10,8 +10,12 @@ test pairs (a cot-first recipe's are decoded, its written grade being its score:
 scores the baselines (BM25 thresholds, lexical logistic regression, MiniLM
 cosine, the rule engine) on the same folds. Its result holds every system's per-pair
 predictions over all queries, so :func:`summarize` reports per-query AUC of P(Good),
-Good-F1, macro-F1 and accuracy with query-bootstrap 95% intervals, and paired bootstraps of
-one system against the others.
+Good-F1, macro-F1 and accuracy with query-bootstrap 95% intervals (and the pooled AUC, and for
+a decoded recipe the measures of its reasoning pooled over folds and seeds: parse rate, step
+agreement, self-consistency; relevance/scoring/reasoning.py), and paired bootstraps of
+one system against the others. :func:`cross_fitted_probs` fits a readout over several systems'
+scores on the folds (fold f predicted by a fit on the others; :func:`within_query_z` gives a
+score's within-query form): a reference for how far combining signals goes.
 
 Simplifies: folds are of queries, not balanced by grade; baselines are deterministic, so
 they run once whatever the number of seeds.
@@ -27,8 +31,9 @@ import numpy as np
 
 from searchrl.data.schema import Dataset, pair_products
 from searchrl.errors import ConfigError
-from searchrl.metrics.measures import fast_scores, per_query_auc
+from searchrl.metrics.measures import fast_scores, good_auc, per_query_auc
 from searchrl.metrics.stats import paired_bootstrap, paired_metric_bootstrap, query_bootstrap
+from searchrl.relevance.scoring.reasoning import add_counts, reasoning_rates
 
 
 def query_folds(query_ids, k: int, seed: int = 0) -> dict[str, int]:
@@ -55,7 +60,7 @@ def sft_rl_split(ds: Dataset, sft_fraction: float = 0.5, seed: int = 0) -> tuple
     """(sft_ds, rl_ds): ``ds``'s train queries divided at random, ``sft_fraction`` of them for SFT and the rest
     for RL. sft_ds's train split is the SFT share, rl_ds's is the RL share (the RL trainers read the train
     split, so their prompts come from queries SFT never saw); valid and test are ``ds``'s in both. An SFT model
-    trained on part of the labels has room left for RL to fill (scripts/rl_room.py)."""
+    trained on part of the labels has room left for RL to fill (experiments/relevance_rl_stages.py)."""
     if not 0 < sft_fraction < 1:
         raise ConfigError(f"sft_fraction must be in (0, 1), got {sft_fraction}")
     train = sorted(ds.queries.loc[ds.queries["split"] == "train", "query_id"].astype(str))
@@ -82,7 +87,6 @@ def _baselines(ds: Dataset) -> dict[str, dict]:
     engine = RuleEngine.from_yaml()
     rules = np.array([engine.judge(q, p).grade for q, p in zip(pairs["text"], pair_products(pairs))])
     out["rules"] = {"pred": rules, "score": rules.astype(float)}
-    out.pop("majority", None)
     return out
 
 
@@ -113,13 +117,17 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg) -> dict:
     """A cot-first model's test predictions: its grade exists only after its reasoning, so every test pair is
     decoded greedily and the written grade read (none readable = L1, as evaluate_model counts it); the grade is
     also the ranking score, as for the rules. The completions are saved (test_completions.jsonl) with their
-    parse: format errors and rule adherence can be read from them."""
+    parse: format errors and rule adherence can be read from them; "reasoning" holds the counts of the
+    reasoning measures against the rule engine's verdicts (reasoning.reasoning_counts)."""
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.format.parser import is_consistent, parse_completion
+    from searchrl.relevance.rules.engine import RuleEngine
+    from searchrl.relevance.scoring.reasoning import reasoning_counts
     from searchrl.relevance.scoring.scorer import RelevanceScorer
     scorer = RelevanceScorer.load(final)
     pairs = ds.split("test").pairs()
-    prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], pair_products(pairs))]
+    products = pair_products(pairs)
+    prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], products)]
     texts = decode_completions(scorer.model, scorer.tokenizer, prompts, eval_cfg.max_new_tokens, eval_cfg.batch_size)
     parsed = [parse_completion(t, "cot_first") for t in texts]
     grades = np.array([p.grade or 1 for p in parsed])
@@ -128,7 +136,9 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg) -> dict:
             ok = p.grade is not None and len(p.verdicts) == 5
             f.write(json.dumps({"completion": t, "grade": p.grade, "parsed": ok,
                                 "consistent": bool(ok and is_consistent(p.grade, p.verdicts))}) + "\n")
-    return {"pred": grades, "score": grades.astype(float)}
+    engine = RuleEngine.from_yaml()
+    rules = [engine.judge(q, p).verdicts for q, p in zip(pairs["text"], products)]
+    return {"pred": grades, "score": grades.astype(float), "reasoning": reasoning_counts(parsed, rules)}
 
 
 def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/cv", baselines: bool = True,
@@ -137,7 +147,8 @@ def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/c
     baselines for every pair of those folds.
 
     Returns {"query_id", "grade" (every pair once, fold order), "fold", "systems": {name: {"pred": [S, N] or
-    [1, N], "score": [S, N] or [1, N]}}}; also written to ``out/crossval.json`` (a re-run reuses each fold
+    [1, N], "score": [S, N] or [1, N], "reasoning"?: a decoded recipe's reasoning counts summed over folds and
+    seeds}}}; also written to ``out/crossval.json`` (a re-run reuses each fold
     finished with the same config, and resumes an unfinished one from its checkpoint)."""
     out = Path(out)
     folds = query_folds(ds.queries["query_id"], k, seed=0)  # the same folds for every seed and system
@@ -164,10 +175,33 @@ def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/c
             for s, p in enumerate(preds):
                 for key in ("pred", "score"):
                     slot[key][s] += [] if p.get(key) is None else np.asarray(p[key]).tolist()
+                if p.get("reasoning"):
+                    slot["reasoning"] = add_counts(slot.get("reasoning"), p["reasoning"])
     result = {**rows, "k": k, "seeds": list(seeds), "systems": systems}
     out.mkdir(parents=True, exist_ok=True)
     (out / "crossval.json").write_text(json.dumps(result))
     return result
+
+
+def within_query_z(x: np.ndarray, qids: np.ndarray) -> np.ndarray:
+    """[N] ``x`` standardised within each query's pairs."""
+    z = np.zeros_like(x)
+    for q in np.unique(qids):
+        m = qids == q
+        z[m] = (x[m] - x[m].mean()) / (x[m].std() + 1e-9)
+    return z
+
+
+def cross_fitted_probs(features: np.ndarray, grade: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """[N, 4] grade probabilities of a 4-grade logistic regression over ``features`` [N, F], fold f's rows
+    predicted by a fit on the other folds' rows. Each fit sees the other folds' labels: an upper reference for
+    a readout over these features, not a deployable model."""
+    from sklearn.linear_model import LogisticRegression
+    probs = np.zeros((len(grade), 4))
+    for f in np.unique(fold):
+        fit = LogisticRegression(max_iter=2000).fit(features[fold != f], grade[fold != f])
+        probs[np.ix_(fold == f, fit.classes_ - 1)] = fit.predict_proba(features[fold == f])
+    return probs
 
 
 def per_query_auc_matrix(score: np.ndarray, gold: np.ndarray, qids: np.ndarray, queries: list[str]) -> np.ndarray:
@@ -181,7 +215,9 @@ def per_query_auc_matrix(score: np.ndarray, gold: np.ndarray, qids: np.ndarray, 
 
 def summarize(result: dict, reference: str, n_boot: int = 2000) -> list[dict]:
     """One row per system: per-query AUC, Good-F1, macro-F1, accuracy, each with its query-bootstrap 95% interval
-    (over queries, and seeds when there are several); and the paired difference to ``reference``."""
+    (over queries, and seeds when there are several); the pooled AUC (x_good_auc, the seeds' mean); a decoded
+    recipe's reasoning measures (reasoning.reasoning_rates of its pooled counts); and the paired difference to
+    ``reference``."""
     gold, qids = np.asarray(result["grade"]), np.asarray(result["query_id"])
     queries = sorted(set(qids.tolist()))
     rows, aucs = [], {}
@@ -191,6 +227,11 @@ def summarize(result: dict, reference: str, n_boot: int = 2000) -> list[dict]:
             aucs[system] = per_query_auc_matrix(np.asarray(p["score"], dtype=float), gold, qids, queries)
             iv = query_bootstrap(aucs[system], n_boot=n_boot)
             row.update(x_good_auc_per_query=iv.mean, x_ci={"x_good_auc_per_query": [iv.lo, iv.hi]})
+            pooled = [good_auc(gold, score, qids).get("x_good_auc") for score in np.asarray(p["score"], dtype=float)]
+            if None not in pooled:  # undefined when every pair has one class
+                row["x_good_auc"] = float(np.mean(pooled))
+        if p.get("reasoning"):
+            row.update(reasoning_rates(p["reasoning"]))
         if p["pred"] and p["pred"][0]:
             preds = np.asarray(p["pred"])  # [S, N]
             for metric in ("good_f1", "macro_f1", "accuracy"):

@@ -13,6 +13,8 @@ candidate list, so resampling pairs would understate the spread.
   share of resamples where the difference is <= 0 (a one-sided bootstrap p-value).
 - Several seeds: pass one value per (seed, query) as a [S, Q] array; each resample draws
   queries and seeds with replacement, so the interval carries both spreads.
+- :func:`verdict`, :func:`format_interval`, :func:`format_difference`: the one verdict rule and
+  the one interval format every table and results page uses.
 
 Simplifies: percentile intervals (no BCa); queries without a defined value (a per-query
 AUC needs both classes) are left out, never counted as 0.5.
@@ -44,7 +46,7 @@ class Interval:
         return self.lo > 0 or self.hi < 0
 
     def __str__(self) -> str:
-        return f"{self.mean:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
+        return format_interval(self)
 
 
 def _as_seeds_by_queries(values) -> np.ndarray:
@@ -122,10 +124,24 @@ def _interval(full: float, stats, level: float, n: int) -> Interval:
     return Interval(full, float(lo), float(hi), n)
 
 
+def _mean_lo_hi(interval) -> tuple[float, float, float]:
+    """(mean, lo, hi) of an Interval, a dict with mean/lo/hi, or a [mean, lo, hi] sequence (mean may be absent
+    from a dict: NaN)."""
+    if isinstance(interval, Interval):
+        return interval.mean, interval.lo, interval.hi
+    if isinstance(interval, dict):
+        return interval.get("mean", float("nan")), interval["lo"], interval["hi"]
+    mean, lo, hi = interval
+    return mean, lo, hi
+
+
 def verdict(interval, higher: str = "better", lower: str = "worse") -> str:
     """The one verdict rule: ``higher`` when the 95% interval of a paired difference lies above 0, ``lower``
-    when it lies below, else "no difference". ``interval``: an Interval or a dict with lo and hi."""
-    lo, hi = (interval["lo"], interval["hi"]) if isinstance(interval, dict) else (interval.lo, interval.hi)
+    when it lies below, else "no difference"; "undefined" when an end is NaN (no query had a value).
+    ``interval``: an Interval, a dict with lo and hi, or [mean, lo, hi]."""
+    _, lo, hi = _mean_lo_hi(interval)
+    if np.isnan(lo) or np.isnan(hi):
+        return "undefined"
     if lo > 0:
         return higher
     if hi < 0:
@@ -133,7 +149,14 @@ def verdict(interval, higher: str = "better", lower: str = "worse") -> str:
     return "no difference"
 
 
+def format_interval(interval, digits: int = 3, signed: bool = False) -> str:
+    """The one interval format: "0.376 [0.290, 0.446]", or with ``signed`` "+0.013 [-0.096, +0.129]" (an
+    Interval, a dict with mean, lo, hi, or [mean, lo, hi])."""
+    spec = f"{'+' if signed else ''}.{digits}f"
+    mean, lo, hi = _mean_lo_hi(interval)
+    return f"{mean:{spec}} [{lo:{spec}}, {hi:{spec}}]"
+
+
 def format_difference(interval, digits: int = 3) -> str:
-    """A signed difference and its interval: "+0.013 [-0.096, +0.129]" (an Interval or a dict with mean, lo, hi)."""
-    get = (lambda k: interval[k]) if isinstance(interval, dict) else (lambda k: getattr(interval, k))
-    return f"{get('mean'):+.{digits}f} [{get('lo'):+.{digits}f}, {get('hi'):+.{digits}f}]"
+    """A signed difference and its interval: "+0.013 [-0.096, +0.129]" (format_interval, signed)."""
+    return format_interval(interval, digits, signed=True)

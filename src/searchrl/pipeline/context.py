@@ -36,14 +36,15 @@ class Context:
         return self.out / stage
 
     def relevance_model(self, before: str | None = None) -> Path | None:
-        """final/ of the last relevance stage (sft, dpo, grpo) before ``before`` that has one; None if none."""
+        """final/ of the last relevance stage (sft, dpo, grpo) before ``before`` that has one, else the config's
+        start_model; None if neither."""
         chain = RELEVANCE_CHAIN if before is None else RELEVANCE_CHAIN[:RELEVANCE_CHAIN.index(before)] \
             if before in RELEVANCE_CHAIN else RELEVANCE_CHAIN
         for stage in reversed(chain):
             final = self.dir(stage) / "final"
             if (final / "relevance_config.json").exists():
                 return final
-        return None
+        return Path(self.cfg.start_model) if self.cfg.start_model else None
 
     def judge(self) -> Path | None:
         """The relevance model downstream stages use: the exported one, else the last trained."""

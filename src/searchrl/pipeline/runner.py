@@ -78,7 +78,20 @@ def fingerprint(ctx: Context, stage: str) -> str:
     if stage == "data" and ctx.cfg.data.data_dir:  # a given dataset: its card names what it holds
         card = Path(ctx.cfg.data.data_dir) / "dataset.json"
         parts["dataset"] = hashlib.sha256(card.read_bytes()).hexdigest() if card.exists() else None
+    if stage != "data" and ctx.cfg.start_model:  # a model from elsewhere, and the data it now meets
+        parts["start_model"] = {"files": model_files(ctx.cfg.start_model),
+                                "data": record(ctx, "data").get("fingerprint")}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_files(model_dir: str | Path) -> list | None:
+    """[name, size, mtime] of each file of a model directory (None if it is not there): a model trained again in
+    place changes it."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        return None
+    files = [f for f in sorted(d.rglob("*")) if f.is_file()]
+    return [[str(f.relative_to(d)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def config_diff(stage: str, cfg: PipelineConfig) -> list[dict]:

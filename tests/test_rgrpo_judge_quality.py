@@ -1,15 +1,17 @@
-"""scripts/directions.py at its smallest setting (what CI runs): one seed, two judges, one step a stage."""
+"""experiments/rgrpo_judge_quality.py at its smallest setting (what CI runs): one seed, two judges, one step a
+stage."""
 
 import json
 
 import pytest
-from conftest import load_script
+
+from experiments import rgrpo_judge_quality
 
 
 @pytest.mark.slow
 def test_the_smallest_setting_trains_every_system_and_orders_the_judges(chorus_dir, tmp_path):
     out = tmp_path / "d"
-    result = load_script("directions").main(["--data", str(chorus_dir), "--seeds", "0", "--judges", "random,rules",
+    result = rgrpo_judge_quality.main(["--data", str(chorus_dir), "--seeds", "0", "--judges", "random,rules",
                                  "--out", str(out), "--json", str(tmp_path / "d.json"), "--md", str(tmp_path / "d.md"),
                                  "--set", "max_products=600", "--set", "optim.max_steps=1",
                                  "--set", "run.save_every=1"])
@@ -27,7 +29,7 @@ def test_the_smallest_setting_trains_every_system_and_orders_the_judges(chorus_d
     assert json.loads((tmp_path / "d.json").read_text())["queries"] == result["queries"] > 0
     assert "rgrpo:rules" in (tmp_path / "d.md").read_text()
     # a re-run reuses every stage (same config) and only evaluates
-    again = load_script("directions").main(["--data", str(chorus_dir), "--seeds", "0", "--judges", "random,rules",
+    again = rgrpo_judge_quality.main(["--data", str(chorus_dir), "--seeds", "0", "--judges", "random,rules",
                                 "--out", str(out), "--set", "max_products=600", "--set", "optim.max_steps=1",
                                 "--set", "run.save_every=1"])
     assert [r["ndcg@10"] for r in again["rows"]] == pytest.approx([r["ndcg@10"] for r in result["rows"]])

@@ -1,9 +1,10 @@
-"""scripts/grade_mix_proxy.py: the re-mix keeps every graded-up judgment and reaches the asked L4 share."""
+"""experiments/grade_mix_import.py: the re-mix keeps every graded-up judgment and reaches the asked L4 share."""
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import load_script
+
+from experiments import grade_mix_import as script
 
 
 def judgments(n1=600, n2=60, n3=40, n4=300) -> pd.DataFrame:
@@ -13,7 +14,6 @@ def judgments(n1=600, n2=60, n3=40, n4=300) -> pd.DataFrame:
 
 
 def test_remix_drops_only_l1_rows_and_reaches_the_l4_share():
-    script = load_script("grade_mix_proxy")
     j = judgments()
     out = script.remix(j, l4_share=2 / 3, seed=0)
     assert (out["grade"] > 1).sum() == (j["grade"] > 1).sum()  # L2-L4 all kept
@@ -23,6 +23,5 @@ def test_remix_drops_only_l1_rows_and_reaches_the_l4_share():
 
 
 def test_remix_refuses_a_share_it_cannot_reach():
-    script = load_script("grade_mix_proxy")
     with pytest.raises(SystemExit, match="cannot reach"):
         script.remix(judgments(n2=300), l4_share=0.6)  # L2+L3 alone already exceed 40% of the pairs

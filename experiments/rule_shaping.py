@@ -3,26 +3,31 @@
 AGRL's claim is about the reasoning, not the grade: GRPO rewarded per CoT step that agrees with the business
 rules, gated by rule adherence (``reward.kind=rule_aware``), writes completions whose grade its own step
 verdicts allow more often than GRPO rewarded by the final grade alone (``reward.kind=grade``). This measures
-it on held-out queries. Per seed, from one SFT model that writes the five-step CoT:
+it on held-out queries. Per seed, from one SFT model that writes the five-step CoT, each trained through the
+pipeline's own stages (searchrl.pipeline: finished stages reused by fingerprint):
 
-- ``sft``: the starting point (``--sft DIR``, or trained here: the default config with the CoT on every
-  example and the top two blocks training, ``cot_fraction=1 freeze_layers=4``; with all six frozen the
-  default's decoded CoT loops on one step line and never parses, README);
-- ``grpo_outcome``: `searchrl train grpo --config grpo_chorus.yaml`, CoT rollouts (``rollout.max_new_tokens``
-  64: a step line with multi-word types is ~11 WordPiece tokens), the grade reward with its format term;
+- ``sft``: the starting point (``--sft DIR``, or the pipeline's sft stage here, under OUT: the default config
+  with the CoT on every example and the top two blocks training, ``cot_fraction=1 freeze_layers=4``; with all
+  six frozen the default's decoded CoT loops on one step line and never parses);
+- ``grpo_outcome``: the grpo stage from it (grpo_chorus.yaml, ``start_model``), CoT rollouts
+  (``rollout.max_new_tokens`` 64: a step line with multi-word types is ~11 WordPiece tokens), the grade reward
+  with its format term; under OUT/seedS/grpo_outcome;
 - ``grpo_shaping``: the same with ``reward.kind=rule_aware`` (format 0.1, steps 0.5, adherence 0.5, grade 1).
 
-Every test pair is decoded greedily and parsed (relevance/parser.py). Per system: format-error rate (the
-completion lacks a grade or one of the five verdicts), rule adherence (among parsed completions, the share
-whose grade the rule table allows for its own category/attribute verdicts), hallucination (1 - adherence),
-and the decoded grade's accuracy and macro-F1. Brackets are query-bootstrap 95% intervals over the test
-queries and seeds; shaping - outcome is a paired bootstrap over the same queries.
+Every test pair is decoded greedily and parsed (relevance/format/parser.py). Per system: format-error rate
+(the completion lacks a grade or one of the five verdicts), rule adherence (among parsed completions, the share
+whose grade the rule table allows for its own category/attribute verdicts), hallucination (1 - adherence), and
+the decoded grade's accuracy and macro-F1. Brackets are query-bootstrap 95% intervals over the test queries and
+seeds; shaping - outcome is a paired bootstrap over the same queries.
 
-    python scripts/shaping.py --data runs/quickstart/data [--sft DIR] [--seeds 0,1] [--steps 40]
-        [--out runs/shaping] [--json PATH] [--md PATH] [--smoke]
+    python -m experiments.rule_shaping --data runs/quickstart/data [--sft DIR] [--seeds 0,1] [--steps 40]
+        [--out runs/rule_shaping] [--json PATH] [--md PATH] [--smoke]
 
-Finished stages and decoded completions are reused on a re-run. ``--smoke`` is the CI size (a tiny SFT, two
-GRPO steps, 24 test pairs, in this process; tests/test_shaping.py).
+Simplifies: one SFT model for every seed; greedy decoding only. Wall time: 17 min for the SFT model, then 17-23
+min a seed for two 10-step GRPO runs and their decodes of 802 pairs (one thread, 2 cores; the claims command runs
+``--seeds 0 --steps 10 --grpo-set rollout.max_refill_rounds=1``). Finished stages and decoded completions are
+reused on a re-run. ``--smoke`` is the CI size (a tiny SFT, two GRPO steps, 24 test pairs;
+tests/test_rule_shaping.py).
 """
 
 from __future__ import annotations
@@ -30,50 +35,55 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl_room import CONFIGS, run_main, searchrl, write_report  # one way to run a stage and report, for both
-
+from experiments.common import run_chain, run_main, table, tables_markdown, trainer_config, write_report
 from searchrl.data.schema import load_dataset, pair_products
 from searchrl.metrics.measures import fast_scores
-from searchrl.metrics.stats import paired_bootstrap, paired_metric_bootstrap, query_bootstrap
+from searchrl.metrics.stats import (
+    format_difference,
+    format_interval,
+    paired_bootstrap,
+    paired_metric_bootstrap,
+    query_bootstrap,
+    verdict,
+)
+from searchrl.pipeline import PipelineConfig
+from searchrl.pipeline.config import DataStage
 from searchrl.relevance.format.parser import is_consistent, parse_completion
+from searchrl.relevance.train.grpo import GRPOConfig
+from searchrl.relevance.train.sft import SFTConfig
 
+COMMAND = "python -m experiments.rule_shaping"
 SYSTEMS = {"grpo_outcome": ["reward.kind=grade"], "grpo_shaping": ["reward.kind=rule_aware"]}
 RATES = ("format_error", "adherence")  # per pair: 1/0, adherence NaN where the completion does not parse
-
-
-def sets(kv):
-    return [x for s in kv for x in ("--set", s)]
+CONTRASTS = (("grpo_shaping", "grpo_outcome"), ("grpo_shaping", "sft"), ("grpo_outcome", "sft"))
 
 
 def train(a, out: Path) -> dict[tuple[str, int], Path]:
     """{(system, seed): model dir}; finished stages are reused."""
-    log, common = out / "stages.log", ["run.progress=false", "eval.every=0"]
-    out.mkdir(parents=True, exist_ok=True)
-    sft = Path(a.sft) if a.sft else out / "sft" / "final"
-    if not sft.exists():
-        if a.sft:
+    common = ["run.progress=false", "eval.every=0"]
+    data = DataStage(data_dir=str(a.data))
+    if a.sft:
+        sft = Path(a.sft)
+        if not sft.exists():
             raise SystemExit(f"error: --sft {sft}: no such model directory")
-        searchrl("train", "sft", "--config", str(CONFIGS / "sft_chorus.yaml"), *sets(
-            [f"data_dir={a.data}", f"run.output_dir={out / 'sft'}", "cot_fraction=1", "freeze_layers=4", *common,
-             *a.sft_set]), log=log, in_process=a.smoke)
+    else:
+        cfg = PipelineConfig(data=data, sft=trainer_config(SFTConfig, "sft_chorus", [
+            "cot_fraction=1", "freeze_layers=4", *common, *a.sft_set]))
+        sft = run_chain(cfg, out, ["sft"], COMMAND)["sft"]
     models = {}
     for seed in a.seeds:
         models[("sft", seed)] = sft
         for name, extra in SYSTEMS.items():
-            d = out / f"seed{seed}" / name
-            if not (d / "final").exists():
-                searchrl("train", "grpo", "--config", str(CONFIGS / "grpo_chorus.yaml"), *sets(
-                    [f"model={sft}", f"data_dir={a.data}", f"run.output_dir={d}", f"run.seed={seed}",
-                     f"optim.max_steps={a.steps}", f"rollout.max_new_tokens={a.max_new_tokens}", *common, *extra,
-                     *a.grpo_set]), log=log, in_process=a.smoke)
-            models[(name, seed)] = d / "final"
+            grpo = trainer_config(GRPOConfig, "grpo_chorus", [
+                f"run.seed={seed}", f"optim.max_steps={a.steps}", f"rollout.max_new_tokens={a.max_new_tokens}",
+                *common, *extra, *a.grpo_set])
+            cfg = PipelineConfig(data=data, grpo=grpo, start_model=str(sft))
+            models[(name, seed)] = run_chain(cfg, out / f"seed{seed}" / name, ["grpo"], COMMAND)["grpo"]
     return models
 
 
@@ -144,7 +154,7 @@ def measure(a, models, pairs, out: Path) -> dict:
     def pooled(s, metric):
         grades = arrays[s]["grade"].astype(int)
         return lambda rows: float(np.mean([fast_scores(gold[rows], g[rows])[metric] for g in grades]))
-    table = []
+    rows = []
     for s in systems:
         row = {"system": s}
         for r in RATES:
@@ -152,44 +162,49 @@ def measure(a, models, pairs, out: Path) -> dict:
         for metric in ("accuracy", "macro_f1"):
             iv = query_bootstrap(metric=pooled(s, metric), groups=qids, n_boot=a.n_boot)
             row[metric] = [iv.mean, iv.lo, iv.hi]
-        table.append(row)
+        rows.append(row)
     claims = []
-    for better, worse in (("grpo_shaping", "grpo_outcome"), ("grpo_shaping", "sft"), ("grpo_outcome", "sft")):
+    for better, worse in CONTRASTS:
         c = {"contrast": f"{better} - {worse}"}
         for r in RATES:
             c[r] = defined(paired_bootstrap, by_query[better][r], by_query[worse][r], n_boot=a.n_boot)
         d = paired_metric_bootstrap(pooled(better, "macro_f1"), pooled(worse, "macro_f1"), qids, n_boot=a.n_boot)
         c["macro_f1"] = [d.mean, d.lo, d.hi]
-        lo, hi = c["adherence"][1:]
-        c["verdict"] = "higher" if lo > 0 else "lower" if hi < 0 else "no difference" if hi >= lo else "undefined"
+        c["verdict"] = verdict(c["adherence"], higher="higher", lower="lower")
         claims.append(c)
-    return {"rows": table, "claims": claims, "queries": len(queries), "pairs": len(gold), "seeds": a.seeds}
+    return {"rows": rows, "claims": claims, "queries": len(queries), "pairs": len(gold), "seeds": a.seeds}
+
+
+def tables(result: dict) -> list[dict]:
+    return [table(["system", "rule adherence [95% CI]", "hallucination", "format errors [95% CI]",
+                   "decoded accuracy", "decoded macro-F1 [95% CI]"],
+                  [[r["system"], format_interval(r["adherence"]), f"{1 - r['adherence'][0]:.3f}",
+                    format_interval(r["format_error"]), f"{r['accuracy'][0]:.3f}", format_interval(r["macro_f1"])]
+                   for r in result["rows"]]),
+            table(["contrast", "rule adherence [95% CI]", "format errors", "decoded macro-F1", "adherence"],
+                  [[c["contrast"], format_difference(c["adherence"]), format_difference(c["format_error"]),
+                    format_difference(c["macro_f1"]), c["verdict"]] for c in result["claims"]])]
 
 
 def markdown(result: dict, wall_s: float) -> str:
-    def iv(v):
-        return "{:.3f} [{:.3f}, {:.3f}]".format(*v)
+    scope = f"{result['queries']} test queries, {result['pairs']} pairs, seeds {result['seeds']}"
+    return tables_markdown(tables(result), [f"{scope}; wall time {wall_s / 60:.0f} min"])
 
-    def diff(v):
-        return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*v)
-    lines = [("| system | rule adherence [95% CI] | hallucination | format errors [95% CI] | decoded accuracy | "
-              "decoded macro-F1 [95% CI] |"), "|---|---|---|---|---|---|"]
-    lines += [f"| {r['system']} | {iv(r['adherence'])} | {1 - r['adherence'][0]:.3f} | {iv(r['format_error'])} | "
-              f"{r['accuracy'][0]:.3f} | {iv(r['macro_f1'])} |" for r in result["rows"]]
-    lines += ["", "| contrast | rule adherence [95% CI] | format errors | decoded macro-F1 | adherence |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {c['contrast']} | {diff(c['adherence'])} | {diff(c['format_error'])} | {diff(c['macro_f1'])} | "
-              f"{c['verdict']} |" for c in result["claims"]]
-    lines.append(f"\n{result['queries']} test queries, {result['pairs']} pairs, seeds {result['seeds']}; "
-                 f"wall time {wall_s / 60:.0f} min")
-    return "\n".join(lines)
+
+def glance(result: dict) -> list[dict]:
+    """The claims page's rows: shaping's adherence against the outcome reward and against SFT."""
+    where = f"rule_shaping, seeds {result['seeds']}, {result['queries']} queries"
+    claims = {c["contrast"]: c for c in result["claims"]}
+    return [{"claim": f"shaping raises rule adherence ({key})", "where": where,
+             "difference": f"adherence {format_difference(claims[key]['adherence'])}",
+             "verdict": claims[key]["verdict"]} for key in ("grpo_shaping - grpo_outcome", "grpo_shaping - sft")]
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="prepared dataset (e.g. runs/quickstart/data)")
     ap.add_argument("--sft", help="an SFT model that writes the CoT; default: trained here (module docstring)")
-    ap.add_argument("--out", default="runs/shaping")
+    ap.add_argument("--out", default="runs/rule_shaping")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=40, help="GRPO rollout steps per run")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -211,9 +226,8 @@ def main(argv=None) -> dict:
     if a.smoke:
         pairs = pairs.groupby("query_id", sort=False).head(3).head(24)  # 8 queries: intervals have rows to draw
     result = measure(a, train(a, out), pairs, out)
-    wall = time.time() - start
-    result["wall_s"] = wall
-    return write_report(result, markdown(result, wall), a)
+    result["wall_s"] = time.time() - start
+    return write_report(result, markdown(result, result["wall_s"]), a.json, a.md)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """Would a similarity weight tuned on the valid fold lift a CV run's within-query ranking? (A negative result.)
 
-    python scripts/cv_sim_weight.py --cv-dir runs/relevance_cv/default [--folds 0,1,2,3,4]
+    python -m experiments.sim_weight_shift --cv-dir runs/default_model_cv/default [--folds 0,1,2,3,4]
 
-For each fold's SFT model (``fold{f}/seed0/sft/final`` with its ``data``), the Good log-odds of every valid and
-test pair and the model's own readout cosine are scored. The cosine is read exactly: adding 1 to the L3 and L4
-similarity weights adds 1 x cosine to the Good log-odds. Then a shift delta of those two weights is chosen on the
-valid fold, once for per-query AUC over a grid and once by a logistic fit, tiering's beta re-tuned, and the test
-fold scored. The shift folds back into the model exactly (``sim_w[2:] += delta``): it would be a deployable
-post-training step, like tiering's beta. Measured on Chorus (README): the chosen delta swings between folds and
-neither choice beats delta = 0.
+For each fold's SFT model (``fold{f}/seed0/sft/final`` with its ``data``, as `searchrl eval relevance --cv`
+writes them), the Good log-odds of every valid and test pair and the model's own readout cosine are scored. The
+cosine is read exactly: adding 1 to the L3 and L4 similarity weights adds 1 x cosine to the Good log-odds. Then a
+shift delta of those two weights is chosen on the valid fold, once for per-query AUC over a grid and once by a
+logistic fit, tiering's beta re-tuned, and the test fold scored. The shift folds back into the model exactly
+(``sim_w[2:] += delta``): it would be a deployable post-training step, like tiering's beta. Measured on Chorus:
+the chosen delta swings between folds and neither choice beats delta = 0.
+
+Simplifies: one seed (seed0) per fold; no interval (the folds' deltas are the spread). Wall time: 22 min on one
+thread, 2 cores shared with four runs (two scoring passes over each fold's valid and test pairs).
 """
 
 from __future__ import annotations

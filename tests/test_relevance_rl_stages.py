@@ -1,17 +1,19 @@
-"""scripts/rl_room.py at its smallest setting (what CI runs): one fold of 40 Chorus queries, tiny stages."""
+"""experiments/relevance_rl_stages.py at its smallest setting (what CI runs): one fold of 40 Chorus queries, tiny
+stages, through the pipeline's own stages."""
 
 import json
 
 import numpy as np
 import pytest
-from conftest import load_script
+
+from experiments import relevance_rl_stages
 
 
 @pytest.mark.slow
 def test_the_smoke_setting_trains_every_stage_on_its_share_and_tables_the_claims(chorus_dir, tmp_path):
     out = tmp_path / "r"
     args = ["--data", str(chorus_dir), "--folds", "0", "--smoke", "--out", str(out), "--json", str(tmp_path / "r.json")]
-    report = load_script("rl_room").main(args)
+    report = relevance_rl_stages.main(args)
     systems = {r["system"] for r in report["rows"]}
     assert systems == {"sft", "dpo", "grpo", "grpo_no_dynamic_sampling", "grpo_no_class_balance", "grpo_replay"}
     d = out / "fold0" / "seed0"
@@ -19,9 +21,9 @@ def test_the_smoke_setting_trains_every_stage_on_its_share_and_tables_the_claims
     sft_q = set(load_dataset(d / "sft_data").split("train").queries["query_id"])
     rl_q = set(load_dataset(d / "rl_data").split("train").queries["query_id"])
     assert sft_q and rl_q and not sft_q & rl_q  # RL prompts come from queries SFT never saw
-    pairs = [json.loads(x) for x in (d / "pairs.jsonl").read_text().splitlines()]
+    pairs = [json.loads(x) for x in (d / "rl_share" / "sample" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and {p["query_id"] for p in pairs} <= rl_q
-    grpo_log = [json.loads(x) for x in (d / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    grpo_log = [json.loads(x) for x in (d / "rl_share" / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in grpo_log if "reward_mean" in r] == [1, 2]
     assert all(r["completion_len"] <= 1 for r in grpo_log if "completion_len" in r)  # grade-only rollouts
     claims = {c["claim"]: c for c in report["claims"]}
@@ -32,7 +34,7 @@ def test_the_smoke_setting_trains_every_stage_on_its_share_and_tables_the_claims
     stuck = {r["system"]: r for r in report["stuck"]}
     n_stuck = sum(p["source"] == "teacher" for p in pairs)
     assert all(r["n"] == n_stuck for r in stuck.values())  # every system scored on the same stuck prompts
-    assert "hint_fraction: 0.1" in (d / "sft" / "sft_config.yaml").read_text()
+    assert "hint_fraction: 0.1" in (d / "sft_share" / "sft" / "sft_config.yaml").read_text()
     # the systems really differ (each stage trained): not every prediction file is the same
     probs = [np.load(d / f"{s}.test_probs.npy") for s in ("sft", "dpo", "grpo")]
     assert not np.allclose(probs[0], probs[1]) and not np.allclose(probs[1], probs[2])
@@ -45,6 +47,6 @@ def test_the_smoke_setting_trains_every_stage_on_its_share_and_tables_the_claims
     assert not set(rq.judgments["product_id"].astype(str)) & set(chorus.judgments["product_id"].astype(str))
     assert (d / "grpo.rule_probs.npy").exists()
     # a re-run reuses every stage and the cached predictions
-    again = load_script("rl_room").main(args)
+    again = relevance_rl_stages.main(args)
     assert [r["macro_f1"] for r in again["rows"]] == [r["macro_f1"] for r in report["rows"]]
     assert [r["macro_f1"] for r in again["rule_graded"]["rows"]] == [r["macro_f1"] for r in rule["rows"]]

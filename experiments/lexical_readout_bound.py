@@ -1,11 +1,11 @@
 """How far a lexical term in the relevance readout could go, bounded on the CV folds before building it.
 
-    python scripts/cv_lexical_bound.py --data runs/quickstart/data [--k 5] [--json PATH]
+    python -m experiments.lexical_readout_bound --data runs/quickstart/data [--k 5] [--json PATH]
 
-The README named "a lexical term in the readout" as the next candidate for the default model (BM25 lifts a
-stack's Good-F1). A term the scorer could compute from one pair alone is the IDF-weighted share of the query's
-words found in the product text (IDF over the catalogue, a fixed table once trained). This script fits, on
-crossval's query folds (fold f predicted by a fit on the others), a 4-grade logistic regression over
+A term the scorer could compute from one pair alone is the IDF-weighted share of the query's words found in the
+product text (IDF over the catalogue, a fixed table once trained). This fits, on crossval's query folds (fold f
+predicted by a fit on the others: crossval.cross_fitted_probs, the stack of experiments/cv_compare.py), a 4-grade
+logistic regression over
 
 - ``cos``: MiniLM cosine(query, title + brand) and its within-query z-score (ranks exactly as the cosine);
 - ``cos+idfcov``: the same plus the IDF coverage;
@@ -13,8 +13,10 @@ crossval's query folds (fold f predicted by a fit on the others), a 4-grade logi
 - ``cos+bm25n``: cosine plus BM25 over the query's best BM25 in the catalogue (not a one-pair term: a reference),
 
 and prints per-query AUC of P(Good), pooled AUC, Good-F1 and macro-F1 of each, with paired query bootstraps
-against ``cos``. The fit is cv_compare.py's stack; the fits see the labels of every other fold, so each row is an upper bound on what a readout
-over these inputs learns, not a deployable model. Takes ~1 minute on 2 cores (one MiniLM pass over the pairs).
+against ``cos``.
+
+Simplifies: the fits see the labels of every other fold, so each row is an upper bound on what a readout over
+these inputs learns, not a deployable model. Wall time: about 1 minute on 2 cores (one MiniLM pass over the pairs).
 """
 
 from __future__ import annotations
@@ -22,29 +24,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from experiments.common import table, tables_markdown
 from searchrl.data.schema import GOOD_MIN_GRADE, load_dataset, product_text
 from searchrl.eval.baselines import _words, lexical_features, minilm_cosine
-from searchrl.metrics.measures import classification_metrics, good_auc, per_query_auc
-from searchrl.metrics.stats import paired_bootstrap, paired_metric_bootstrap
-from searchrl.eval.crossval import query_folds
+from searchrl.eval.crossval import cross_fitted_probs, query_folds, within_query_z
 from searchrl.lexical.bm25 import BM25Index
-
-sys.path.insert(0, str(Path(__file__).parent))  # a sibling script, also when loaded by path (tests)
-from cv_compare import cross_fitted_probs, within_query_z  # noqa: E402  the same stack as cv_compare.py --stack
+from searchrl.metrics.measures import classification_metrics, good_auc, per_query_auc
+from searchrl.metrics.stats import format_difference, paired_bootstrap, paired_metric_bootstrap
 
 FEATURE_SETS = {"cos": ["cos", "z_cos"], "cos+idfcov": ["cos", "z_cos", "idfcov"],
                 "cos+idfcov+z": ["cos", "z_cos", "idfcov", "z_idfcov"], "cos+bm25n": ["cos", "z_cos", "bm25n"]}
 
 
 def idf_coverage(pairs: pd.DataFrame, products: pd.DataFrame) -> np.ndarray:
-    """[N] sum of IDF over the query words in the product text / sum of IDF over the query words."""
+    """[N] sum of IDF over the query words in the product text / sum of IDF over the query words (the words of
+    the baselines' coverage features)."""
     df: dict[str, int] = {}
     for r in products.to_dict("records"):
         for w in _words(product_text(r)):
@@ -59,16 +58,11 @@ def idf_coverage(pairs: pd.DataFrame, products: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="a prepared dataset directory (searchrl data prepare)")
-    ap.add_argument("--k", type=int, default=5, help="folds (crossval's: query_folds seed 0)")
-    ap.add_argument("--json", help="write the table as JSON here")
-    args = ap.parse_args()
-    ds = load_dataset(args.data)
+def measure(ds, k: int) -> tuple[dict, int]:
+    """({feature set: its row}, queries)."""
     pairs = pd.concat([ds.split(s).pairs() for s in ("train", "valid", "test")], ignore_index=True)
     qid, y = pairs["query_id"].astype(str).to_numpy(), pairs["grade"].to_numpy()
-    folds = query_folds(ds.queries["query_id"], args.k, seed=0)
+    folds = query_folds(ds.queries["query_id"], k, seed=0)
     fold = np.array([folds[q] for q in qid])
     cos, cov = minilm_cosine(pairs), idf_coverage(pairs, ds.products)
     feats = {"cos": cos, "z_cos": within_query_z(cos, qid), "idfcov": cov, "z_idfcov": within_query_z(cov, qid),
@@ -88,8 +82,6 @@ def main() -> None:
         fits[name] = probs[:, GOOD_MIN_GRADE - 1:].sum(1), probs.argmax(1) + 1
     base_p, base_pred = fits["cos"]
     rows = {}
-    print(f"| inputs ({args.k} folds, {len(queries)} queries) | per-query AUC | pooled AUC | Good-F1 | macro-F1 "
-          f"| AUC - cos [95% CI] | Good-F1 - cos [95% CI] |\n|---|---|---|---|---|---|---|")
     for name, (p, pred) in fits.items():
         auc, cls = good_auc(y, p, qid), classification_metrics(y, pred)
         d_auc = paired_bootstrap(per_query(p), per_query(base_p))
@@ -97,12 +89,31 @@ def main() -> None:
         rows[name] = {"per_query_auc": auc["x_good_auc_per_query"], "pooled_auc": auc["x_good_auc"],
                       "good_f1": cls["good_f1"], "macro_f1": cls["macro_f1"],
                       **d_auc.as_dict("auc_vs_cos_"), **d_f1.as_dict("good_f1_vs_cos_")}
-        print(f"| {name} | {auc['x_good_auc_per_query']:.3f} | {auc['x_good_auc']:.3f} | {cls['good_f1']:.3f} "
-              f"| {cls['macro_f1']:.3f} | {d_auc.mean:+.3f} [{d_auc.lo:+.3f}, {d_auc.hi:+.3f}] "
-              f"| {d_f1.mean:+.3f} [{d_f1.lo:+.3f}, {d_f1.hi:+.3f}] |")
+    return rows, len(queries)
+
+
+def markdown(rows: dict, k: int, n_queries: int) -> str:
+    def diff(r, prefix):
+        return format_difference({"mean": r[f"{prefix}mean"], "lo": r[f"{prefix}lo"], "hi": r[f"{prefix}hi"]})
+    return tables_markdown([table(
+        [f"inputs ({k} folds, {n_queries} queries)", "per-query AUC", "pooled AUC", "Good-F1", "macro-F1",
+         "AUC - cos [95% CI]", "Good-F1 - cos [95% CI]"],
+        [[name, f"{r['per_query_auc']:.3f}", f"{r['pooled_auc']:.3f}", f"{r['good_f1']:.3f}", f"{r['macro_f1']:.3f}",
+          diff(r, "auc_vs_cos_"), diff(r, "good_f1_vs_cos_")] for name, r in rows.items()])])
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="a prepared dataset directory (searchrl data prepare)")
+    ap.add_argument("--k", type=int, default=5, help="folds (crossval's: query_folds seed 0)")
+    ap.add_argument("--json", help="write the table as JSON here")
+    args = ap.parse_args(argv)
+    rows, n_queries = measure(load_dataset(args.data), args.k)
+    print(markdown(rows, args.k, n_queries))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
+    return rows
 
 
 if __name__ == "__main__":

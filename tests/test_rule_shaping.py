@@ -1,12 +1,13 @@
-"""scripts/shaping.py: the adherence table from parsed completions, and its smallest setting (what CI runs)."""
+"""experiments/rule_shaping.py: the adherence table from parsed completions, and its smallest setting (what CI
+runs)."""
 
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import load_script
 
+from experiments import rule_shaping as shaping
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.format.prompt import PromptConfig, build_completion
 
@@ -17,7 +18,6 @@ def completion(grade, category, attribute):
 
 
 def test_per_query_means_leave_undefined_pairs_out():
-    shaping = load_script("shaping")
     v = np.array([1.0, np.nan, 0.0, np.nan, np.nan])
     q = np.array(["a", "a", "a", "b", "b"])
     assert shaping.per_query(v, q, ["a", "b"]).tolist()[0] == 0.5
@@ -25,7 +25,6 @@ def test_per_query_means_leave_undefined_pairs_out():
 
 
 def test_the_table_reads_adherence_from_each_systems_own_verdicts(tmp_path):
-    shaping = load_script("shaping")
     n_q, per_q = 8, 4
     pairs = pd.DataFrame({"query_id": [f"q{i // per_q}" for i in range(n_q * per_q)],
                           "grade": [4, 1, 3, 2] * n_q})
@@ -56,14 +55,13 @@ def test_the_table_reads_adherence_from_each_systems_own_verdicts(tmp_path):
 
 @pytest.mark.slow
 def test_the_smoke_setting_trains_both_rewards_from_one_sft_and_decodes_test(chorus_dir, tmp_path):
-    shaping = load_script("shaping")
     out = tmp_path / "s"
     args = ["--data", str(chorus_dir), "--smoke", "--seeds", "0", "--out", str(out), "--json", str(tmp_path / "s.json")]
     result = shaping.main(args)
     assert [r["system"] for r in result["rows"]] == ["sft", "grpo_outcome", "grpo_shaping"]
     assert result["pairs"] == 24 and result["queries"] == 8
     for name, kind in (("grpo_outcome", "grade"), ("grpo_shaping", "rule_aware")):
-        cfg = (out / "seed0" / name / "grpo_config.yaml").read_text()
+        cfg = (out / "seed0" / name / "grpo" / "grpo_config.yaml").read_text()
         assert f"kind: {kind}" in cfg and "model: " + str(out / "sft" / "final") in cfg
         rows = [json.loads(x) for x in (out / "seed0" / f"{name}.test_completions.jsonl").read_text().splitlines()]
         assert len(rows) == 24

@@ -1,19 +1,19 @@
-"""scripts/cv_sim_weight.py: the similarity-weight shift it evaluates is the one the model itself would compute."""
+"""experiments/sim_weight_shift.py: the similarity-weight shift it evaluates is the one the model itself would
+compute."""
 
 import numpy as np
 import torch
-from conftest import load_script
 
-from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
-from searchrl.relevance.model.load import grade_probs, load_relevance_model
+from experiments import sim_weight_shift as script
 from searchrl.relevance.format.prompt import PromptConfig, build_prompt
+from searchrl.relevance.model.load import grade_probs, load_relevance_model
+from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
 
 PRODUCTS = [{"title": "Dell XPS 13 laptop", "brand": "Dell"}, {"title": "Targus laptop bag", "brand": "Targus"},
             {"title": "Logitech wireless mouse", "brand": "Logitech"}]
 
 
 def test_shifting_the_probabilities_equals_shifting_the_models_similarity_weights():
-    script = load_script("cv_sim_weight")
     model, tok = load_relevance_model(MINILM_PREFIX)
     model.eval()
     torch.manual_seed(0)
