@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from searchrl.data.schema import Dataset, pair_products
-from searchrl.relevance.model.tokenizer import encode_prompt
 from searchrl.relevance.format.prompt import GRADE_TOKENS, PromptConfig, build_prompt
+from searchrl.relevance.model.tokenizer import encode_prompt
 from searchrl.relevance.rules.teacher import RuleTeacher, Teacher, TeacherReport
 
 IGNORE = -100  # label of positions that carry no loss (prompt, padding)

@@ -44,9 +44,9 @@ import torch
 
 from searchrl.config import check_choices
 from searchrl.errors import ConfigError
-from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
 from searchrl.relevance.format.parser import allowed_grades, parse_completion
 from searchrl.relevance.format.prompt import MARKER
+from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
 from searchrl.relevance.train.rewards import RewardOutput
 from searchrl.rl.rollout import Rollout, concat_rollouts, sample_groups
 
