@@ -31,7 +31,7 @@ from sklearn.metrics import f1_score
 
 from experiments.common import table, tables_markdown
 from searchrl.data.schema import GOOD_MIN_GRADE, load_dataset, product_text
-from searchrl.eval.baselines import _words, lexical_features, minilm_cosine
+from searchrl.eval.baselines import lexical_features, minilm_cosine, text_words
 from searchrl.eval.crossval import cross_fitted_probs, query_folds, within_query_z
 from searchrl.lexical.bm25 import BM25Index
 from searchrl.metrics.measures import classification_metrics, good_auc, per_query_auc
@@ -46,13 +46,13 @@ def idf_coverage(pairs: pd.DataFrame, products: pd.DataFrame) -> np.ndarray:
     the baselines' coverage features)."""
     df: dict[str, int] = {}
     for r in products.to_dict("records"):
-        for w in _words(product_text(r)):
+        for w in text_words(product_text(r)):
             df[w] = df.get(w, 0) + 1
     n = len(products)
     idf = {w: math.log((n + 1) / (c + 1)) + 1 for w, c in df.items()}
     out = np.zeros(len(pairs))
     for i, r in enumerate(pairs.to_dict("records")):
-        q, t = _words(r["text"]), _words(product_text(r))
+        q, t = text_words(r["text"]), text_words(product_text(r))
         weight = {w: idf.get(w, math.log(n + 1) + 1) for w in q}
         out[i] = sum(weight[w] for w in q & t) / max(sum(weight.values()), 1e-9)
     return out

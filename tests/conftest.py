@@ -1,6 +1,5 @@
 """Shared fixtures: the read-only data mirror beside the checkout, and an isolated cache."""
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -10,14 +9,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("SEARCHRL_DATA_MIRROR", REPO.parent / "shared" / "data"))
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def load_script(name: str):
-    """scripts/NAME.py as a module (the scripts are not a package), so a test can call its main()."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from searchrl.errors import ConfigError
 from searchrl.eval.baselines import relevance_baselines
 from searchrl.eval.crossval import crossval, summarize
 from searchrl.metrics.measures import RELEVANCE_COLUMNS, print_table, write_metrics_json
+from searchrl.metrics.stats import format_difference
 from searchrl.relevance.rules.engine import RuleEngine
 from searchrl.relevance.scoring.evaluate import evaluate_model, rule_agreement, tune_tiering
 from searchrl.relevance.scoring.export import export_model
@@ -121,7 +122,7 @@ def _crossval(a) -> None:
     keep = {"x_good_auc", "x_good_auc_per_query", *(k for k, _ in REASONING_MEASURES)}
     shown = [{**{k: v for k, v in r.items() if not k.startswith("x_") or k in keep},
               **{f"{m} 95%": f"[{lo:.3f}, {hi:.3f}]" for m, (lo, hi) in r.get("x_ci", {}).items()},
-              **({"AUC diff (model - this)": "{:+.3f} [{:+.3f}, {:+.3f}]".format(*r["x_auc_diff_vs_ref"])}
+              **({"AUC diff (model - this)": format_difference(r["x_auc_diff_vs_ref"])}
                  if "x_auc_diff_vs_ref" in r else {})} for r in rows]
     print_table(shown, title=f"{a.cv}-fold cross-validation over {rows[0]['x_queries']} queries, seeds {seeds}")
     failures = free_signal_failures(rows, "model")  # the recipe against the free signals on the same folds

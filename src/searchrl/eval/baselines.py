@@ -31,14 +31,14 @@ from sklearn.preprocessing import StandardScaler
 from searchrl.data.schema import GRADES, Dataset, product_text
 from searchrl.errors import InputError
 from searchrl.lexical.bm25 import BM25Index
+from searchrl.metrics.measures import classification_metrics, good_auc, retrieval_metrics
 from searchrl.retrieval.encoder import build_encoder, encode, encoder_tag
 from searchrl.retrieval.index import FaissIndex
-from searchrl.metrics.measures import classification_metrics, good_auc, retrieval_metrics
 
 _WORD = re.compile(r"\w+")
 
 
-def _words(text: str) -> set[str]:
+def text_words(text: str) -> set[str]:
     # crude plural folding so "speakers" matches "speaker" in coverage features
     return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in _WORD.findall(str(text).lower())}
 
@@ -51,9 +51,9 @@ def lexical_features(pairs: pd.DataFrame, bm25: BM25Index) -> np.ndarray:
         best = max(float(all_scores.max()), 1e-9)
         sub = pairs.iloc[idx]
         s = bm25.pair_scores(query, sub["product_id"].astype(str).tolist(), all_scores)
-        q = _words(query)
+        q = text_words(query)
         for row_i, (i, r) in enumerate(zip(idx, sub.to_dict("records"))):
-            title, text = _words(r["title"]), _words(product_text(r))
+            title, text = text_words(r["title"]), text_words(product_text(r))
             brand = str(r.get("brand") or "").lower()
             feats[i] = [s[row_i], s[row_i] / best, len(q & title) / max(len(q), 1), len(q & text) / max(len(q), 1),
                         float(bool(brand) and brand in query.lower()), np.log1p(len(title))]
