@@ -12,7 +12,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "searchrl"
 
 # The declared order, bottom first: the data flow of the package (README "Layout").
 LAYERS = [
-    "errors", "faults", "config", "checkpoint", "training",  # the shared core: errors, configs, the run loop
+    "errors", "faults", "config", "checkpoint", "training", "stage_records",  # the shared core: errors, configs,
+    #   the run loop, what a finished stage records
     "data",  # datasets: registry, readers, importer, schema
     "metrics",  # relevance and retrieval measures, bootstrap intervals and verdicts
     "lexical",  # BM25

@@ -1,22 +1,28 @@
-"""retrieval/pipeline.run_stage: a finished stage is reused when only resume or progress bars differ."""
+"""retrieval/chain.run_stage: a finished stage is reused when only resume or progress bars differ, and trained
+again when its config or an input (the encoder it starts from) changed."""
 
 import dataclasses
-import json
+from pathlib import Path
 
 import pytest
-import yaml
 
-from searchrl.retrieval import chain as pipeline
+from searchrl.retrieval import chain
 from searchrl.retrieval.config import RetrieverConfig
 
 
-def finished_stage(tmp_path) -> RetrieverConfig:
-    cfg = RetrieverConfig(stage="sft")
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(tmp_path / "sft"), resume=False))
-    final = tmp_path / "sft" / "final"
-    final.mkdir(parents=True)
-    (final / "retriever_config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg)))))
-    (tmp_path / "sft" / "stage_seconds.json").write_text('{"seconds": 54.0}\n')
+def finished_stage(tmp_path, name="sft", **changes) -> RetrieverConfig:
+    """A stage that run_stage trained (54 s), without training: the trainer is a stub that writes final/."""
+    cfg = RetrieverConfig(stage="sft", **changes)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(tmp_path / name), resume=False))
+
+    def train(c):
+        (Path(c.run.output_dir) / "final").mkdir(parents=True, exist_ok=True)
+        return None, Path(c.run.output_dir) / "final"
+    clock = iter([100.0, 154.0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(chain, "train_contrastive", train)
+        mp.setattr(chain.time, "perf_counter", lambda: next(clock))
+        chain.run_stage(cfg)
     return cfg
 
 
@@ -25,9 +31,9 @@ def test_a_finished_stage_is_reused_when_only_resume_or_progress_differ(tmp_path
 
     def train(_):
         raise AssertionError("retrained a finished stage")
-    monkeypatch.setattr(pipeline, "train_contrastive", train)
+    monkeypatch.setattr(chain, "train_contrastive", train)
     same = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=True, progress=not cfg.run.progress))
-    final, seconds = pipeline.run_stage(same)
+    final, seconds = chain.run_stage(same)
     assert final == tmp_path / "sft" / "final" and seconds == 54.0  # the original training time, not 0
 
 
@@ -39,9 +45,9 @@ def test_a_stage_whose_training_config_differs_is_trained_again(tmp_path, monkey
 
     def train(_):
         raise Trained
-    monkeypatch.setattr(pipeline, "train_contrastive", train)
+    monkeypatch.setattr(chain, "train_contrastive", train)
     with pytest.raises(Trained):
-        pipeline.run_stage(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * 2)))
+        chain.run_stage(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * 2)))
 
 
 def test_the_table_adds_a_hybrid_row_for_each_dense_model(tiny_data, tmp_path, monkeypatch):
@@ -51,9 +57,9 @@ def test_the_table_adds_a_hybrid_row_for_each_dense_model(tiny_data, tmp_path, m
     def stage(cfg):  # every stage "trains" the zero-shot encoder: the table, not training, is under test
         trained.append(cfg.stage)
         return None, 2.0
-    monkeypatch.setattr(pipeline, "run_stage", stage)
+    monkeypatch.setattr(chain, "run_stage", stage)
     base = RetrieverConfig(max_products=0, run=dataclasses.replace(RetrieverConfig().run, progress=False))
-    rows = pipeline.run_retriever_stages(base, load_dataset(tiny_data), tmp_path, split="train", ks=(5,))
+    rows = chain.run_retriever_stages(base, load_dataset(tiny_data), tmp_path, split="train", ks=(5,))
     dense = ["minilm-zero-shot", "sft", "sft+hardneg", "sft+rgrpo"]
     assert trained == ["sft", "hardneg", "rgrpo"]
     assert [r["system"] for r in rows] == ["bm25", *dense, *[f"hybrid(bm25+{d})" for d in dense]]
@@ -66,3 +72,17 @@ def test_the_table_adds_a_hybrid_row_for_each_dense_model(tiny_data, tmp_path, m
         assert hybrid["x_train_seconds"] == by[d]["x_train_seconds"]
     assert by["hybrid(bm25+sft)"] == {**by["hybrid(bm25+minilm-zero-shot)"], "system": "hybrid(bm25+sft)",
                                       "x_train_seconds": 2.0}
+
+
+def test_a_stage_whose_start_encoder_was_trained_again_is_trained_again(tmp_path, monkeypatch):
+    from searchrl.stage_records import read_record, write_record
+    finished_stage(tmp_path, "start")
+    cfg = finished_stage(tmp_path, "hardneg", encoder=str(tmp_path / "start" / "final"))
+
+    def train(_):
+        raise AssertionError("retrained")
+    monkeypatch.setattr(chain, "train_contrastive", train)
+    assert chain.run_stage(cfg)[1] == 54.0  # the start encoder unchanged: reused
+    write_record(tmp_path / "start", **{**read_record(tmp_path / "start"), "fingerprint": "trained-again"})
+    with pytest.raises(AssertionError, match="retrained"):
+        chain.run_stage(cfg)

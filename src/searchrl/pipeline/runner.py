@@ -32,8 +32,10 @@ from pathlib import Path
 
 from searchrl.errors import UserError
 from searchrl.pipeline.config import STAGES, PipelineConfig
-from searchrl.pipeline.stages import RUNNERS
 from searchrl.pipeline.context import Context, SkipStage
+from searchrl.pipeline.stages import RUNNERS
+from searchrl.stage_records import fingerprint as stage_fingerprint
+from searchrl.stage_records import read_record, write_record
 
 DEPENDS = {  # the stages whose outputs a stage reads (absent ones are simply not part of the fingerprint)
     "data": (), "baselines": ("data",), "sft": ("data",), "tiering": ("sft",), "sample": ("tiering", "sft"),
@@ -67,8 +69,7 @@ def _plain(x):
 
 
 def record(ctx: Context, stage: str) -> dict:
-    path = ctx.dir(stage) / "stage.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_record(ctx.dir(stage))
 
 
 def fingerprint(ctx: Context, stage: str) -> str:
@@ -81,7 +82,7 @@ def fingerprint(ctx: Context, stage: str) -> str:
     if stage != "data" and ctx.cfg.start_model:  # a model from elsewhere, and the data it now meets
         parts["start_model"] = {"files": model_files(ctx.cfg.start_model),
                                 "data": record(ctx, "data").get("fingerprint")}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stage_fingerprint(parts)
 
 
 def model_files(model_dir: str | Path) -> list | None:
@@ -125,11 +126,7 @@ def _minutes(seconds: float) -> str:
 
 
 def _write_record(ctx: Context, stage: str, **fields) -> None:
-    d = ctx.dir(stage)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / "stage.json.tmp"
-    tmp.write_text(json.dumps({"stage": stage, **fields}, indent=1, default=str) + "\n")
-    tmp.replace(d / "stage.json")
+    write_record(ctx.dir(stage), stage=stage, **fields)
 
 
 def describe_plan(ctx: Context) -> list[dict]:

@@ -23,11 +23,10 @@ Simplifies: one seed; the evaluation catalogue is the training subset (documente
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
-
-import yaml
 
 from searchrl.data.schema import Dataset
 from searchrl.lexical.bm25 import BM25Index
@@ -37,6 +36,7 @@ from searchrl.retrieval.hybrid import HybridRetriever
 from searchrl.retrieval.rgrpo import train_rgrpo
 from searchrl.retrieval.shared import subset_products
 from searchrl.retrieval.train_sft import train_contrastive
+from searchrl.stage_records import fingerprint, read_record, reusable, write_record
 
 
 def catalogue_subset(ds: Dataset, max_products: int, seed: int = 0) -> Dataset:
@@ -46,24 +46,36 @@ def catalogue_subset(ds: Dataset, max_products: int, seed: int = 0) -> Dataset:
 
 
 def run_stage(cfg: RetrieverConfig) -> tuple[Path, float]:
-    """(final dir, seconds): trains the stage unless final/ holds a run of the same config."""
-    final = Path(cfg.run.output_dir) / "final"
-    saved = final / "retriever_config.yaml"
-    if saved.exists() and _what_it_trains(yaml.safe_load(saved.read_text())) == _what_it_trains(
-            json.loads(json.dumps(dataclasses.asdict(cfg)))):
-        timing = Path(cfg.run.output_dir) / "stage_seconds.json"
-        print(f"[retriever] reusing {final} (same config)")
-        return final, json.loads(timing.read_text())["seconds"] if timing.exists() else float("nan")
+    """(final dir, seconds): trains the stage unless its record says done with the same fingerprint (the stage
+    records the pipeline keeps too: searchrl.stage_records)."""
+    out = Path(cfg.run.output_dir)
+    fp = fingerprint({"config": _what_it_trains(json.loads(json.dumps(dataclasses.asdict(cfg)))),
+                      "inputs": _inputs(cfg)})
+    done = reusable(out, fp)
+    if done is not None and (out / "final").is_dir():
+        print(f"[retriever] reusing {out / 'final'} (same config and inputs)")
+        return out / "final", done["seconds"]
+    write_record(out, stage=cfg.stage, status="running", fingerprint=fp)
     t0 = time.perf_counter()
     _, final = train_rgrpo(cfg) if cfg.stage == "rgrpo" else train_contrastive(cfg)
     seconds = time.perf_counter() - t0
-    (Path(cfg.run.output_dir) / "stage_seconds.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+    write_record(out, stage=cfg.stage, status="done", fingerprint=fp, seconds=seconds)
     return final, seconds
 
 
 def _what_it_trains(config: dict) -> dict:
-    """A saved stage config without the fields that do not change the weights (whether to resume, progress bars)."""
+    """A stage config without the fields that do not change the weights (whether to resume, progress bars)."""
     return {**config, "run": {k: v for k, v in config.get("run", {}).items() if k not in ("resume", "progress")}}
+
+
+def _inputs(cfg: RetrieverConfig) -> dict:
+    """What the stage reads besides its config: the start encoder's and the judge's stage fingerprints (a stage
+    trained again changes them), and the dataset's card."""
+    card = Path(cfg.data_dir) / "dataset.json" if cfg.data_dir else None
+    def stage_of(model_dir: str):  # a final/ (or export/model) directory: its stage's record
+        return read_record(Path(model_dir).parent).get("fingerprint") if model_dir and Path(model_dir).exists() else None
+    return {"encoder": stage_of(cfg.encoder), "judge": stage_of(cfg.reward.relevance_model),
+            "dataset": hashlib.sha256(card.read_bytes()).hexdigest() if card and card.exists() else None}
 
 
 def stage_config(cfg: RetrieverConfig, out: Path, **changes) -> RetrieverConfig:
