@@ -16,6 +16,9 @@ The relevance model and the retriever:
 - grade_mix_import: the default on Chorus re-mixed to two thirds L4 and imported as a team's CSVs.
 - rl_ablations_after_full_sft: the RL stages, shaping and replay from an SFT model trained on every label.
 - retriever_reward_terms: the retriever's stages, each R-GRPO reward term removed, exclusivity at weight 1.
+- hybrid_retrieval_cv: what each dense route adds to BM25 (hybrid, added recall, overlap) over all 135 queries
+  by query CV on the whole catalogue; --choose-fusion picks the fusion default on valid queries
+  (docs/results/hybrid.md, hybrid_fusion.md).
 
 Shared: common (the pipeline's chain under a directory, child processes, CV lanes, tables, reports) and
 rl_stage_tables (relevance_rl_stages' contrasts and tables). Every relevance model is trained through the
