@@ -121,8 +121,9 @@ def test_eval_relevance_cv_prints_the_warnings_and_the_reasoning_and_records_the
     import json
 
     from searchrl.cli import main
-    from searchrl.eval import crossval
-    monkeypatch.setattr(crossval, "crossval", lambda *a, **k: cv_result())  # the folds' training is tested elsewhere
+    from searchrl.commands import relevance as relevance_commands
+    # the folds' training is tested elsewhere
+    monkeypatch.setattr(relevance_commands, "crossval", lambda *a, **k: cv_result())
     (tmp_path / "sft.yaml").write_text("{}\n")  # the default recipe (never trained here)
     assert main(["eval", "relevance", "--cv", "2", "--config", str(tmp_path / "sft.yaml"), "--data", str(tiny_data),
                  "--out", str(tmp_path / "cv")]) == 0
