@@ -17,7 +17,7 @@ from searchrl.errors import ConfigError
 from searchrl.pipeline.config import STAGES, PipelineConfig
 from searchrl.pipeline.runner import run_pipeline
 
-PACKAGED = {"quickstart": "pipeline_quickstart.yaml", "full": "pipeline_full.yaml"}
+PACKAGED = {"quickstart": "pipeline_quickstart.yaml", "full": "pipeline_full.yaml", "llm": "pipeline_llm.yaml"}
 
 
 def load_pipeline_config(config: str | None, overrides: list[str] | None = None) -> PipelineConfig:
