@@ -37,9 +37,9 @@ from bench_scoring import chorus_requests, report  # noqa: E402  (the scoring be
 
 def build(model_dir: Path, data: str | None, n_prompts: int) -> list[dict]:
     """Save the model once; the prompts (built with the default prompt config) as {prompt, grade}."""
+    from searchrl.relevance.format.prompt import PromptConfig, build_prompt
     from searchrl.relevance.model.builds import MINILM_QWEN2
     from searchrl.relevance.model.load import load_relevance_model
-    from searchrl.relevance.format.prompt import PromptConfig, build_prompt
     from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
     model, tok = load_relevance_model(MINILM_QWEN2)
     model.save_pretrained(model_dir)

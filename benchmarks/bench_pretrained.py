@@ -43,9 +43,9 @@ VERDICTS = {
 
 def sft_step_seconds(model, tok, steps: int, lr: float) -> float:
     """Best wall time of ``steps`` SFT optimizer steps (after one warm-up) on the four examples as one batch."""
-    from searchrl.relevance.train.examples import collate, encode_example
-    from searchrl.relevance.model.tokenizer import render_prompt
     from searchrl.relevance.format.prompt import PromptConfig, build_completion, build_prompt
+    from searchrl.relevance.model.tokenizer import render_prompt
+    from searchrl.relevance.train.examples import collate, encode_example
     from searchrl.relevance.train.sft import completion_loss
     pc = PromptConfig()
     enc = [encode_example(tok, render_prompt(tok, build_prompt(q, p, pc)), build_completion(g, VERDICTS[g]), 2048)
@@ -66,10 +66,10 @@ def sft_step_seconds(model, tok, steps: int, lr: float) -> float:
 
 
 def bench(name: str, steps: int) -> dict:
-    from searchrl.relevance.model.lora import LoraSettings
-    from searchrl.relevance.model.load import load_relevance_model
-    from searchrl.relevance.model.tokenizer import render_prompt
     from searchrl.relevance.format.prompt import PromptConfig, build_prompt
+    from searchrl.relevance.model.load import load_relevance_model
+    from searchrl.relevance.model.lora import LoraSettings
+    from searchrl.relevance.model.tokenizer import render_prompt
     t0 = time.perf_counter()
     model, tok = load_relevance_model(name)
     first = time.perf_counter() - t0

@@ -41,18 +41,18 @@ import numpy as np
 import torch
 
 from searchrl.data.schema import load_dataset, pair_products
-from searchrl.relevance.scoring.evaluate import decode_completions
-from searchrl.relevance.train.examples import build_examples
-from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
-from searchrl.relevance.model.builds import MINILM_QWEN2
-from searchrl.relevance.model.load import PrefixLMSettings, load_relevance_model
-from searchrl.relevance.model.tokenizer import encode_prompt
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.format.prompt import PromptConfig
-from searchrl.relevance.rules.engine import RuleEngine
-from searchrl.relevance.scoring.scorer import RelevanceScorer
+from searchrl.relevance.model.builds import MINILM_QWEN2
+from searchrl.relevance.model.load import PrefixLMSettings, load_relevance_model
+from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
 from searchrl.relevance.model.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
+from searchrl.relevance.model.tokenizer import encode_prompt
+from searchrl.relevance.rules.engine import RuleEngine
 from searchrl.relevance.rules.teacher import RuleTeacher
+from searchrl.relevance.scoring.evaluate import decode_completions
+from searchrl.relevance.scoring.scorer import RelevanceScorer
+from searchrl.relevance.train.examples import build_examples
 
 DEFAULT_PROMPT = PromptConfig(layout="segments", max_description_chars=120, max_attributes=2, max_note_chars=0)
 LONG_PROMPT = PromptConfig()  # a decoder's prompt with the full task description: the shared part is long

@@ -2,13 +2,11 @@
 
 import numpy as np
 import pytest
-
 from conftest import sft_config_for_tests
-from searchrl.config import config_from_dict
+
 from searchrl.data.schema import load_dataset, write_dataset
 from searchrl.errors import ConfigError
 from searchrl.eval.crossval import crossval, fold_dataset, query_folds, sft_rl_split, summarize
-from searchrl.relevance.train.sft import SFTConfig
 
 
 def test_folds_are_disjoint_cover_every_query_once_and_are_seeded(tiny_data):

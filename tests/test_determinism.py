@@ -4,11 +4,10 @@ their spread over seeds for this reason)."""
 
 import pytest
 import torch
-
 from conftest import sft_config_for_tests
-from searchrl.config import config_from_dict
-from searchrl.relevance.train.sft import SFTConfig, train_sft
 from test_sft import make_examples
+
+from searchrl.relevance.train.sft import train_sft
 
 
 def _train(tmp_path, name: str, threads: int) -> torch.Tensor:

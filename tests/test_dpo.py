@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 
 from searchrl.cli import main
 from searchrl.config import config_from_dict
-from searchrl.relevance.train.dpo import DPOConfig, encode_pair, pair_logps, train_dpo
-from searchrl.relevance.train.examples import IGNORE, collate
+from searchrl.relevance.format.prompt import build_completion
+from searchrl.relevance.model.load import load_relevance_model, load_trainable
 from searchrl.relevance.model.lora import LoraSettings, frozen_reference
 from searchrl.relevance.model.tokenizer import grade_token_ids
-from searchrl.relevance.model.load import load_relevance_model, load_trainable
-from searchrl.relevance.format.prompt import build_completion
+from searchrl.relevance.train.dpo import DPOConfig, encode_pair, pair_logps, train_dpo
+from searchrl.relevance.train.examples import IGNORE, collate
 from searchrl.relevance.train.sample import write_pairs
 
 VERDICTS = {

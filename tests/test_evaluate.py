@@ -7,9 +7,9 @@ import numpy as np
 from searchrl.cli import main
 from searchrl.data.schema import load_dataset
 from searchrl.metrics.measures import classification_metrics, read_metrics_json
+from searchrl.relevance.model.scorer_config import load_scorer_config
 from searchrl.relevance.scoring.evaluate import split_probs, tune_tiering
 from searchrl.relevance.scoring.scorer import RelevanceScorer
-from searchrl.relevance.model.scorer_config import load_scorer_config
 from searchrl.relevance.scoring.tiering import tiered_grades
 
 

@@ -7,10 +7,10 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from searchrl.cli import main
-from searchrl.relevance.scoring.export import export_model
 from searchrl.relevance.model.load import load_relevance_model
-from searchrl.relevance.scoring.scorer import RelevanceScorer
 from searchrl.relevance.model.scorer_config import update_scorer_config
+from searchrl.relevance.scoring.export import export_model
+from searchrl.relevance.scoring.scorer import RelevanceScorer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 

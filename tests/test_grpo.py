@@ -11,17 +11,16 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import LORA, assert_only_adapters_moved
-from conftest import sft_config_for_tests
+from conftest import LORA, assert_only_adapters_moved, sft_config_for_tests
 
 from searchrl.config import config_from_dict
-from searchrl.relevance.model import load as model_mod
-from searchrl.relevance.train.grpo import GRPOConfig, train_grpo
-from searchrl.relevance.train.rollouts import PromptSampler, RolloutConfig
 from searchrl.relevance.format.prompt import PromptConfig, build_prompt
-from searchrl.relevance.train.rewards import GradeReward
+from searchrl.relevance.model import load as model_mod
 from searchrl.relevance.model.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
-from searchrl.relevance.train.sft import SFTConfig, train_sft
+from searchrl.relevance.train.grpo import GRPOConfig, train_grpo
+from searchrl.relevance.train.rewards import GradeReward
+from searchrl.relevance.train.rollouts import PromptSampler, RolloutConfig
+from searchrl.relevance.train.sft import train_sft
 
 # the controlled task: the right grade is a function of the colour word in the title, nothing else
 COLOURS = {"red": 4, "blue": 3, "green": 2, "black": 1}
@@ -252,8 +251,8 @@ def test_grpo_learns_the_colour_task_and_dynamic_sampling_gets_there_in_fewer_ro
 
 
 def test_dynamic_sampling_looks_at_grade_correctness_not_the_format_bonus():
-    from searchrl.relevance.train.rollouts import ds_signal
     from searchrl.relevance.format.prompt import build_completion
+    from searchrl.relevance.train.rollouts import ds_signal
     from searchrl.rl.grpo_loss import dynamic_sampling_mask
     good = build_completion(3, {"query": "laptop", "item": "laptop", "category": "match", "attribute": "partial"})
     # one group of 4, all right, two of them well formed: the total reward varies, correctness does not

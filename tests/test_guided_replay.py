@@ -6,11 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import sft_config_for_tests
+
 from searchrl.config import config_from_dict
+from searchrl.relevance.format.prompt import PromptConfig, build_completion, build_prompt
+from searchrl.relevance.model.load import grade_probs
+from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
+from searchrl.relevance.model.tokenizer import render_prompt
 from searchrl.relevance.train.grpo import GRPOConfig, train_grpo
-from searchrl.relevance.train.rollouts import PromptSampler, RolloutConfig
 from searchrl.relevance.train.guided_replay import (
     GuidedReplay,
     GuidedReplayConfig,
@@ -19,12 +22,9 @@ from searchrl.relevance.train.guided_replay import (
     hint_text,
     hinted_prompt,
 )
-from searchrl.relevance.model.load import grade_probs
-from searchrl.relevance.model.tokenizer import render_prompt
-from searchrl.relevance.format.prompt import PromptConfig, build_completion, build_prompt
 from searchrl.relevance.train.rewards import GradeReward, RewardOutput
-from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
-from searchrl.relevance.train.sft import SFTConfig, train_sft
+from searchrl.relevance.train.rollouts import PromptSampler, RolloutConfig
+from searchrl.relevance.train.sft import train_sft
 from searchrl.rl.grpo_loss import clipped_surrogate
 from searchrl.rl.rollout import Rollout, concat_rollouts
 

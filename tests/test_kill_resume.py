@@ -75,6 +75,7 @@ def test_sft_survives_a_kill_at_every_point(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_dpo_survives_a_kill_during_a_checkpoint_write(tiny_model_dir, tmp_path):
     from test_dpo import make_pairs
+
     from searchrl.relevance.train.sample import write_pairs
     pairs = write_pairs(tmp_path / "pairs.jsonl", make_pairs(8))
     args = ["train", "dpo", "--", f"model={tiny_model_dir}", f"pairs={pairs}", "run.device=cpu",

@@ -4,11 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from searchrl.relevance.model.builds import TINY, tiny_qwen2
-from searchrl.relevance.model.lora import LoraSettings
-from searchrl.relevance.model.tokenizer import add_grade_tokens, encode_prompt, grade_token_ids, minilm_tokenizer, render_prompt
-from searchrl.relevance.model.load import grade_probs, load_relevance_model
 from searchrl.relevance.format.prompt import GRADE_TOKENS, PromptConfig, build_prompt
+from searchrl.relevance.model.builds import TINY, tiny_qwen2
+from searchrl.relevance.model.load import grade_probs, load_relevance_model
+from searchrl.relevance.model.lora import LoraSettings
+from searchrl.relevance.model.tokenizer import (
+    add_grade_tokens,
+    encode_prompt,
+    grade_token_ids,
+    minilm_tokenizer,
+    render_prompt,
+)
 
 PROMPTS = [
     "query: usb c cable\ntitle: anker usb c to usb c cable 1m\nanswer:\n",
@@ -107,8 +113,8 @@ def test_minilm_tokenizer_round_trips_the_completion_grammar():
 
 
 def test_trimmed_tokenizer_keeps_corpus_tokenization_and_spells_the_rest(tmp_path):
-    from searchrl.relevance.model.tokenizer import load_tokenizer, trim_minilm_tokenizer
     from searchrl.relevance.model.builds import minilm_qwen2
+    from searchrl.relevance.model.tokenizer import load_tokenizer, trim_minilm_tokenizer
     base = minilm_tokenizer()
     tok = trim_minilm_tokenizer(PROMPTS, tmp_path / "tok")
     assert len(tok) < 2500 < len(base)  # the corpus' tokens, single characters and their ## forms

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from searchrl.relevance.format.prompt import PromptConfig, build_prompt
 from searchrl.relevance.model.builds import MINILM_QWEN2, TINY
 from searchrl.relevance.model.load import grade_probs, load_relevance_model
 from searchrl.relevance.scoring.prefill import common_prefix_len, shared_prefix_grade_probs
-from searchrl.relevance.format.prompt import PromptConfig, build_prompt
 
 PRODUCTS = [{"title": "Dell XPS 13 laptop 16 GB", "brand": "Dell", "category": "Notebook"},
             {"title": "Targus laptop bag 15.6 inch with a very long title that goes on and on", "brand": "Targus"},

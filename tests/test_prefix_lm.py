@@ -4,15 +4,22 @@ KV-cached decoding and prefix sharing, saving and loading, and training with the
 import numpy as np
 import pytest
 import torch
-
 from conftest import sft_config_for_tests
+
 from searchrl.config import config_from_dict
-from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
+from searchrl.relevance.format.prompt import PromptConfig, build_prompt, product_text
 from searchrl.relevance.model.load import PrefixLMSettings, grade_probs, load_relevance_model
+from searchrl.relevance.model.prefix_lm import (
+    MINILM_PREFIX,
+    SEG_A,
+    SEG_B,
+    SEG_COMPLETION,
+    SEG_READ,
+    attention_bias,
+    segments,
+)
 from searchrl.relevance.model.tokenizer import encode_prompt
 from searchrl.relevance.scoring.prefill import shared_prefix_grade_probs
-from searchrl.relevance.model.prefix_lm import SEG_A, SEG_B, SEG_COMPLETION, SEG_READ, attention_bias, segments
-from searchrl.relevance.format.prompt import PromptConfig, build_prompt, product_text
 from searchrl.rl.rollout import sample_groups
 
 SEGMENTS = PromptConfig(layout="segments", max_description_chars=120, max_attributes=2, max_note_chars=0)
@@ -95,7 +102,8 @@ def test_kv_cached_decoding_and_prefix_sharing_are_exact(mask):
 
 def test_save_load_round_trip_and_training_moves_the_ranking(tmp_path, tiny_data):
     from transformers import AutoModelForCausalLM
-    from searchrl.relevance.train.sft import SFTConfig, run_sft
+
+    from searchrl.relevance.train.sft import run_sft
     cfg = sft_config_for_tests({
         "model": MINILM_PREFIX, "prompt": {"layout": "segments", "max_note_chars": 0}, "trim_vocab": True,
         "freeze_layers": 4, "head_lr": 1e-3, "rank_loss_weight": 1.0, "query_chunk": 4, "batch_size": 8,

@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import sft_config_for_tests
+
 from searchrl.config import config_from_dict
 from searchrl.data.registry import ChecksumError, sha256_file
 from searchrl.errors import MissingFileError, ModelError
+from searchrl.relevance.format.prompt import GRADE_TOKENS, PromptConfig, build_completion, build_prompt
 from searchrl.relevance.model import pretrained
 from searchrl.relevance.model.load import grade_probs, load_relevance_model
-from searchrl.relevance.model.tokenizer import grade_token_ids, load_tokenizer, render_prompt
 from searchrl.relevance.model.pretrained import PACKAGED, SOURCE_FILE, Packaged, resolve_model
-from searchrl.relevance.format.prompt import GRADE_TOKENS, PromptConfig, build_completion, build_prompt
-from searchrl.relevance.train.sft import SFTConfig, train_sft
+from searchrl.relevance.model.tokenizer import grade_token_ids, load_tokenizer, render_prompt
+from searchrl.relevance.train.sft import train_sft
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2: bos/pad, turn start, eos
 CORPUS = ["query: usb c cable", "title: anker usb c to usb c cable 1m", "brand: logitech wireless mouse",
@@ -215,10 +215,10 @@ def test_load_relevance_model_on_a_gguf_has_the_grade_tokens_and_sft_trains_it(t
 
 
 def test_dpo_grpo_and_the_scorer_take_a_gguf_too(tmp_path):
+    from searchrl.relevance.scoring.scorer import RelevanceScorer
     from searchrl.relevance.train.dpo import DPOConfig, train_dpo
     from searchrl.relevance.train.grpo import GRPOConfig, train_grpo
     from searchrl.relevance.train.sample import write_pairs
-    from searchrl.relevance.scoring.scorer import RelevanceScorer
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)
     scored = RelevanceScorer.load(str(path)).score("usb c cable", [{"title": "anker usb c cable"}, {"title": "mouse"}])

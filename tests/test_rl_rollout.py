@@ -3,8 +3,8 @@
 import torch
 
 from searchrl.relevance.model.builds import TINY
-from searchrl.relevance.model.tokenizer import encode_prompt
 from searchrl.relevance.model.load import load_relevance_model
+from searchrl.relevance.model.tokenizer import encode_prompt
 from searchrl.rl.rollout import left_pad, sample_groups, top_p_filter
 
 PROMPTS = ["Query: laptop\nTitle: Dell XPS 13\nAnswer:\n", "Query: usb c cable for a phone\nTitle: Anker cable\n"]

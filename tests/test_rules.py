@@ -7,10 +7,10 @@ import time
 import pytest
 import yaml
 
-from searchrl.relevance.rules.kb import DEFAULT_RULES
 from searchrl.relevance.format.parser import is_consistent
 from searchrl.relevance.format.prompt import STEPS
 from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.kb import DEFAULT_RULES
 
 
 @pytest.fixture(scope="module")

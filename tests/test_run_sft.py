@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import torch
+from conftest import tiny_sft_sets
 from safetensors.torch import load_file
 
-from conftest import tiny_sft_sets
 from searchrl.cli import main
 from searchrl.metrics.measures import read_metrics_json
 from searchrl.relevance.model.load import load_relevance_model

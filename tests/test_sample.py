@@ -8,14 +8,14 @@ import torch
 
 from searchrl.cli import main
 from searchrl.data.schema import load_dataset
-from searchrl.relevance.train.examples import encode_example
-from searchrl.relevance.model.tokenizer import encode_prompt
-from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.format.prompt import PromptConfig, build_completion
+from searchrl.relevance.model.load import load_relevance_model
+from searchrl.relevance.model.tokenizer import encode_prompt
 from searchrl.relevance.rules.engine import RuleEngine
-from searchrl.relevance.train.sample import build_pairs, pass_at_k, sample_preferences, summarize
 from searchrl.relevance.rules.teacher import RuleTeacher
+from searchrl.relevance.train.examples import encode_example
+from searchrl.relevance.train.sample import build_pairs, pass_at_k, sample_preferences, summarize
 from searchrl.rl.rollout import Rollout
 
 VERDICTS = {

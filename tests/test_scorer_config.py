@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.format.prompt import PromptConfig
+from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.model.scorer_config import (
     TEMPLATE_VERSION,
     ScorerConfig,

@@ -4,15 +4,15 @@ import json
 
 import pytest
 import torch
-
 from conftest import sft_config_for_tests
+
 from searchrl.checkpoint import checkpoints
-from searchrl.config import config_from_dict, load_config
-from searchrl.relevance.train.examples import IGNORE, collate, encode_example
-from searchrl.relevance.model.builds import TINY
-from searchrl.relevance.model.lora import LoraSettings
-from searchrl.relevance.model.load import load_relevance_model
+from searchrl.config import load_config
 from searchrl.relevance.format.prompt import PromptConfig, build_completion, build_prompt
+from searchrl.relevance.model.builds import TINY
+from searchrl.relevance.model.load import load_relevance_model
+from searchrl.relevance.model.lora import LoraSettings
+from searchrl.relevance.train.examples import IGNORE, collate, encode_example
 from searchrl.relevance.train.sft import SFTConfig, train_sft
 from searchrl.training import epoch_order
 

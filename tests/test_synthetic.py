@@ -6,8 +6,8 @@ import pytest
 
 from searchrl.data.schema import Dataset
 from searchrl.relevance.rules.engine import RuleEngine
-from searchrl.relevance.rules.synthetic import synthetic_pairs, write_query
 from searchrl.relevance.rules.rule_text import norm
+from searchrl.relevance.rules.synthetic import synthetic_pairs, write_query
 
 TITLES = [
     ("Dell XPS 13 laptop 16 GB", "Dell"), ("HP Pavilion 15 notebook silver", "HP"),
@@ -71,6 +71,7 @@ def test_no_synthetic_pairs_and_bad_settings(engine, dataset):
 
 def test_train_sft_adds_the_synthetic_pairs(dataset, tmp_path, capsys):
     from conftest import tiny_sft_sets
+
     from searchrl.cli import main
     from searchrl.data.schema import write_dataset
     write_dataset(dataset, tmp_path / "ds")

@@ -11,12 +11,12 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from searchrl.relevance.train.examples import build_examples
-from searchrl.relevance.rules.llm_teacher import LLMError, LLMTeacher, LLMTeacherConfig
 from searchrl.relevance.format.parser import RULE_TABLE, is_consistent, parse_completion
 from searchrl.relevance.format.prompt import PromptConfig
 from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.llm_teacher import LLMError, LLMTeacher, LLMTeacherConfig
 from searchrl.relevance.rules.teacher import RuleTeacher, TeacherReport, condition_verdicts
+from searchrl.relevance.train.examples import build_examples
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,13 @@
 
 import numpy as np
 
-from searchrl.relevance.scoring.tiering import argmax_grades, threshold_grades, tiered_grades, tune_beta, tune_grade_thresholds
+from searchrl.relevance.scoring.tiering import (
+    argmax_grades,
+    threshold_grades,
+    tiered_grades,
+    tune_beta,
+    tune_grade_thresholds,
+)
 
 P = np.array([[0.1, 0.2, 0.3, 0.4],   # from L4: 0.4, 0.7, 0.9, 1.0
               [0.7, 0.1, 0.1, 0.1],   # 0.1, 0.2, 0.3, 1.0

@@ -27,7 +27,7 @@ _EXPORTS = {
     "HybridRetriever": "searchrl.retrieval.hybrid",  # BM25 and the dense route fused
     "load_dataset": "searchrl.data.schema",  # a prepared dataset directory: products, queries, judgments
     "run_pipeline": "searchrl.pipeline",  # every stage in one call (searchrl pipeline)
-    "load_pipeline_config": "searchrl.pipeline",  # a packaged (quickstart, full) or YAML pipeline config
+    "load_pipeline_config": "searchrl.pipeline",  # a packaged (quickstart, full, llm) or YAML pipeline config
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,7 +11,6 @@ import importlib
 import sys
 
 
-
 def _command(module: str, name: str):
     """``searchrl.commands.<module>.<name>``, imported when the command runs (so --help does not load torch)."""
     def run(args):
@@ -42,7 +41,8 @@ def _add_run_commands(sub) -> None:
     pl = sub.add_parser("pipeline", help="every stage on a dataset (prepare/import, baselines, SFT, tiering, pass@N, DPO, "
                                          "GRPO, export, retriever, evaluation) and a report.html; resumable")
     pl.add_argument("--config", default="quickstart",
-                    help="pipeline YAML, or a packaged one: quickstart (default, ~15 min on 2 cores), full")
+                    help="pipeline YAML, or a packaged one: quickstart (default, ~15 min on 2 cores), full "
+                         "(GPU), llm (SmolLM2-135M through every relevance recipe, ~60 min on 2 cores)")
     src = pl.add_mutually_exclusive_group()
     src.add_argument("--data", help="a prepared dataset directory (e.g. from `searchrl data import`)")
     src.add_argument("--dataset", help="a registered dataset to prepare (chorus, esci-sample, ...)")
@@ -160,7 +160,8 @@ def _add_eval_and_use_commands(sub) -> None:
     er.add_argument("--cv", type=int, default=0, metavar="K",
                     help="K-fold cross-validation over queries instead: train --config on each fold, test it and the "
                          "baselines on the same folds, report query-bootstrap 95%% intervals and paired differences")
-    er.add_argument("--config", help="--cv: the SFT config (YAML) trained on each fold (default: SFTConfig's, the default recipe)")
+    er.add_argument("--config", help="--cv: the SFT config (YAML) trained on each fold (default: SFTConfig's, the "
+                    "default recipe)")
     er.add_argument("--seeds", default="0", help="--cv: comma-separated training seeds (default 0)")
     er.add_argument("--folds", help="--cv: comma-separated folds to run (default all); the others are not tested")
     er.add_argument("--out", default="runs/cv", help="--cv: run directory (folds resume when re-run)")

@@ -19,12 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from searchrl.config import read_config_text, safe_load_yaml
-from searchrl.errors import ConfigError, shown
 from searchrl.data.prepare import DEFAULT_FRACTIONS, build_dataset
 from searchrl.data.readers import clean_id, clean_text, columns_of, read_rows, require_columns, require_fields
 from searchrl.data.schema import Dataset, ErrorPolicy, write_dataset
 from searchrl.data.sources import QueryIds, map_label
 from searchrl.data.tables import TableBuilder
+from searchrl.errors import ConfigError, shown
 
 MAPPABLE_PRODUCT_FIELDS = ("product_id", "title", "brand", "description", "category", "price", "quality")
 TABLES = {"products": MAPPABLE_PRODUCT_FIELDS, "queries": ("query_id", "text"),

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from searchrl.errors import ConfigError, InputError
 from searchrl.data import registry
 from searchrl.data.schema import GRADE_NAMES, GRADES, SPLITS, Dataset, ErrorPolicy, write_dataset
 from searchrl.data.sources import CHORUS_LABELS, ESCI_LABELS, WANDS_LABELS, load_chorus, load_esci, load_wands
 from searchrl.data.tables import TableBuilder
+from searchrl.errors import ConfigError, InputError
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)  # train / valid / test, by query
 

@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from searchrl.errors import MissingFileError, shown
 from searchrl.data.schema import DataError, ErrorPolicy
+from searchrl.errors import MissingFileError, shown
 
 csv.field_size_limit(sys.maxsize)  # WANDS descriptions exceed csv's 128 KiB default
 

@@ -28,7 +28,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from searchrl.errors import ConfigError, InputError, MissingFileError, OutputError, OutputExistsError, UserError, disk_full
+from searchrl.errors import (
+    ConfigError,
+    InputError,
+    MissingFileError,
+    OutputError,
+    OutputExistsError,
+    UserError,
+    disk_full,
+)
 
 GRADES = (1, 2, 3, 4)
 GRADE_NAMES = {1: "L1 Irrelevant", 2: "L2 Mismatch", 3: "L3 Related", 4: "L4 Excellent"}

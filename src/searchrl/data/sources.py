@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from searchrl.errors import ConfigError, shown
 from searchrl.data.readers import columns_of, read_rows, require_columns, require_fields
 from searchrl.data.schema import ErrorPolicy
 from searchrl.data.tables import TableBuilder
+from searchrl.errors import ConfigError, shown
 
 CHORUS_LABELS = {"0": 1, "1": 2, "2": 3, "3": 4}
 ESCI_LABELS = {"E": 4, "S": 3, "C": 2, "I": 1}

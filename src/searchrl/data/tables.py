@@ -11,9 +11,9 @@ import json
 
 import pandas as pd
 
-from searchrl.errors import shown
 from searchrl.data.readers import clean_id, clean_text
 from searchrl.data.schema import GRADES, JUDGMENT_COLUMNS, PRODUCT_COLUMNS, ErrorPolicy
+from searchrl.errors import shown
 
 
 class TableBuilder:

@@ -94,8 +94,8 @@ def _model(cfg, ds: Dataset, fold_dir: Path) -> dict:
     from searchrl.data.schema import write_dataset
     from searchrl.relevance.scoring.evaluate import split_probs, tune_tiering
     from searchrl.relevance.scoring.scorer import RelevanceScorer
-    from searchrl.relevance.train.sft import run_sft
     from searchrl.relevance.scoring.tiering import tiered_grades
+    from searchrl.relevance.train.sft import run_sft
     data_dir = write_dataset(ds, fold_dir / "data")
     run = dataclasses.replace(cfg.run, output_dir=str(fold_dir / "sft"), resume=True)
     fold_cfg = dataclasses.replace(cfg, data_dir=str(data_dir), run=run)
@@ -119,9 +119,9 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg) -> dict:
     also the ranking score, as for the rules. The completions are saved (test_completions.jsonl) with their
     parse: format errors and rule adherence can be read from them; "reasoning" holds the counts of the
     reasoning measures against the rule engine's verdicts (reasoning.reasoning_counts)."""
-    from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.format.parser import is_consistent, parse_completion
     from searchrl.relevance.rules.engine import RuleEngine
+    from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.reasoning import reasoning_counts
     from searchrl.relevance.scoring.scorer import RelevanceScorer
     scorer = RelevanceScorer.load(final)

@@ -30,9 +30,7 @@ import numpy as np
 from ir_measures import RR, R, nDCG
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
-from searchrl.data.schema import GOOD_MIN_GRADE, GRADES
-
-from searchrl.data.schema import DataError
+from searchrl.data.schema import GOOD_MIN_GRADE, GRADES, DataError
 
 LABELS = list(GRADES)
 TASKS = ("relevance", "retrieval")

@@ -21,7 +21,8 @@ PACKAGED = {"quickstart": "pipeline_quickstart.yaml", "full": "pipeline_full.yam
 
 
 def load_pipeline_config(config: str | None, overrides: list[str] | None = None) -> PipelineConfig:
-    """PipelineConfig from a YAML path or a packaged name (quickstart, full), plus ``section.key=value`` overrides."""
+    """PipelineConfig from a YAML path or a packaged name (quickstart, full, llm), plus ``section.key=value``
+    overrides."""
     path = None
     if config:
         path = Path(config)

@@ -73,7 +73,8 @@ def _inputs(cfg: RetrieverConfig) -> dict:
     trained again changes them), and the dataset's card."""
     card = Path(cfg.data_dir) / "dataset.json" if cfg.data_dir else None
     def stage_of(model_dir: str):  # a final/ (or export/model) directory: its stage's record
-        return read_record(Path(model_dir).parent).get("fingerprint") if model_dir and Path(model_dir).exists() else None
+        exists = bool(model_dir) and Path(model_dir).exists()
+        return read_record(Path(model_dir).parent).get("fingerprint") if exists else None
     return {"encoder": stage_of(cfg.encoder), "judge": stage_of(cfg.reward.relevance_model),
             "dataset": hashlib.sha256(card.read_bytes()).hexdigest() if card and card.exists() else None}
 

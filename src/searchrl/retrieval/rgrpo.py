@@ -35,13 +35,13 @@ import numpy as np
 import torch
 
 from searchrl.errors import ConfigError, InputError
-from searchrl.rl.grpo_loss import aggregate, clipped_surrogate, group_advantages
-from searchrl.training import BatchStream, RunLoop, build_optimizer, total_steps
 from searchrl.retrieval.config import RetrieverConfig
 from searchrl.retrieval.encoder import build_encoder, corpus_embeddings, embed
 from searchrl.retrieval.index import FaissIndex
 from searchrl.retrieval.rewards import RetrievalReward
 from searchrl.retrieval.shared import encoder_saver, load_training_data, start_encoder, update_encoder
+from searchrl.rl.grpo_loss import aggregate, clipped_surrogate, group_advantages
+from searchrl.training import BatchStream, RunLoop, build_optimizer, total_steps
 
 
 def group_logps(model, queries: list[str], item_texts: list[list[str]], tau: float, grad: bool) -> torch.Tensor:

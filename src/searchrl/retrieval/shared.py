@@ -32,9 +32,9 @@ from searchrl.config import save_config
 from searchrl.data.readers import read_rows
 from searchrl.data.schema import GOOD_MIN_GRADE, DataError, ErrorPolicy, load_dataset, product_text
 from searchrl.errors import ConfigError
-from searchrl.training import RunLoop, optimizer_step
 from searchrl.retrieval.config import RetrieverConfig
 from searchrl.retrieval.encoder import build_encoder, encoder_tag, save_encoder
+from searchrl.training import RunLoop, optimizer_step
 
 # ---------------------------------------------------------------- data
 

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from searchrl.errors import ConfigError, InputError
-from searchrl.training import BatchStream, RunLoop, build_optimizer, total_steps
 from searchrl.retrieval.config import RetrieverConfig
 from searchrl.retrieval.encoder import corpus_index, embed
 from searchrl.retrieval.shared import encoder_saver, load_training_data, start_encoder, update_encoder
+from searchrl.training import BatchStream, RunLoop, build_optimizer, total_steps
 
 
 def info_nce(q: torch.Tensor, cands: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:

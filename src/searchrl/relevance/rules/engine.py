@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from searchrl.data.schema import product_attributes
-from searchrl.relevance.rules.kb import KnowledgeBase
 from searchrl.relevance.format.parser import grade_implied_by_verdicts
+from searchrl.relevance.rules.kb import KnowledgeBase
 from searchrl.relevance.rules.rule_text import NUM, field_text, norm, stem
 
 MAX_NGRAM = 6

@@ -29,9 +29,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from searchrl.errors import ConfigError, InputError
-
 from searchrl.data.schema import Dataset
+from searchrl.errors import ConfigError, InputError
 from searchrl.relevance.rules.rule_text import norm
 
 TEMPLATES = ("type", "brand_type", "feature_type", "brand", "line")

@@ -32,14 +32,21 @@ from tqdm.auto import tqdm
 
 from searchrl.data.schema import SPLITS, Dataset, pair_products
 from searchrl.metrics.measures import classification_metrics, good_auc
-from searchrl.rl.rollout import sample_groups
-from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
-from searchrl.relevance.model.load import grade_probs
 from searchrl.relevance.format.parser import is_consistent, parse_completion
-from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.model.load import grade_probs
 from searchrl.relevance.model.scorer_config import update_scorer_config
+from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
+from searchrl.relevance.rules.engine import RuleEngine
 from searchrl.relevance.scoring.reasoning import reasoning_measures
-from searchrl.relevance.scoring.tiering import argmax_grades, beta_curve, threshold_grades, tiered_grades, tune_beta, tune_grade_thresholds
+from searchrl.relevance.scoring.tiering import (
+    argmax_grades,
+    beta_curve,
+    threshold_grades,
+    tiered_grades,
+    tune_beta,
+    tune_grade_thresholds,
+)
+from searchrl.rl.rollout import sample_groups
 
 
 def rule_agreement(ds: Dataset, engine: RuleEngine | None = None, splits=SPLITS) -> list[dict]:

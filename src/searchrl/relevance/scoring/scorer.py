@@ -28,11 +28,11 @@ import torch
 from searchrl.data.readers import columns_of, read_rows, require_columns
 from searchrl.data.schema import PRODUCT_FIELDS, ErrorPolicy
 from searchrl.errors import ConfigError, shown
+from searchrl.relevance.format.prompt import build_prompt
 from searchrl.relevance.model.load import load_relevance_model
+from searchrl.relevance.model.scorer_config import ScorerConfig, check_safetensors, scorer_config_of
 from searchrl.relevance.model.tokenizer import render_prompt
 from searchrl.relevance.scoring.prefill import shared_prefix_grade_probs
-from searchrl.relevance.format.prompt import build_prompt
-from searchrl.relevance.model.scorer_config import ScorerConfig, check_safetensors, scorer_config_of
 from searchrl.relevance.scoring.tiering import tiered_grades
 
 OUTPUT_COLUMNS = ["query", "product_id", "p_l1", "p_l2", "p_l3", "p_l4", "grade", "tier", "p_good", "expected_grade"]

@@ -69,7 +69,8 @@ class SFTConfig:
     # --- model
     model: str = "minilm-prefix"  # local HF causal-LM directory, a GGUF file, a packaged GGUF model ("smollm2-135m",
     #   "gemma3-270m": relevance/pretrained.py; dequantised once, cached), or an offline build over MiniLM's vocabulary:
-    #   "tiny-qwen2" (random Qwen2), "minilm-qwen2" (Qwen2 with MiniLM's embeddings), "minilm-decoder" (MiniLM as BERT decoder)
+    #   "tiny-qwen2" (random Qwen2), "minilm-qwen2" (Qwen2 with MiniLM's embeddings), "minilm-decoder" (MiniLM as
+    #   a BERT decoder)
     #   | "minilm-prefix" (MiniLM as a prefix-LM reading the query and the product as segments; prefix_lm.py)
     tiny: TinyModel = field(default_factory=TinyModel)  # Qwen2 sizes for tiny-qwen2 / minilm-qwen2
     prefix: PrefixLMSettings = field(default_factory=lambda: PrefixLMSettings(mask="block", readout="sim"))
@@ -118,7 +119,8 @@ class SFTConfig:
     query_chunk: int = 16  # > 0: batches are made of chunks of this many candidates of one query (what the rank
     #   loss needs); 0 = examples in random (or length-grouped) order
     # --- sections
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, epochs=2.0, warmup_ratio=0.06, schedule="linear"))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-4, epochs=2.0, warmup_ratio=0.06, schedule="linear"))
     #   (full fine-tuning of a pretrained model wants lr ~1e-5, LoRA ~1e-4)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(split="valid", every=0, max_examples=0))
     #   in-training eval on eval.split (macro-F1, accuracy)
