@@ -283,3 +283,10 @@ def test_the_search_command_takes_a_route(tiny_data, monkeypatch, tmp_path, caps
     assert len(dense) == 3 and all(line.endswith("(dense)") for line in dense)
     with pytest.raises(SystemExit):
         main(base + ["--route", "sparse"])
+
+
+def test_a_retriever_without_a_catalogue_is_a_user_error_naming_the_directory(tmp_path):
+    from searchrl.errors import UserError
+    from searchrl.serve.search_api import SearchService
+    with pytest.raises(UserError, match=f"{tmp_path}: no data_dir in retriever_config.yaml; pass --data DIR"):
+        SearchService.load(tmp_path)

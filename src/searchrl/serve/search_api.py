@@ -81,10 +81,11 @@ class SearchService:
         """Load the encoder, encode the catalogue of ``data_dir`` (default: the one it was trained on) and index it
         for BM25. ``fusion``: a retrieval.hybrid.FusionConfig (default: its defaults)."""
         from searchrl.data.schema import load_dataset
+        from searchrl.errors import ConfigError
         from searchrl.retrieval.evaluate import Retriever, saved_config
         data_dir = data_dir or saved_config(retriever_dir).get("data_dir")
         if not data_dir:
-            raise ValueError(f"{retriever_dir}: no data_dir in retriever_config.yaml; pass --data DIR")
+            raise ConfigError(f"{retriever_dir}: no data_dir in retriever_config.yaml; pass --data DIR")
         return cls(Retriever(retriever_dir, load_dataset(data_dir).products, progress=progress), fusion)
 
     def __len__(self) -> int:
