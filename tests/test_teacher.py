@@ -11,7 +11,7 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from searchrl.relevance.format.parser import RULE_TABLE, is_consistent, parse_completion
+from searchrl.relevance.format.parser import RULE_TABLE, grade_implied_by_verdicts, is_consistent, parse_completion
 from searchrl.relevance.format.prompt import PromptConfig
 from searchrl.relevance.rules.engine import RuleEngine
 from searchrl.relevance.rules.llm_teacher import LLMError, LLMTeacher, LLMTeacherConfig
@@ -66,13 +66,15 @@ def test_rule_teacher_drops(engine):
         RuleTeacher(engine, on_disagree="ignore")
 
 
-def test_condition_verdicts_always_consistent_and_minimal():
+def test_condition_verdicts_imply_the_gold_grade_and_change_least():
     for (cat, attr), gold in itertools.product(RULE_TABLE, [1, 2, 3, 4]):
         verdicts = {"query": "x", "item": "y", "category": cat, "attribute": attr}
         new = condition_verdicts(verdicts, gold)
-        assert is_consistent(gold, new), (cat, attr, gold, new)
-        if gold in RULE_TABLE[(cat, attr)][1]:
+        assert grade_implied_by_verdicts(new) == gold and is_consistent(gold, new), (cat, attr, gold, new)
+        if RULE_TABLE[(cat, attr)][0] == gold:
             assert new == verdicts  # nothing to change
+        elif cat == "match" and gold in (2, 3):
+            assert new["category"] == "match"  # the attribute alone can reach it: the category stays
         assert new["query"] == "x" and new["item"] == "y"
     assert condition_verdicts({"category": "match", "attribute": "match"}, 1)["category"] == "mismatch"
 

@@ -151,11 +151,13 @@ def total_steps(optim: OptimConfig, batches_per_epoch: int, batches_per_step: in
 def build_optimizer(model, optim: OptimConfig, total: int, head_lr: float = 0.0):
     """(AdamW, scheduler) over the trainable parameters: no weight decay on biases / norms; warmup, then the
     schedule to step `total`. ``head_lr`` > 0: parameters outside the model's base (``base_model_prefix``: the
-    pretrained encoder or decoder) learn at that rate instead of optim.lr."""
+    pretrained encoder or decoder), and new ones inside it (named ``cot_*``: adapters that start at zero), learn
+    at that rate instead of optim.lr."""
     from transformers import get_scheduler
     base = getattr(model, "base_model_prefix", "") + "."
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    is_head = (lambda n: head_lr > 0 and base != "." and not n.startswith(base))  # noqa: E731
+    is_head = (lambda n: head_lr > 0 and base != "." and (not n.startswith(base) or  # noqa: E731
+                                                          n.rpartition(".")[2].startswith("cot_")))
     groups = []
     for head in (False, True):
         for decays in (True, False):

@@ -119,6 +119,7 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg) -> dict:
     also the ranking score, as for the rules. The completions are saved (test_completions.jsonl) with their
     parse: format errors and rule adherence can be read from them; "reasoning" holds the counts of the
     reasoning measures against the rule engine's verdicts (reasoning.reasoning_counts)."""
+    from searchrl.relevance.format.grammar import grammar_for
     from searchrl.relevance.format.parser import is_consistent, parse_completion
     from searchrl.relevance.rules.engine import RuleEngine
     from searchrl.relevance.scoring.evaluate import decode_completions
@@ -128,7 +129,8 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg) -> dict:
     pairs = ds.split("test").pairs()
     products = pair_products(pairs)
     prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], products)]
-    texts = decode_completions(scorer.model, scorer.tokenizer, prompts, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    texts = decode_completions(scorer.model, scorer.tokenizer, prompts, eval_cfg.max_new_tokens, eval_cfg.batch_size,
+                               grammar=grammar_for(scorer.tokenizer, scorer.config.prompt))
     parsed = [parse_completion(t, "cot_first") for t in texts]
     grades = np.array([p.grade or 1 for p in parsed])
     with (fold_dir / "test_completions.jsonl").open("w") as f:

@@ -101,12 +101,14 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 @torch.no_grad()
 def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, max_new_tokens: int,
                   temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                  min_new_tokens: int = 0) -> Rollout:
+                  min_new_tokens: int = 0, grammar=None) -> Rollout:
     """``group_size`` sampled completions for each tokenized prompt; see the module docstring.
 
     temperature 0 means greedy. ``generator`` (a CPU generator) makes sampling
     reproducible independently of the global RNG. ``min_new_tokens``: EOS is not sampled before
-    that many tokens (a benchmark's fixed-length decode).
+    that many tokens (a benchmark's fixed-length decode). ``grammar``: an object with
+    ``start(rows, vocab_size)`` returning a state with ``mask(logits)`` and ``advance(tokens)``
+    (relevance.format.grammar.CompletionGrammar): each step samples only what it allows.
     """
     from transformers import DynamicCache
     device = next(model.parameters()).device
@@ -125,15 +127,20 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, m
     n = len(rows)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     tokens, keep = [], []
+    state = grammar.start(n, logits.shape[-1]) if grammar is not None else None
     for step in range(max_new_tokens):
         if step < min_new_tokens:
             logits[:, tokenizer.eos_token_id] = float("-inf")
+        if state is not None:
+            logits = state.mask(logits)
         if temperature == 0:
             nxt = logits.argmax(-1)  # [B*G]
         else:
             probs = top_p_filter(logits / temperature, top_p).softmax(-1)
             nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)  # [B*G]
         nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_token_id), nxt)
+        if state is not None:
+            state.advance(torch.where(done, torch.full_like(nxt, -1), nxt).cpu())
         tokens.append(nxt)
         keep.append(~done)
         done = done | (nxt == tokenizer.eos_token_id)

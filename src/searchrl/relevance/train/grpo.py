@@ -49,6 +49,7 @@ import torch
 
 from searchrl.config import EvalConfig, OptimConfig, RunConfig, check_choices
 from searchrl.errors import ConfigError
+from searchrl.relevance.format.grammar import grammar_for
 from searchrl.relevance.format.prompt import PromptConfig
 from searchrl.relevance.model.builds import TinyModel
 from searchrl.relevance.model.load import DTYPES, load_relevance_model, load_trainable
@@ -283,7 +284,8 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
     encoded = [encode_prompt(tok, render_prompt(tok, p["prompt"], cfg.chat_template)) for p in prompts]
     sampler = PromptSampler([int(p["grade"]) for p in prompts], ro_cfg.class_balance, [cfg.run.seed, loop.rank])
     generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + loop.rank)  # rank's own sampling stream
-    replay = (GuidedReplay(cfg.replay, prompts, tok, cfg.chat_template, [cfg.run.seed, loop.rank, 17])
+    grammar = grammar_for(tok, cfg.prompt)
+    replay = (GuidedReplay(cfg.replay, prompts, tok, cfg.chat_template, [cfg.run.seed, loop.rank, 17], grammar)
               if cfg.replay.enabled else None)
     rollouts_total = 0
     if loop.rank_state:  # resuming: this rank's streams continue where they were
@@ -305,7 +307,7 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
         if replay:
             replay.reset_stats()
         batch = collect_groups(model, tok, encoded, prompts, sampler, generator, reward_fn, ro_cfg,
-                               cfg.prompt.order, target, replay)
+                               cfg.prompt.order, target, replay, grammar)
         adv = piece_advantages(batch, cfg)  # [n_i * G_i] per piece
         sums = grpo_step(loop, fwd, model, reference, batch, adv, cfg, optimizer, scheduler, i)
         row = grpo_metrics(loop, batch, sums, replay, (replay.buffer.left - left_before) if replay else 0,

@@ -157,8 +157,10 @@ class HardPromptBuffer:
 class GuidedReplay:
     """Draws (with the hard-prompt buffer) and guides the low-accuracy groups of one rank's rounds."""
 
-    def __init__(self, cfg: GuidedReplayConfig, prompts: list[dict], tokenizer, chat_template: bool, seed):
+    def __init__(self, cfg: GuidedReplayConfig, prompts: list[dict], tokenizer, chat_template: bool, seed,
+                 grammar=None):
         self.cfg, self.prompts, self.tok, self.chat_template = cfg, prompts, tokenizer, chat_template
+        self.grammar = grammar  # the completion grammar that hinted rollouts keep to, as unhinted ones do
         self.buffer = HardPromptBuffer(cfg.buffer_capacity, cfg.revisit_prob, seed)
         self.encoded: dict[int, list[int]] = {}  # prompt index -> hinted prompt ids (cached)
         self.stats = {"guided_groups": 0, "guided_rollouts": 0, "guided_correct": 0, "buffer_draws": 0}
@@ -195,7 +197,7 @@ class GuidedReplay:
         if not low:
             return [(ro, scored)]
         gro = sample_groups(model, self.tok, [self._hinted(idx[b]) for b in low], m, rollout.max_new_tokens,
-                            rollout.temperature, rollout.top_p, generator)  # [L*M] rows under the hinted prompts
+                            rollout.temperature, rollout.top_p, generator, grammar=self.grammar)  # [L*M] rows under the hinted prompts
         ginfos = [infos[b * g] for b in low for _ in range(m)]
         gtexts = gro.texts(self.tok)
         gscored = reward_fn(gtexts, ginfos)

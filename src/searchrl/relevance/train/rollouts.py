@@ -119,10 +119,10 @@ def ds_signal(scored, rewards: torch.Tensor, kind: str) -> torch.Tensor:
 
 def collect_groups(model, tok, encoded: list[list[int]], prompts: list[dict], sampler: PromptSampler,
                    generator: torch.Generator, reward_fn, cfg: RolloutConfig, order: str, target: int,
-                   replay=None) -> Groups:
+                   replay=None, grammar=None) -> Groups:
     """Up to ``target`` groups for this rank; see the module docstring. ``order`` is the completion order the
     parser expects; ``replay`` a guided_replay.GuidedReplay (draws through its hard-prompt buffer, guides
-    low-accuracy groups) or None."""
+    low-accuracy groups) or None; ``grammar`` the completion grammar sampling keeps to (format.grammar)."""
     g = cfg.group_size
     out = Groups([], [], torch.zeros(0))
     drawn, kept = [], 0
@@ -135,7 +135,7 @@ def collect_groups(model, tok, encoded: list[list[int]], prompts: list[dict], sa
         n = math.ceil(need * cfg.oversample) if cfg.dynamic_sampling else need
         idx = replay.draw(sampler, n) if replay else sampler.draw(n)
         ro = sample_groups(model, tok, [encoded[i] for i in idx], g, cfg.max_new_tokens, cfg.temperature,
-                           cfg.top_p, generator)
+                           cfg.top_p, generator, grammar=grammar)
         texts = ro.texts(tok)
         infos = [prompts[i] for i in idx for _ in range(g)]
         scored = reward_fn(texts, infos)

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from searchrl.data.schema import DataError
 from searchrl.errors import ConfigError, InputError
+from searchrl.relevance.format.grammar import grammar_for
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.model.scorer_config import load_scorer_config
@@ -104,12 +105,13 @@ def sample_preferences(model_dir: str | Path, ds, n: int, split: str = "train", 
 
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
+    grammar = grammar_for(tok, scorer.prompt)
     rows, n_right, n_format_errors = [], [], 0
     bar = tqdm(total=len(prompts), disable=not progress, desc=f"sample x{n}")
     for start in range(0, len(prompts), prompts_per_batch):
         batch = prompts[start:start + prompts_per_batch]
         rollout = sample_groups(model, tok, [encode_prompt(tok, p) for p in batch], n, max_new_tokens,
-                                temperature, top_p, generator)
+                                temperature, top_p, generator, grammar=grammar)
         texts = rollout.texts(tok)  # [len(batch) * n], the n samples of a prompt in consecutive rows
         for j, (prompt, ex) in enumerate(zip(batch, examples[start:start + len(batch)])):
             samples = texts[j * n:(j + 1) * n]

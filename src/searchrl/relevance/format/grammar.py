@@ -1,0 +1,240 @@
+"""Grammar-constrained decoding: a completion that always has prompt.py's line grammar.
+
+A relevance completion is a fixed skeleton with a few places where the model decides:
+
+    <L3>                               the grade token: the model's choice among the four
+    query: NOTE => intent: SLUG        NOTE: free text (or "-" when the format has no notes)
+    item: NOTE => type: SLUG           SLUG: [a-z0-9_]+, chosen token by token
+    category: NOTE => category: VALUE  VALUE: one of prompt.ALLOWED_VALUES, chosen token by token
+    attribute: NOTE => attribute: VALUE
+    verdict: NOTE => grade: L3         the grade token restated (cot_first: chosen, and the token follows it)
+
+:class:`CompletionGrammar` turns that into a per-row state machine over token ids, which the one
+decode loop (``rl.rollout.sample_groups``) applies to each step's logits: in a forced stretch only
+the next skeleton token is allowed; in a choice only the tokens that continue a valid value; in a
+note any token that cannot break a line ("\\n", "=>", a grade token, EOS), until the model chooses
+the token that closes the note (or the note reaches ``max_note_tokens``). The model's own
+probabilities decide every choice, so greedy decoding is still the model's argmax *within* the
+grammar -- the same idea as llama.cpp grammars or outlines' regex-guided generation, written here
+for this one grammar (no regex compiler: its states are the five lines).
+
+The skeleton is tokenized piece by piece at whitespace boundaries ("\\n", "query:", " -", " =>
+intent:", " speaker"), which is where both WordPiece and byte-level BPE pre-tokenizers split, so
+the forced tokens are the ones a whole teacher completion tokenizes into
+(tests/test_grammar.py checks both tokenizers).
+
+Simplifies: one grammar per order; a slug is any run of slug tokens (no vocabulary of types), at
+most ``max_slug_tokens`` long; RL treats forced tokens as the model's own samples (their
+log-probabilities enter the GRPO ratio like any other token's).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from searchrl.relevance.format.prompt import ALLOWED_VALUES, GRADE_TOKENS, STEPS, VERDICT_KEYS
+
+_SLUG_PIECE = re.compile(r"[a-z0-9_]+")
+
+
+@dataclass
+class _Vocab:
+    """Per-token classes, as boolean masks over the model's vocabulary."""
+    note_ok: torch.Tensor  # [V] may appear inside a note
+    slug_first: torch.Tensor  # [V] may start a slug value
+    slug_next: torch.Tensor  # [V] may continue a slug value (after a word piece)
+    slug_after_underscore: torch.Tensor  # [V] may follow "_" (WordPiece: a new word)
+
+
+def _token_strings(tokenizer) -> tuple[list[str], bool]:
+    """(each id's text as it joins onto the text before it, wordpiece?). WordPiece: "##x" -> "x" with no space,
+    a word -> " word"; byte-level BPE: the decoded token as it is (" laptop")."""
+    n = len(tokenizer)
+    raw = tokenizer.convert_ids_to_tokens(list(range(n)))
+    backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    wordpiece = hasattr(tokenizer, "wordpiece_tokenizer") or type(backend).__name__ == "WordPiece"
+    if wordpiece:
+        specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+        return [t if t in specials else t[2:] if t.startswith("##") else " " + t for t in raw], True
+    return tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False), False
+
+
+@lru_cache(maxsize=8)
+def _vocab_classes(tokenizer, size: int) -> _Vocab:
+    texts, wordpiece = _token_strings(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    note_ok = torch.zeros(size, dtype=torch.bool)
+    slug_first, slug_next, after_us = (torch.zeros(size, dtype=torch.bool) for _ in range(3))
+    raw = tokenizer.convert_ids_to_tokens(list(range(len(texts))))
+    for i, text in enumerate(texts[:size]):
+        if i in special or not text or "\n" in text or "=>" in text or "<L" in text or "\r" in text:
+            continue
+        note_ok[i] = text.strip() != "" or text == " "
+        body = text[1:] if text.startswith(" ") else None
+        if body and _SLUG_PIECE.fullmatch(body) and body != "_":
+            slug_first[i] = True
+            after_us[i] = wordpiece  # WordPiece: "laptop _ bag" -- the word after "_" is a new word
+        if not wordpiece and _SLUG_PIECE.fullmatch(text):
+            slug_next[i] = after_us[i] = True  # BPE: "bag" glued on
+        if wordpiece and raw[i].startswith("##") and _SLUG_PIECE.fullmatch(text):
+            slug_next[i] = True
+        if wordpiece and text == " _":
+            slug_next[i] = True
+    return _Vocab(note_ok, slug_first, slug_next, after_us)
+
+
+def grammar_for(tokenizer, prompt_cfg) -> "CompletionGrammar | None":
+    """The grammar a model with this prompt config decodes under (None when ``prompt_cfg.constrained`` is off):
+    notes are free text up to about ``max_note_chars`` when the format has notes, else the fixed "-"."""
+    if not prompt_cfg.constrained:
+        return None
+    return CompletionGrammar(tokenizer, prompt_cfg.order, free_notes=prompt_cfg.max_note_chars > 0,
+                             max_note_tokens=max(4, prompt_cfg.max_note_chars // 2))  # digits tokenize one by one
+
+
+class CompletionGrammar:
+    """The completion grammar of ``order`` over ``tokenizer``'s ids; :meth:`start` gives a decoding state."""
+
+    def __init__(self, tokenizer, order: str = "label_first", free_notes: bool = True, max_note_tokens: int = 24,
+                 max_slug_tokens: int = 8):
+        self.tok, self.order, self.free_notes = tokenizer, order, free_notes
+        self.max_note_tokens, self.max_slug_tokens = max_note_tokens, max_slug_tokens
+        self.grade_ids = tokenizer.convert_tokens_to_ids(list(GRADE_TOKENS))
+        self.eos = tokenizer.eos_token_id
+        self.underscore = self.ids(" _")[0] if self.ids(" _") else None
+
+    def ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    @lru_cache(maxsize=None)
+    def _piece(self, text: str) -> tuple[int, ...]:
+        return tuple(self.ids(text))
+
+    def program(self, grade: int | None = None) -> list[tuple]:
+        """The completion as segments: ("grade",) | ("force", ids) | ("note",) | ("slug",) | ("value", [ids...])."""
+        segments: list[tuple] = [("grade",)] if self.order == "label_first" else []
+        for k, step in enumerate(STEPS):
+            head = ("\n" if k or self.order == "label_first" else "") + f"{step}:"
+            segments.append(("force", self._piece(head)))
+            segments.append(("note",) if self.free_notes else ("force", self._piece(" -")))
+            segments.append(("force", self._piece(f" => {VERDICT_KEYS[step]}:")))
+            if step in ("query", "item"):
+                segments.append(("slug",))
+            elif step == "verdict" and self.order == "label_first":
+                segments.append(("restate",))  # " L<grade>", the grade token's value
+            else:  # cot_first's verdict value is the grade decision itself: the token after the lines restates it
+                segments.append(("value", [self._piece(f" {v}") for v in ALLOWED_VALUES[step]], step == "verdict"))
+        if self.order == "cot_first":
+            segments += [("force", self._piece("\n")), ("regrade",)]
+        return segments + [("eos",)]
+
+    def start(self, rows: int, vocab_size: int) -> "GrammarState":
+        return GrammarState(self, rows, _vocab_classes(self.tok, vocab_size))
+
+
+class _Cursor:
+    """One row's position in the program: segment index, tokens into it, and what it has chosen so far."""
+
+    def __init__(self, program: list[tuple]):
+        self.program, self.seg, self.pos, self.grade = program, 0, 0, None
+        self.value: tuple = ()  # tokens of the current value/slug so far
+        self.finished = False
+
+
+class GrammarState:
+    """The grammar state of a batch of rows being decoded: ``mask`` the logits, then ``advance`` with the choice."""
+
+    def __init__(self, grammar: CompletionGrammar, rows: int, vocab: _Vocab):
+        self.g, self.vocab = grammar, vocab
+        self.rows = [_Cursor(grammar.program()) for _ in range(rows)]
+
+    def _allowed(self, c: _Cursor) -> torch.Tensor | list[int]:
+        """Allowed next ids for cursor c: a [V] bool mask or a list of ids."""
+        g, seg = self.g, c.program[c.seg]
+        kind = seg[0]
+        if kind == "grade":
+            return list(g.grade_ids)
+        if kind == "force":
+            return [seg[1][c.pos]]
+        if kind == "eos":
+            return [g.eos]
+        if kind in ("value", "restate", "regrade"):
+            return sorted({v[len(c.value)] for v in self._candidates(c) if v[:len(c.value)] == c.value})
+        closing = self._next_token(c)  # the token that ends the note or the slug
+        if kind == "note":
+            if c.pos >= g.max_note_tokens:
+                return [closing]
+            mask = self.vocab.note_ok.clone()
+            mask[closing] = c.pos > 0  # a note has at least one token
+            return mask
+        # slug
+        if c.pos >= g.max_slug_tokens:
+            return [closing]
+        if c.pos == 0:
+            return self.vocab.slug_first
+        last_underscore = c.value and c.value[-1] == g.underscore
+        mask = (self.vocab.slug_after_underscore if last_underscore else self.vocab.slug_next).clone()
+        mask[closing] = not last_underscore
+        return mask
+
+    def _candidates(self, c: _Cursor) -> list[tuple]:
+        kind = c.program[c.seg][0]
+        if kind == "value":
+            return c.program[c.seg][1]  # in ALLOWED_VALUES order, so a verdict's index + 1 is its grade
+        if kind == "restate":
+            return [self.g._piece(f" L{c.grade}")]
+        return [(self.g.grade_ids[c.grade - 1],)]  # regrade: the token the verdict line named
+
+    def _next_token(self, c: _Cursor) -> int:
+        nxt = c.program[c.seg + 1]
+        return nxt[1][0] if nxt[0] == "force" else self.g.eos
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """[N, V] logits with every token the grammar forbids at each row set to -inf (finished rows untouched)."""
+        out = logits.clone()
+        for r, c in enumerate(self.rows):
+            if c.finished:
+                continue
+            allowed = self._allowed(c)
+            keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            if isinstance(allowed, list):
+                keep[allowed] = True
+            else:
+                keep[: allowed.shape[0]] = allowed.to(logits.device)
+            out[r].masked_fill_(~keep, float("-inf"))
+        return out
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Move each unfinished row past its chosen token (one per row, [N])."""
+        for c, tok in zip(self.rows, tokens.tolist()):
+            if not c.finished:
+                self._step(c, tok)
+
+    def _step(self, c: _Cursor, tok: int) -> None:
+        kind = c.program[c.seg][0]
+        if kind == "grade":
+            c.grade = self.g.grade_ids.index(tok) + 1
+            return self._next(c)
+        if kind == "force":
+            c.pos += 1
+            return self._next(c) if c.pos == len(c.program[c.seg][1]) else None
+        if kind == "eos":
+            c.finished = True
+            return None
+        if kind in ("note", "slug") and tok == self._next_token(c):
+            self._next(c)  # the closing token is the next segment's first: consume it there
+            return self._step(c, tok)
+        c.pos += 1
+        c.value += (tok,)
+        if kind in ("value", "restate", "regrade") and c.value in self._candidates(c):
+            if kind == "value" and c.program[c.seg][2]:  # cot_first's verdict line: the grade is chosen here
+                c.grade = self._candidates(c).index(c.value) + 1
+            self._next(c)
+        return None
+
+    def _next(self, c: _Cursor) -> None:
+        c.seg, c.pos, c.value = c.seg + 1, 0, ()

