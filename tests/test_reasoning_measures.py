@@ -3,6 +3,7 @@ fail; through `searchrl eval relevance --decode`; and on the results page."""
 
 import math
 
+import numpy as np
 import pytest
 
 from searchrl.cli import main
@@ -15,6 +16,8 @@ from searchrl.relevance.scoring.reasoning import (
     add_counts,
     reasoning_counts,
     reasoning_measures,
+    rates_of_rows,
+    reasoning_per_pair,
     reasoning_rates,
     reference_verdicts,
 )
@@ -36,6 +39,19 @@ def test_completions_that_repeat_the_rules_score_one_everywhere():
     assert m["x_discriminative_hallucination_rate"] == 0.0
     assert all(m[key] == 1.0 for key, _ in STEP_AGREEMENT)
     assert set(m) == {k for k, _ in REASONING_MEASURES} | {k for k, _ in STEP_AGREEMENT}
+
+
+def test_per_pair_values_give_the_pooled_measures_on_any_subset_of_pairs():
+    contradicted = build_completion(4, RULES[2], {})  # L4 over the rules' L1 steps: only its verdict disagrees
+    texts = [agreeing(RULES[0]), "not a completion", contradicted]
+    per_pair = reasoning_per_pair(texts, RULES)
+    assert per_pair == {"parsed": [1, 0, 1], "consistent": [1, 0, 0], "agree": [5, 0, 4]}
+    arrays = {k: np.asarray(v) for k, v in per_pair.items()}
+    everything = rates_of_rows(arrays, np.arange(3))
+    pooled = reasoning_measures(texts, RULES)
+    assert all(everything[k] == pytest.approx(pooled[k]) for k in everything)
+    assert rates_of_rows(arrays, np.array([2, 2]))["x_self_consistency"] == 0.0  # a bootstrap draw
+    assert rates_of_rows(arrays, np.array([1]))["x_step_agreement"] is None  # nothing parsed
 
 
 def test_a_completion_that_does_not_parse_lowers_parse_rate_and_leaves_the_other_denominators():

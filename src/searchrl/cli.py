@@ -168,7 +168,8 @@ def _add_eval_and_use_commands(sub) -> None:
     er.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="--cv: override an SFT config field")
     er.add_argument("--data", required=True)
     er.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    er.add_argument("--decode", action="store_true", help="also generate and parse the CoT: format errors, rule adherence")
+    er.add_argument("--decode", action="store_true", help="also decode the CoT (under the completion grammar) and "
+                    "measure it: parse rate, step agreement, self-consistency (with --cv: on every fold)")
     er.add_argument("--batch-size", type=int, default=16)
     er.add_argument("--json", help="write metrics JSON here")
     er.set_defaults(func=_command("relevance", "cmd_eval_relevance"))

@@ -117,7 +117,7 @@ def _crossval(a) -> None:
     folds = [int(f) for f in a.folds.split(",") if f.strip()] if a.folds else None
     from searchrl.eval.free_signals import free_signal_failures, warning_line
     from searchrl.relevance.scoring.reasoning import REASONING_MEASURES
-    result = crossval(cfg, ds, a.cv, seeds, a.out, folds_to_run=folds)
+    result = crossval(cfg, ds, a.cv, seeds, a.out, folds_to_run=folds, decode=a.decode)
     rows = summarize(result, reference="model")
     keep = {"x_good_auc", "x_good_auc_per_query", *(k for k, _ in REASONING_MEASURES)}
     shown = [{**{k: v for k, v in r.items() if not k.startswith("x_") or k in keep},

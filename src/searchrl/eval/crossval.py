@@ -33,7 +33,7 @@ from searchrl.data.schema import Dataset, pair_products
 from searchrl.errors import ConfigError
 from searchrl.metrics.measures import fast_scores, good_auc, per_query_auc
 from searchrl.metrics.stats import paired_bootstrap, paired_metric_bootstrap, query_bootstrap
-from searchrl.relevance.scoring.reasoning import add_counts, reasoning_rates
+from searchrl.relevance.scoring.reasoning import add_counts, rates_of_rows, reasoning_rates
 
 
 def query_folds(query_ids, k: int, seed: int = 0) -> dict[str, int]:
@@ -90,7 +90,7 @@ def _baselines(ds: Dataset) -> dict[str, dict]:
     return out
 
 
-def _model(cfg, ds: Dataset, fold_dir: Path) -> dict:
+def _model(cfg, ds: Dataset, fold_dir: Path, decode: bool = False) -> dict:
     from searchrl.data.schema import write_dataset
     from searchrl.relevance.scoring.evaluate import split_probs, tune_tiering
     from searchrl.relevance.scoring.scorer import RelevanceScorer
@@ -109,44 +109,54 @@ def _model(cfg, ds: Dataset, fold_dir: Path) -> dict:
     beta = tune_tiering(final, ds, "valid")["beta"] if len(ds.split("valid").pairs()) else 0.5
     probs, _, _ = split_probs(RelevanceScorer.load(final), ds, "test")
     np.save(fold_dir / "test_probs.npy", probs)  # [N, 4]: for analyses beyond the report (thresholds, calibration)
-    return {"pred": tiered_grades(probs, beta), "argmax": probs.argmax(1) + 1, "score": probs[:, 2:].sum(1),
-            "beta": beta}
+    out = {"pred": tiered_grades(probs, beta), "argmax": probs.argmax(1) + 1, "score": probs[:, 2:].sum(1),
+           "beta": beta}
+    if decode:  # the reasoning, held to the first-token grade (the argmax of the grade distribution)
+        decoded = _decoded(final, ds, fold_dir, cfg.eval, grades=out["argmax"])
+        out.update(reasoning=decoded["reasoning"], reasoning_pairs=decoded["reasoning_pairs"])
+    return out
 
 
-def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg) -> dict:
-    """A cot-first model's test predictions: its grade exists only after its reasoning, so every test pair is
-    decoded greedily and the written grade read (none readable = L1, as evaluate_model counts it); the grade is
-    also the ranking score, as for the rules. The completions are saved (test_completions.jsonl) with their
-    parse: format errors and rule adherence can be read from them; "reasoning" holds the counts of the
-    reasoning measures against the rule engine's verdicts (reasoning.reasoning_counts)."""
+def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) -> dict:
+    """Every test pair decoded greedily, under the model's completion grammar. For a cot-first model (``grades``
+    None) these are its predictions: its grade exists only after its reasoning, so the written grade is read
+    (none readable = L1, as evaluate_model counts it) and is also the ranking score, as for the rules; a
+    label-first model passes its first-token ``grades``, which self-consistency is measured against. The
+    completions are saved (test_completions.jsonl) with their parse; "reasoning" holds the counts of the
+    reasoning measures against the rule engine's verdicts (reasoning.reasoning_counts), "reasoning_pairs" the
+    same per pair (reasoning.reasoning_per_pair)."""
     from searchrl.relevance.format.grammar import grammar_for
-    from searchrl.relevance.format.parser import is_consistent, parse_completion
+    from searchrl.relevance.format.parser import parse_completion
     from searchrl.relevance.rules.engine import RuleEngine
     from searchrl.relevance.scoring.evaluate import decode_completions
-    from searchrl.relevance.scoring.reasoning import reasoning_counts
+    from searchrl.relevance.scoring.reasoning import reasoning_counts, reasoning_per_pair
     from searchrl.relevance.scoring.scorer import RelevanceScorer
     scorer = RelevanceScorer.load(final)
+    order = scorer.config.prompt.order
     pairs = ds.split("test").pairs()
     products = pair_products(pairs)
     prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], products)]
     texts = decode_completions(scorer.model, scorer.tokenizer, prompts, eval_cfg.max_new_tokens, eval_cfg.batch_size,
                                grammar=grammar_for(scorer.tokenizer, scorer.config.prompt))
-    parsed = [parse_completion(t, "cot_first") for t in texts]
-    grades = np.array([p.grade or 1 for p in parsed])
-    with (fold_dir / "test_completions.jsonl").open("w") as f:
-        for t, p in zip(texts, parsed):
-            ok = p.grade is not None and len(p.verdicts) == 5
-            f.write(json.dumps({"completion": t, "grade": p.grade, "parsed": ok,
-                                "consistent": bool(ok and is_consistent(p.grade, p.verdicts))}) + "\n")
+    parsed = [parse_completion(t, order) for t in texts]
+    written = np.array([p.grade or 1 for p in parsed])
     engine = RuleEngine.from_yaml()
     rules = [engine.judge(q, p).verdicts for q, p in zip(pairs["text"], products)]
-    return {"pred": grades, "score": grades.astype(float), "reasoning": reasoning_counts(parsed, rules)}
+    held_to = written if grades is None else grades
+    per_pair = reasoning_per_pair(parsed, rules, held_to, order)
+    with (fold_dir / "test_completions.jsonl").open("w") as f:
+        for t, p, ok, consistent in zip(texts, parsed, per_pair["parsed"], per_pair["consistent"]):
+            f.write(json.dumps({"completion": t, "grade": p.grade, "parsed": bool(ok),
+                                "self_consistent": bool(consistent)}) + "\n")
+    return {"pred": written, "score": written.astype(float), "reasoning": reasoning_counts(parsed, rules, held_to, order),
+            "reasoning_pairs": per_pair}
 
 
 def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/cv", baselines: bool = True,
-             name: str = "model", folds_to_run=None) -> dict:
+             name: str = "model", folds_to_run=None, decode: bool = False) -> dict:
     """Train ``cfg`` (an SFTConfig) on every fold (or only ``folds_to_run``) and seed; predictions of it and the
-    baselines for every pair of those folds.
+    baselines for every pair of those folds; ``decode``: a label-first recipe's test pairs are decoded too, for the
+    measures of its reasoning.
 
     Returns {"query_id", "grade" (every pair once, fold order), "fold", "systems": {name: {"pred": [S, N] or
     [1, N], "score": [S, N] or [1, N], "reasoning"?: a decoded recipe's reasoning counts summed over folds and
@@ -171,7 +181,7 @@ def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/c
         parts[name] = []
         for seed in seeds:
             seed_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
-            parts[name].append(_model(seed_cfg, fds, out / f"fold{fold}" / f"seed{seed}"))
+            parts[name].append(_model(seed_cfg, fds, out / f"fold{fold}" / f"seed{seed}", decode))
         for system, preds in parts.items():
             slot = systems.setdefault(system, {"pred": [[] for _ in preds], "score": [[] for _ in preds]})
             for s, p in enumerate(preds):
@@ -179,6 +189,10 @@ def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/c
                     slot[key][s] += [] if p.get(key) is None else np.asarray(p[key]).tolist()
                 if p.get("reasoning"):
                     slot["reasoning"] = add_counts(slot.get("reasoning"), p["reasoning"])
+                if p.get("reasoning_pairs"):  # [S][N] per measure, like pred
+                    by_seed = slot.setdefault("reasoning_pairs", [{} for _ in preds])[s]
+                    for key, values in p["reasoning_pairs"].items():
+                        by_seed[key] = by_seed.get(key, []) + list(values)
     result = {**rows, "k": k, "seeds": list(seeds), "systems": systems}
     out.mkdir(parents=True, exist_ok=True)
     (out / "crossval.json").write_text(json.dumps(result))
@@ -215,6 +229,21 @@ def per_query_auc_matrix(score: np.ndarray, gold: np.ndarray, qids: np.ndarray, 
     return out
 
 
+def _reasoning_intervals(per_seed: list[dict], qids: np.ndarray, n_boot: int) -> dict:
+    """Query-bootstrap 95% intervals of parse rate, step agreement and self-consistency (seeds averaged)."""
+    arrays = [{k: np.asarray(v, dtype=float) for k, v in seed.items()} for seed in per_seed]
+    out = {}
+    for key in ("x_parse_rate", "x_step_agreement", "x_self_consistency"):
+        def value(r, key=key):
+            vals = [rates_of_rows(a, r)[key] for a in arrays]
+            return float(np.mean([v for v in vals if v is not None])) if any(v is not None for v in vals) else 0.0
+        iv = query_bootstrap(metric=value, groups=qids, n_boot=n_boot)
+        out[key] = [iv.lo, iv.hi]
+    lo, hi = out["x_self_consistency"]
+    out["x_discriminative_hallucination_rate"] = [1 - hi, 1 - lo]
+    return out
+
+
 def summarize(result: dict, reference: str, n_boot: int = 2000) -> list[dict]:
     """One row per system: per-query AUC, Good-F1, macro-F1, accuracy, each with its query-bootstrap 95% interval
     (over queries, and seeds when there are several); the pooled AUC (x_good_auc, the seeds' mean); a decoded
@@ -234,6 +263,8 @@ def summarize(result: dict, reference: str, n_boot: int = 2000) -> list[dict]:
                 row["x_good_auc"] = float(np.mean(pooled))
         if p.get("reasoning"):
             row.update(reasoning_rates(p["reasoning"]))
+        if p.get("reasoning_pairs"):
+            row.setdefault("x_ci", {}).update(_reasoning_intervals(p["reasoning_pairs"], qids, n_boot))
         if p["pred"] and p["pred"][0]:
             preds = np.asarray(p["pred"])  # [S, N]
             for metric in ("good_f1", "macro_f1", "accuracy"):

@@ -78,6 +78,32 @@ def reasoning_counts(completions, rule_verdicts: list[dict], grades=None, order:
     return out
 
 
+def reasoning_per_pair(completions, rule_verdicts: list[dict], grades=None, order: str = "label_first") -> dict:
+    """Per pair (arguments as :func:`reasoning_counts`): {"parsed": 0/1, "consistent": 0/1 (0 where not parsed),
+    "agree": matching step verdicts 0..5 (0 where not parsed)} as lists: what a query bootstrap of the measures
+    resamples (:func:`rates_of_rows`)."""
+    parsed = _parsed(completions, order)
+    grades = [p.grade for p in parsed] if grades is None else list(grades)
+    out = {"parsed": [], "consistent": [], "agree": []}
+    for p, rule, grade in zip(parsed, rule_verdicts, grades):
+        ok = p.ok
+        ref = reference_verdicts(rule) if ok else {}
+        out["parsed"].append(int(ok))
+        out["consistent"].append(int(ok and grade_implied_by_verdicts(p.verdicts) == grade))
+        out["agree"].append(sum(p.verdicts.get(s) == ref.get(s) for s in STEPS) if ok else 0)
+    return out
+
+
+def rates_of_rows(pairs: dict, rows) -> dict:
+    """parse rate, step agreement and self-consistency of the pairs ``rows`` index in :func:`reasoning_per_pair`'s
+    lists (numpy arrays); None where nothing parsed."""
+    parsed = pairs["parsed"][rows]
+    k = parsed.sum()
+    return {"x_parse_rate": float(k / max(len(parsed), 1)),
+            "x_step_agreement": float(pairs["agree"][rows].sum() / (len(STEPS) * k)) if k else None,
+            "x_self_consistency": float(pairs["consistent"][rows].sum() / k) if k else None}
+
+
 def add_counts(a: dict | None, b: dict) -> dict:
     """The counts of two sets of completions together (``a`` None: ``b``)."""
     if a is None:
