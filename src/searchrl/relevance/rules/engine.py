@@ -29,14 +29,14 @@ from searchrl.relevance.rules.kb import KnowledgeBase
 from searchrl.relevance.rules.rule_text import NUM, field_text, norm, stem
 
 MAX_NGRAM = 6
-RELATION_NOTES = {  # category note per relation rule; {i} item type, {q} query type
-    "relation.same_type": "the item is {i}, the type asked for",
-    "relation.also_named": "the item is {i} and the listing also names it {q}",
-    "relation.more_general": "the item is {i}, the general kind of {q}; the exact type is not shown",
-    "relation.accessory_of_query": "the item is {i}, an accessory for {q}, not {q}",
-    "relation.main_product_of_query": "the item is {i}, what {q} is for, not {q} itself",
-    "relation.sibling": "the item is {i}, a sibling type of {q}, not the same",
-    "relation.other_type": "the item is {i}, a different kind of product than {q}",
+RELATION_NOTES = {  # category note per relation rule, the verdict's reason first; {i} item type, {q} query type
+    "relation.same_type": "{i} is the type asked for",
+    "relation.also_named": "{i}, and the listing also names it {q}",
+    "relation.more_general": "{i} is the general kind of {q}; the exact type is not shown",
+    "relation.accessory_of_query": "{i} is an accessory for {q}, not {q}",
+    "relation.main_product_of_query": "{i} is what {q} is for, not {q} itself",
+    "relation.sibling": "{i} is a sibling type of {q}, not the same",
+    "relation.other_type": "{i} is another kind of product than {q}",
 }
 
 
@@ -251,11 +251,12 @@ class RuleEngine(KnowledgeBase):
         wants = [_a(q.type) if q.type else "no product type"] + ([f"brand {q.brand}"] if q.brand else [])
         wants += [f"{c}" for c in sorted(q.colours)] + [f"{d.split('_')[0]} {v:g}" for d, v in q.quantities]
         wants += [f"feature {f}" for f in q.features] + [f"not {v}" for _, v in q.negated]
-        notes["query"] = (f"'{query!s}' asks for " + ", ".join(wants) +
-                          (f"; other words: {' '.join(q.words)}" if q.words else ""))
+        # notes lead with their content (a short note budget cuts the tail, never the point)
+        notes["query"] = ("wants " + ", ".join(wants) + (f"; other words: {' '.join(q.words)}" if q.words else ""))
         itype = item["type"] or "unknown"
-        notes["item"] = (f"{item['title'][:70]} is {_a(itype)}" + (f" by {item['brand_n']}" if
-                         item["brand_n"] else "") + (f" (from {item['source']})" if item["source"] else ""))
+        notes["item"] = (f"{_a(itype)}" + (f" by {item['brand_n']}" if item["brand_n"] else "") +
+                         (f", read from its {item['source']}" if item["source"] else ", type not found") +
+                         f": {item['title'][:60]}")
         if q.type:
             fired.append(f"type.{q.type}")
             if item["type"]:
