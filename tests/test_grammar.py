@@ -108,3 +108,18 @@ def test_a_byte_level_bpe_tokenizer_splits_the_teachers_completions_as_the_gramm
         teacher = RuleTeacher(RuleEngine.from_yaml(), cfg)
         for query, product, gold in PAIRS:
             walk(grammar_for(tok, cfg), tok, teacher.write(query, product, gold).completion)
+
+
+def test_notes_close_early_when_the_token_budget_is_short(tiny):
+    """A random model's notes run to their cap; with fewer new tokens than that needs, they close early and the
+    completion still ends in EOS and parses."""
+    model, tok = tiny
+    cfg = PromptConfig(max_note_chars=60)
+    grammar = grammar_for(tok, cfg)
+    prompts = [encode_prompt(tok, build_prompt(q, p, cfg)) for q, p, _ in PAIRS]
+    budget = 70  # about the skeleton plus a few note tokens; uncapped notes would take ~200
+    ro = sample_groups(model, tok, prompts, 2, budget, temperature=1.0, generator=torch.Generator().manual_seed(1),
+                       grammar=grammar)
+    texts = ro.texts(tok)
+    assert all(parse_completion(t).ok for t in texts), texts
+    assert all(int(n) <= budget for n in ro.completion_mask.sum(1))

@@ -61,7 +61,7 @@ class SampleStage:
 @dataclass
 class EvaluateStage:
     split: str = "test"  # split every system is evaluated on
-    decode: bool = True  # also decode the final model's CoT: format errors, rule adherence, hallucination
+    decode: bool = True  # also decode each trained stage's CoT: parse rate, step agreement, self-consistency
     max_decode: int = 256  # decode at most this many pairs (a seeded subset); 0 = all
     bootstrap: int = 1000  # query-bootstrap resamples for the 95% intervals
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100])  # retrieval curve cut-offs

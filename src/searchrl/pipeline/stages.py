@@ -118,7 +118,8 @@ def sample(ctx: Context) -> dict:
     out = ctx.dir("sample")
     write_pairs(out / "pairs.jsonl", rows)
     (out / "pass_at_n.json").write_text(json.dumps(table, indent=1) + "\n")
-    return {k: table[k] for k in ("prompts", "pass@1", f"pass@{s.n}", "pairs")}
+    return {k: table[k] for k in ("prompts", "pass@1", f"pass@{s.n}", "pairs", "pairs_from_samples",
+                                  "pairs_from_teacher", "format_error_rate")}
 
 
 def dpo(ctx: Context) -> dict:
@@ -178,7 +179,7 @@ def retriever(ctx: Context) -> dict:
 # ---------------------------------------------------------------- evaluation
 
 def evaluate(ctx: Context) -> dict:
-    """Every relevance system on one split with query-bootstrap intervals; the final model's CoT decoded, and the
+    """Every relevance system on one split with query-bootstrap intervals; each trained stage's CoT decoded, and the
     final model checked against the free signals (eval/free_signals.py: a warning per failed check)."""
     from searchrl.metrics.measures import classification_metrics, fast_scores, write_metrics_json
     from searchrl.relevance.scoring.evaluate import evaluate_model, split_probs
@@ -213,12 +214,13 @@ def evaluate(ctx: Context) -> dict:
     out = ctx.dir("evaluate")
     out.mkdir(parents=True, exist_ok=True)
     extra = {}
-    if final is not None and e.decode:  # the final model's reasoning: parse rate, step agreement, consistency, ...
-        decoded = evaluate_model(models[final], _decode_subset(ds, e), e.split, decode=True,
+    for stage in models if e.decode else ():  # each stage's reasoning: parse rate, step agreement, consistency, ...
+        decoded = evaluate_model(models[stage], _decode_subset(ds, e), e.split, decode=True,
                                  rules=ctx.cfg.sft.rules or None)[0]
-        extra = {k: v for k, v in decoded.items() if k.startswith("x_") and k not in ("x_good_auc", "x_auc_queries",
-                                                                                     "x_good_auc_per_query")}
-        next(r for r in rows if r["system"] == final).update(extra)
+        measures = {k: v for k, v in decoded.items() if k.startswith("x_") and k not in (
+            "x_good_auc", "x_auc_queries", "x_good_auc_per_query")}
+        next(r for r in rows if r["system"] == stage).update(measures)
+        extra = measures if stage == final else extra
     failures = _check_free_signals(rows, final)
     dataset = ds.card.get("name", "custom")
     write_metrics_json(out / "relevance.json", "relevance", dataset, e.split, rows, free_signal_failures=failures)
@@ -275,9 +277,9 @@ def _print_evaluation(rows: list[dict], final: str | None, extra: dict, failures
     print_table(rows, RELEVANCE_COLUMNS + ["x_good_auc", "x_good_auc_per_query"],
                 title=f"Relevance, {what} ({n_pairs} pairs)")
     if extra:
-        print_table([r for r in rows if r["system"] == final],
+        print_table([r for r in rows if "x_parse_rate" in r],
                     [k for k, _ in REASONING_MEASURES + STEP_AGREEMENT] + ["x_format_error_rate", "x_rule_adherence"],
-                    title=f"Reasoning of {final}'s decoded completions, {what} (a seeded subset)")
+                    title=f"Reasoning of each stage's decoded completions, {what} (a seeded subset)")
     for failure in failures:
         print(f"[evaluate] {warning_line(failure)}")
 

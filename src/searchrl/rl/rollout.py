@@ -132,7 +132,7 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, m
         if step < min_new_tokens:
             logits[:, tokenizer.eos_token_id] = float("-inf")
         if state is not None:
-            logits = state.mask(logits)
+            logits = state.mask(logits, max_new_tokens - step)
         if temperature == 0:
             nxt = logits.argmax(-1)  # [B*G]
         else:

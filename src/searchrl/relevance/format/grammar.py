@@ -145,12 +145,30 @@ class _Cursor:
         self.finished = False
 
 
+def _min_tokens(segment: tuple, grammar: CompletionGrammar) -> int:
+    """The fewest tokens a whole segment can take (a note or slug: one; a value: its shortest candidate)."""
+    kind = segment[0]
+    if kind == "force":
+        return len(segment[1])
+    if kind in ("value",):
+        return min(len(v) for v in segment[1])
+    if kind == "restate":
+        return len(grammar._piece(" L1"))
+    return 1  # grade, regrade, note, slug, eos
+
+
 class GrammarState:
     """The grammar state of a batch of rows being decoded: ``mask`` the logits, then ``advance`` with the choice."""
 
     def __init__(self, grammar: CompletionGrammar, rows: int, vocab: _Vocab):
         self.g, self.vocab = grammar, vocab
-        self.rows = [_Cursor(grammar.program()) for _ in range(rows)]
+        program = grammar.program()
+        self.rows = [_Cursor(program) for _ in range(rows)]
+        # after[i]: the fewest tokens the segments after i take; a note or slug closes early when the token
+        # budget left is only enough for them (a completion cut short would not parse)
+        sizes = [_min_tokens(s, grammar) for s in program]
+        self.after = [sum(sizes[i + 1:]) for i in range(len(program))]
+        self.budget: int | None = None  # tokens the decode loop has left, set by mask()
 
     def _allowed(self, c: _Cursor) -> torch.Tensor | list[int]:
         """Allowed next ids for cursor c: a [V] bool mask or a list of ids."""
@@ -163,20 +181,25 @@ class GrammarState:
         if kind == "eos":
             return [g.eos]
         if kind in ("value", "restate", "regrade"):
-            return sorted({v[len(c.value)] for v in self._candidates(c) if v[:len(c.value)] == c.value})
+            fits = [v for v in self._candidates(c) if v[:len(c.value)] == c.value]
+            if self.budget is not None:  # a longer value than the budget leaves room for: only if none is shorter
+                short = [v for v in fits if len(v) - len(c.value) <= self.budget - self.after[c.seg]]
+                fits = short or [min(fits, key=len)]
+            return sorted({v[len(c.value)] for v in fits})
         closing = self._next_token(c)  # the token that ends the note or the slug
+        out_of_budget = self.budget is not None and self.budget <= self.after[c.seg]
         if kind == "note":
-            if c.pos >= g.max_note_tokens:
+            if c.pos >= g.max_note_tokens or (out_of_budget and c.pos > 0):
                 return [closing]
             mask = self.vocab.note_ok.clone()
             mask[closing] = c.pos > 0  # a note has at least one token
             return mask
         # slug
-        if c.pos >= g.max_slug_tokens:
+        last_underscore = c.value and c.value[-1] == g.underscore
+        if c.pos >= g.max_slug_tokens or (out_of_budget and c.pos > 0 and not last_underscore):
             return [closing]
         if c.pos == 0:
             return self.vocab.slug_first
-        last_underscore = c.value and c.value[-1] == g.underscore
         mask = (self.vocab.slug_after_underscore if last_underscore else self.vocab.slug_next).clone()
         mask[closing] = not last_underscore
         return mask
@@ -193,8 +216,10 @@ class GrammarState:
         nxt = c.program[c.seg + 1]
         return nxt[1][0] if nxt[0] == "force" else self.g.eos
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """[N, V] logits with every token the grammar forbids at each row set to -inf (finished rows untouched)."""
+    def mask(self, logits: torch.Tensor, budget: int | None = None) -> torch.Tensor:
+        """[N, V] logits with every token the grammar forbids at each row set to -inf (finished rows untouched);
+        ``budget``: the tokens left to decode, this one included."""
+        self.budget = budget
         out = logits.clone()
         for r, c in enumerate(self.rows):
             if c.finished:
