@@ -34,7 +34,9 @@ def decoded_stats(run: Path) -> dict:
     rows = [json.loads(x) for f in sorted(run.glob("fold*/seed*/test_completions.jsonl")) for x in f.open()]
     parsed = [r for r in rows if r["parsed"]]
     return {"completions": len(rows), "format_errors": 1 - len(parsed) / max(len(rows), 1),
-            "rule_adherence": sum(r["consistent"] for r in parsed) / max(len(parsed), 1)}
+            # crossval writes self_consistent (the strict reading); files of older runs have consistent
+            "rule_adherence": sum(r.get("self_consistent", r.get("consistent", False)) for r in parsed)
+            / max(len(parsed), 1)}
 
 
 def glance(report: dict) -> list[dict]:

@@ -73,6 +73,16 @@ def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_da
     assert set(part["fold"]) == {1} and len(part["grade"]) == result["fold"].count(1)
     with pytest.raises(ConfigError):
         crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, folds_to_run=[2])
+    # --decode: the label-first model's reasoning, on every test pair of every fold, with intervals; the
+    # grammar makes even an untrained model's completions parse
+    with mock.patch("searchrl.relevance.train.sft.run_sft", side_effect=AssertionError("retrained a finished fold")):
+        decoded = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, baselines=False, decode=True)
+    assert len(decoded["systems"]["model"]["reasoning_pairs"][0]["parsed"]) == len(decoded["grade"])
+    row = summarize(decoded, "model", n_boot=100)[0]
+    assert row["x_parse_rate"] == 1.0 and 0.0 <= row["x_self_consistency"] <= 1.0
+    for key in ("x_parse_rate", "x_step_agreement", "x_self_consistency"):
+        lo, hi = row["x_ci"][key]
+        assert lo <= row[key] <= hi, key
 
 
 @pytest.mark.slow
@@ -89,5 +99,5 @@ def test_a_cot_first_recipe_is_decoded_and_its_written_grade_scored(tiny_data, t
     for fold in (0, 1):
         lines = [json.loads(x) for x in (tmp_path / f"fold{fold}" / "seed0" / "test_completions.jsonl").open()]
         assert len(lines) == result["fold"].count(fold) and all(set(x) == {"completion", "grade", "parsed",
-                                                                             "consistent"} for x in lines)
+                                                                             "self_consistent"} for x in lines)
         assert not (tmp_path / f"fold{fold}" / "seed0" / "test_probs.npy").exists()  # no probabilities to save
