@@ -63,15 +63,15 @@ def searchrl_cli(*args: str, log: Path, threads: int = 1) -> None:
             raise SystemExit(f"error: searchrl {' '.join(args[:2])} failed (see {log})")
 
 
-def crossval_lanes(data: str, out: Path, lanes: list[tuple[str, list[int], list[str]]]) -> None:
+def crossval_lanes(data: str, out: Path, lanes: list[tuple[str, list[int], list[str]]], decode: bool = False) -> None:
     """`searchrl eval relevance --cv 5` of sft_chorus.yaml, each fold in its own process (one process for all
     folds grows ~1.5 GB a fold); the lanes (run name, folds, extra ``key=value`` overrides) run side by side,
     one thread each. A finished fold is reused; then one call per run name writes its crossval.json over every
-    fold it has."""
+    fold it has. ``decode``: ``--decode`` too (the reasoning measured on every test pair)."""
     def cv(name, folds, sets):
         args = ["eval", "relevance", "--cv", "5", "--config", str(CONFIGS / "sft_chorus.yaml"), "--data", str(data),
                 "--out", str(out / name), *[x for s in sets for x in ("--set", s)]]
-        return args + (["--folds", ",".join(map(str, folds))] if folds else [])
+        return args + (["--folds", ",".join(map(str, folds))] if folds else []) + (["--decode"] if decode else [])
     errors = []
 
     def lane(i, name, folds, sets):

@@ -99,5 +99,5 @@ def test_a_cot_first_recipe_is_decoded_and_its_written_grade_scored(tiny_data, t
     for fold in (0, 1):
         lines = [json.loads(x) for x in (tmp_path / f"fold{fold}" / "seed0" / "test_completions.jsonl").open()]
         assert len(lines) == result["fold"].count(fold) and all(set(x) == {"completion", "grade", "parsed",
-                                                                             "self_consistent"} for x in lines)
+                                                                             "self_consistent", "held_to", "rule_grade"} for x in lines)
         assert not (tmp_path / f"fold{fold}" / "seed0" / "test_probs.npy").exists()  # no probabilities to save

@@ -154,3 +154,45 @@ def test_dpo_and_grpo_train_the_prefix_model(tmp_path):
         "rollout": {"group_size": 2, "prompts_per_step": 2, "max_new_tokens": 4, "dynamic_sampling": False}}),
         [{"prompt": prompts[0], "grade": 4}, {"prompt": prompts[1], "grade": 1}])
     assert grpo.step == 1 and (grpo.final_dir / "model.safetensors").exists()
+
+
+def test_completion_adapters_never_touch_the_grade_path_and_decode_exactly_with_a_cache(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from searchrl.config import OptimConfig
+    from searchrl.relevance.model.lora import freeze_lower_layers
+    from searchrl.training import build_optimizer
+    model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(mask="block", cot_layers=2, cot_rank=4),
+                                      seed=3)
+    model.eval()
+    prompts = [build_prompt("laptop", p, SEGMENTS) for p in PRODUCTS]
+    before = grade_probs(model, tok, prompts)
+    ids = encode_prompt(tok, prompts[1])
+    with torch.no_grad():
+        first = model(input_ids=torch.tensor([ids + [5, 6]])).logits[0, -1].clone()
+        for name, p in model.named_parameters():  # as if training had moved every completion parameter
+            if name.rpartition(".")[2].startswith("cot_"):
+                p.add_(torch.randn_like(p) * 0.1)
+    np.testing.assert_allclose(grade_probs(model, tok, prompts), before, atol=1e-6)  # the grade: untouched
+    with torch.no_grad():
+        moved = model(input_ids=torch.tensor([ids + [5, 6]])).logits[0, -1]
+    assert not torch.allclose(moved, first, atol=1e-3)  # the completion: the adapters' to write
+    cached = sample_groups(model, tok, [ids], 1, 4, temperature=0.0).completion_ids[0].tolist()
+    seq = list(ids)
+    for _ in range(len(cached)):
+        with torch.no_grad():
+            seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+    assert cached == seq[len(ids):]
+    # frozen MiniLM, trainable adapters at the head's learning rate; saved and loaded whole
+    trainable = freeze_lower_layers(model, 6)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable > 0 and any(".cot_lora_b" in n for n in names) and not any(".query.weight" in n for n in names)
+    opt, _ = build_optimizer(model, OptimConfig(lr=1e-4), 10, head_lr=1e-3)
+    lora_b = next(p for n, p in model.named_parameters() if n.endswith("cot_lora_b"))
+    assert next(g["lr"] for g in opt.param_groups if any(p is lora_b for p in g["params"])) == 1e-3
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    np.testing.assert_allclose(grade_probs(loaded, tok, prompts), before, atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(input_ids=torch.tensor([ids + [5, 6]])).logits[0, -1], moved, atol=1e-5)

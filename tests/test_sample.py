@@ -99,7 +99,7 @@ def test_sample_preferences_table_and_pairs_on_controlled_samples(tiny_model_dir
     """Every prompt gets the samples [<L4> ok, <L1> ok, garbage]: gold 4 / 1 prompts are mixed, the rest all wrong."""
     samples = [completion(4), completion(1), "garbage"]
     monkeypatch.setattr("searchrl.relevance.train.sample.sample_groups",
-                        lambda model, tok, prompts, g, *a: FakeRollout(len(prompts), samples[:g]))
+                        lambda model, tok, prompts, g, *a, **kw: FakeRollout(len(prompts), samples[:g]))
     rows, table = sample_preferences(tiny_model_dir, load_dataset(tiny_data), 3, prompts_per_batch=5, progress=False)
     gold = load_dataset(tiny_data).split("train").pairs()["grade"].astype(int).tolist()
     c = [int(g in (1, 4)) for g in gold]

@@ -141,13 +141,15 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
     parsed = [parse_completion(t, order) for t in texts]
     written = np.array([p.grade or 1 for p in parsed])
     engine = RuleEngine.from_yaml()
-    rules = [engine.judge(q, p).verdicts for q, p in zip(pairs["text"], products)]
+    judged = [engine.judge(q, p) for q, p in zip(pairs["text"], products)]
+    rules = [j.verdicts for j in judged]
     held_to = written if grades is None else grades
     per_pair = reasoning_per_pair(parsed, rules, held_to, order)
     with (fold_dir / "test_completions.jsonl").open("w") as f:
-        for t, p, ok, consistent in zip(texts, parsed, per_pair["parsed"], per_pair["consistent"]):
-            f.write(json.dumps({"completion": t, "grade": p.grade, "parsed": bool(ok),
-                                "self_consistent": bool(consistent)}) + "\n")
+        for t, p, ok, consistent, j, g in zip(texts, parsed, per_pair["parsed"], per_pair["consistent"], judged,
+                                              held_to):
+            f.write(json.dumps({"completion": t, "grade": p.grade, "parsed": bool(ok), "self_consistent": bool(consistent),
+                                "held_to": int(g), "rule_grade": j.grade}) + "\n")
     return {"pred": written, "score": written.astype(float), "reasoning": reasoning_counts(parsed, rules, held_to, order),
             "reasoning_pairs": per_pair}
 
