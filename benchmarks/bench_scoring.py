@@ -5,8 +5,8 @@ candidates per query), so the ratios hold on a noisy machine:
 
 - ``prefill_vs_decode_ratio``: pairs/s of the prefill-only scorer as deployed (``deployed_shared_prefix``:
   1 = shared-prefix, 0 = plain: the scorer's default for the model's prompt layout) over
-  decoding the whole label-first CoT (greedy, KV cache, batched; as many new tokens
-  as the rule teacher's completion for the pair) and parsing its grade.
+  decoding the whole label-first CoT as every decode runs (greedy, KV cache, batched, under the
+  completion grammar, to its end) and parsing its grade.
 - ``shared_vs_plain_ratio``: shared-prefix vs plain batched prefill of whole prompts, with
   the default model's prompt (segments: only the query segment is shared, a few tokens);
   ``shared_vs_plain_long_prompt_ratio``: the same for a decoder (minilm-qwen2) with the
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from searchrl.data.schema import load_dataset, pair_products
+from searchrl.relevance.format.grammar import grammar_for
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.format.prompt import PromptConfig
 from searchrl.relevance.model.builds import MINILM_QWEN2
@@ -102,22 +103,21 @@ def counted_flops(fn) -> int:
 
 
 def decode_pairs_per_s(scorer: RelevanceScorer, pairs_df, n: int) -> tuple[float, float]:
-    """(pairs/s, mean new tokens) decoding the teacher-length CoT for the first n pairs and parsing the grade."""
+    """(pairs/s, mean new tokens) decoding the whole CoT of the first n pairs under the completion grammar (as
+    evaluation and the report decode) and parsing the grade; the token cap is twice the rule teacher's longest."""
     cfg = scorer.config.prompt
     examples, _ = build_examples(pairs_df.head(n), RuleTeacher(RuleEngine.from_yaml(), cfg), cfg)
     tok = scorer.tokenizer
-    lengths = np.array([len(tok(e["completion"], add_special_tokens=False)["input_ids"]) + 1 for e in examples])
+    cap = 2 * max(len(tok(e["completion"], add_special_tokens=False)["input_ids"]) + 1 for e in examples)
     prompts = [scorer.prompt(str(q), p) for q, p in zip(pairs_df.head(n)["text"], pair_products(pairs_df.head(n)))]
-    order = np.argsort(lengths)  # batches of similar completion length, each forced to its longest
+    grammar, new_tokens = grammar_for(tok, cfg), []
     t0 = time.perf_counter()
     for start in range(0, n, scorer.batch_size):
-        idx = order[start:start + scorer.batch_size]
-        new = int(lengths[idx].max())
-        # each batch decodes its longest teacher completion: a random model never stops early, a trained one might
-        texts = decode_completions(scorer.model, tok, [prompts[i] for i in idx], new, scorer.batch_size,
-                                   progress=False, min_new_tokens=new)
+        texts = decode_completions(scorer.model, tok, prompts[start:start + scorer.batch_size], cap,
+                                   scorer.batch_size, progress=False, grammar=grammar)
         [parse_completion(t, cfg.order) for t in texts]
-    return n / (time.perf_counter() - t0), float(lengths.mean())
+        new_tokens += [len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
+    return n / (time.perf_counter() - t0), float(np.mean(new_tokens))
 
 
 def _body(query: str, products: list[dict]) -> dict:
