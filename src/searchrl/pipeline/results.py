@@ -39,7 +39,8 @@ def _relevance_page(doc: dict, command: str) -> ResultsPage:
     if decoded:
         page.table(["system"] + [c for c, _ in REASONING],
                    [[r["system"]] + [r.get(k) for _, k in REASONING] for r in decoded],
-                   caption="The final model's decoded completions (a seeded subset of the split). Parse rate: the "
+                   caption="Each trained stage's completions, decoded greedily under the completion grammar (a seeded "
+                           "subset of the split; relevance/format/grammar.py). Parse rate: the "
                            "share the strict parser reads whole. Over the parsed ones: step agreement, the share of "
                            "step verdicts equal to the rule engine's (five steps pooled; per step below); "
                            "self-consistency, the share whose grade equals the one their own category and attribute "
