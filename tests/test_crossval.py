@@ -83,6 +83,10 @@ def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_da
     for key in ("x_parse_rate", "x_step_agreement", "x_self_consistency"):
         lo, hi = row["x_ci"][key]
         assert lo <= row[key] <= hi, key
+    with mock.patch("searchrl.relevance.scoring.evaluate.decode_completions",
+                    side_effect=AssertionError("decoded a finished fold again")):
+        again = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, baselines=False, decode=True)
+    assert again["systems"]["model"]["reasoning_pairs"] == decoded["systems"]["model"]["reasoning_pairs"]
 
 
 @pytest.mark.slow

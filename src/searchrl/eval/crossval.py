@@ -102,6 +102,7 @@ def _model(cfg, ds: Dataset, fold_dir: Path, decode: bool = False) -> dict:
     final, done = fold_dir / "sft" / "final", fold_dir / "fold_config.json"
     wanted = json.loads(json.dumps(dataclasses.asdict(fold_cfg)))
     if not ((final / "relevance_config.json").exists() and done.exists() and json.loads(done.read_text()) == wanted):
+        (fold_dir / "decoded.json").unlink(missing_ok=True)  # decoded by the model this run replaces
         final = run_sft(fold_cfg).final_dir
         done.write_text(json.dumps(wanted))  # this fold finished with this config: a re-run reuses it
     if cfg.prompt.order == "cot_first":
@@ -131,6 +132,12 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.reasoning import reasoning_counts, reasoning_per_pair
     from searchrl.relevance.scoring.scorer import RelevanceScorer
+    cache = fold_dir / "decoded.json"
+    if cache.exists():  # this fold's model, decoded before (a retrained fold removes it)
+        saved = json.loads(cache.read_text())
+        written = np.asarray(saved["written"])
+        return {"pred": written, "score": written.astype(float), "reasoning": saved["reasoning"],
+                "reasoning_pairs": saved["reasoning_pairs"]}
     scorer = RelevanceScorer.load(final)
     order = scorer.config.prompt.order
     pairs = ds.split("test").pairs()
@@ -150,8 +157,10 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
                                               held_to):
             f.write(json.dumps({"completion": t, "grade": p.grade, "parsed": bool(ok), "self_consistent": bool(consistent),
                                 "held_to": int(g), "rule_grade": j.grade}) + "\n")
-    return {"pred": written, "score": written.astype(float), "reasoning": reasoning_counts(parsed, rules, held_to, order),
-            "reasoning_pairs": per_pair}
+    out = {"pred": written, "score": written.astype(float), "reasoning": reasoning_counts(parsed, rules, held_to, order),
+           "reasoning_pairs": per_pair}
+    cache.write_text(json.dumps({"written": written.tolist(), "reasoning": out["reasoning"], "reasoning_pairs": per_pair}))
+    return out
 
 
 def crossval(cfg, ds: Dataset, k: int = 5, seeds=(0,), out: str | Path = "runs/cv", baselines: bool = True,
