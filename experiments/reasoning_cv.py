@@ -14,9 +14,6 @@ discriminative-hallucination rate; relevance/scoring/reasoning.py), with interva
 - ``adapters``: the same grade path plus completion adapters (``prefix.cot_layers=2``: rank-32 adapters on the
   top two blocks, gated to the completion, and the completion's own head) and the CoT on every example
   (``cot_fraction=1``).
-- ``counterfactual``: ``adapters`` plus, for half of the examples, a second chain of thought written for another
-  grade after that grade's token (``counterfactual_cot=0.5``): the completion learns to explain the grade it
-  follows, which is what self-consistency asks.
 
 Also reports d, the share of pairs whose first-token grade differs from the rule engine's grade: it bounds step
 agreement and self-consistency together (the page says how).
@@ -37,8 +34,7 @@ from experiments.cv_compare import compare
 from searchrl.eval.results_page import ResultsPage
 from searchrl.metrics.stats import format_difference, format_interval
 
-VARIANTS = {"default": [], "adapters": ["prefix.cot_layers=2", "cot_fraction=1"],
-            "counterfactual": ["prefix.cot_layers=2", "cot_fraction=1", "counterfactual_cot=0.5"]}
+VARIANTS = {"default": [], "adapters": ["prefix.cot_layers=2", "cot_fraction=1"]}
 MEASURES = [("x_parse_rate", "parse rate"), ("x_step_agreement", "step agreement"),
             ("x_self_consistency", "self-consistency"),
             ("x_discriminative_hallucination_rate", "discriminative hallucination")]

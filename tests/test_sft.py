@@ -213,28 +213,3 @@ def test_hint_fraction_trains_that_share_of_prompts_with_guided_replays_hint(tmp
     for bad in (-0.1, 1.0):
         with pytest.raises(Exception, match="hint_fraction"):
             small_cfg(tmp_path, hint_fraction=bad)
-
-
-def test_counterfactual_completions_explain_another_grade_and_never_train_the_grade_or_rank():
-    from searchrl.errors import ConfigError
-    from searchrl.relevance.format.parser import grade_implied_by_verdicts, parse_completion
-    from searchrl.relevance.rules.engine import RuleEngine
-    from searchrl.relevance.rules.teacher import RuleTeacher
-    from searchrl.relevance.train.sft import add_counterfactuals, rank_loss, with_counterfactuals
-    product = {"title": "Targus laptop bag 15.6 inch", "brand": "Targus", "category": "Bag"}
-    examples = [{"query": "laptop bag", "product": product, "grade": g} for g in (1, 2, 3, 4)]
-    add_counterfactuals(examples, RuleTeacher(RuleEngine.from_yaml(), PromptConfig()), 1.0, seed=0)
-    for ex in examples:
-        cf = parse_completion(ex["counterfactual"])
-        assert cf.ok and cf.grade != ex["grade"] and grade_implied_by_verdicts(cf.verdicts) == cf.grade
-    half = [{"query": "laptop bag", "product": product, "grade": 4} for _ in range(200)]
-    add_counterfactuals(half, RuleTeacher(RuleEngine.from_yaml(), PromptConfig()), 0.5, seed=0)
-    assert 70 < sum("counterfactual" in ex for ex in half) < 130
-    rows = with_counterfactuals([{"input_ids": [1], "group": 3, "grade": 4, "counterfactual": {"input_ids": [2]}},
-                                 {"input_ids": [5], "group": 3, "grade": 1}])
-    assert [r["input_ids"] for r in rows] == [[1], [5], [2]] and rows[2]["grade"] == -1 and rows[2]["group"] == 3
-    logits = torch.tensor([[0.0, 0, 2, 2], [1.0, 1, 0, 0], [5.0, 5, -5, -5]])
-    with_cf = rank_loss(logits, torch.tensor([4, 1, -1]), torch.tensor([0, 0, 0]))
-    assert torch.isclose(with_cf, rank_loss(logits[:2], torch.tensor([4, 1]), torch.tensor([0, 0])))
-    with pytest.raises(ConfigError, match="cot_layers"):
-        sft_config_for_tests({"model": "minilm-prefix", "prompt": {"layout": "segments"}, "counterfactual_cot": 0.5})

@@ -111,11 +111,6 @@ class SFTConfig:
     #   grade) ** balance_grades, normalised to mean 1 over examples; 1 = fully class-balanced (macro-F1 view)
     cot_fraction: float = 0.25  # share of the training examples that keep their chain of thought (seeded); the others
     #   are trained on the grade token alone: the model still writes its CoT, and an epoch costs far fewer tokens
-    counterfactual_cot: float = 0.0  # share of the training examples that also train on a chain of thought written
-    #   for another grade (the rule teacher's fewest changes that imply it), after that grade token: the completion
-    #   learns to explain the grade it follows. Their grade token is an input, never a target, and they enter no
-    #   rank-loss pair; they ride along in their example's batch, so the grade path's batches and steps stay as
-    #   they are. Needs prefix.cot_layers (a completion path of its own)
     hint_fraction: float = 0.0  # share of the training examples whose prompt carries guided replay's hint (the
     #   gold grade and the rule verdicts, guided_replay.hint_text) as the replay will give it: a policy that has
     #   read hints in SFT can use them in AGRL's guided rollouts; serving prompts never carry one
@@ -148,11 +143,6 @@ class SFTConfig:
         if not 0.0 <= self.cot_fraction <= 1.0 or (self.cot_fraction < 1 and self.prompt.order != "label_first"):
             raise ConfigError(f"cot_fraction must be in [0, 1] (and 1 unless prompt.order is label_first), got "
                               f"{self.cot_fraction}")
-        if not 0.0 <= self.counterfactual_cot <= 1.0 or (self.counterfactual_cot and not (
-                self.model == MINILM_PREFIX and self.prefix.cot_layers)):
-            raise ConfigError(f"counterfactual_cot must be in [0, 1], and needs model {MINILM_PREFIX} with "
-                              f"prefix.cot_layers > 0 (got {self.counterfactual_cot}, {self.model}, "
-                              f"cot_layers={self.prefix.cot_layers})")
         if not 0.0 <= self.hint_fraction < 1.0:
             raise ConfigError(f"hint_fraction must be in [0, 1), got {self.hint_fraction}")
         if self.rank_loss_weight and not self.query_chunk:
@@ -212,20 +202,12 @@ def completion_loss(model, batch: dict, grade_ids: list[int] | None = None):
 
 def rank_loss(grade_logits: torch.Tensor, grades: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """RankNet on the Good log-odds s = logsumexp(l3, l4) - logsumexp(l1, l2): mean softplus(s_j - s_i) over
-    the pairs (i, j) of one query (same group) with grade_i > grade_j; 0 when the batch has none. Rows with grade
-    < 1 (counterfactual completions) are in no pair."""
+    the pairs (i, j) of one query (same group) with grade_i > grade_j; 0 when the batch has none."""
     s = torch.logsumexp(grade_logits[:, 2:], -1) - torch.logsumexp(grade_logits[:, :2], -1)  # [B]
-    graded = grades > 0  # [B]
-    pairs = (groups[:, None] == groups[None, :]) & (grades[:, None] > grades[None, :]) & graded[None, :]  # [B, B]
+    pairs = (groups[:, None] == groups[None, :]) & (grades[:, None] > grades[None, :])  # [B, B]
     if not bool(pairs.any()):
         return s.sum() * 0.0
     return F.softplus(-(s[:, None] - s[None, :])[pairs]).mean()
-
-
-def with_counterfactuals(rows: list[dict]) -> list[dict]:
-    """A micro-batch's rows, then the counterfactual completion of each row that has one (grade -1: no rank pair)."""
-    extra = [{**r["counterfactual"], "group": r.get("group", -1), "grade": -1} for r in rows if r.get("counterfactual")]
-    return rows + extra
 
 
 def query_chunks(examples: list[dict], size: int, seed: int) -> list[list[int]]:
@@ -276,13 +258,6 @@ def _encode_train(cfg: SFTConfig, tok, train: list[dict], loop: RunLoop) -> list
                                                  ex["prompt"], cfg.chat_template),
                               ex["completion"] if cot else grade_token(int(ex["grade"])), cfg.max_length, eos=bool(cot))
                for ex, cot, hint in zip(train, with_cot, with_hint)]
-    for ex, e in zip(train, encoded):
-        if e is not None and ex.get("counterfactual"):  # the grade token after the prompt: an input only
-            cf = encode_example(tok, render_prompt(tok, ex["prompt"], cfg.chat_template), ex["counterfactual"],
-                                cfg.max_length)
-            if cf is not None:
-                first = next(i for i, label in enumerate(cf["labels"]) if label != IGNORE)
-                e["counterfactual"] = {**cf, "labels": cf["labels"][:first] + [IGNORE] + cf["labels"][first + 1:]}
     dropped = sum(e is None for e in encoded)
     if dropped == len(encoded):
         raise InputError(f"no training example fits max_length={cfg.max_length} ({dropped} dropped)")
@@ -326,8 +301,8 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
 
     def step(i: int) -> dict:
         t0 = time.perf_counter()
-        batches = [collate(with_counterfactuals(stream((i * cfg.grad_accum + j) * loop.world + loop.rank)),
-                           tok.pad_token_id) for j in range(cfg.grad_accum)]
+        batches = [collate(stream((i * cfg.grad_accum + j) * loop.world + loop.rank), tok.pad_token_id)
+                   for j in range(cfg.grad_accum)]
         for b in batches:
             b["weights"] = target_weights(b["labels"], gids, gweights)  # [B, T]
         # normalise by the step's (weighted) completion tokens, so accumulation equals one big batch
@@ -369,16 +344,6 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
 
 # ---------------------------------------------------------------- `searchrl train sft`
 
-def add_counterfactuals(examples: list[dict], teacher, share: float, seed: int) -> None:
-    """Give a seeded ``share`` of the examples a "counterfactual" completion: the teacher's reasoning for a grade
-    other than the gold one (drawn uniformly), grade token first (SFTConfig.counterfactual_cot)."""
-    rng = np.random.default_rng([seed, 41])
-    for ex, pick, draw in zip(examples, rng.random(len(examples)), rng.integers(1, 4, len(examples))):
-        if pick < share:
-            other = [g for g in (1, 2, 3, 4) if g != int(ex["grade"])][int(draw) - 1]
-            ex["counterfactual"] = teacher.write(ex["query"], ex["product"], other).completion
-
-
 def run_sft(cfg: SFTConfig) -> SFTResult:
     """Prepared dataset -> teacher completions (+ synthetic pairs, trimmed vocabulary) -> train_sft -> final/."""
     from searchrl.data.schema import load_dataset
@@ -395,9 +360,6 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
         llm = cfg.llm if cfg.llm.cache_dir else dataclasses.replace(cfg.llm, cache_dir=f"{cfg.run.output_dir}/llm_cache")
         teacher = LLMTeacher(llm, cfg.prompt, fallback=teacher)  # answers cached: a rerun pays for no call twice
     train_ex, report = build_examples(ds.split("train").pairs(), teacher, cfg.prompt)
-    if cfg.counterfactual_cot:
-        add_counterfactuals(train_ex, RuleTeacher(engine, cfg.prompt, "condition"), cfg.counterfactual_cot,
-                            cfg.run.seed)
     synthetic = synthetic_pairs(ds, engine, cfg.synthetic_queries, cfg.synthetic_per_query, seed=cfg.run.seed,
                                 exclude_splits=tuple({"valid", "test", cfg.eval.split} - {"train"}),
                                 progress=cfg.run.progress)
