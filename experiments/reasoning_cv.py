@@ -66,7 +66,7 @@ def page(rows: list[dict], variants: list[str], folds: list[int], out: Path, com
            "default's interval (0.843 [0.80, 0.88] over all five folds).")
     by_name = {r["system"]: r for r in rows}
     p.table(["variant", "per-query AUC [95% CI]", "macro-F1 [95% CI]", *[name for _, name in MEASURES],
-             "grade differs from the rules'"],
+             "d: first-token grade differs from the rules'"],
             [[v, cell(by_name[v], "x_good_auc_per_query"), cell(by_name[v], "macro_f1"),
               *[cell(by_name[v], k) for k, _ in MEASURES],
               f"{d:.3f}" if (d := grade_disagreement(out / v)) is not None else "-"] for v in variants],
