@@ -30,8 +30,8 @@ prompts (SFT's N samples all wrong) per system, replay's paired gain there, and 
 (under the hint) against unguided.
 
 Simplifies: the rollouts are grade-only (``rollout.max_new_tokens=1``, no format term). With label-first order
-the grade token is the first completion token and the reward depends on it alone; the default model's decoded
-CoT does not parse, so decoding it would cost 50x the time and carry no reward signal. Rule-aware shaping
+the grade token is the first completion token and the reward depends on it alone; decoding the whole CoT
+would cost about 50x the time for a reward that reads the same token. Rule-aware shaping
 grades CoT steps, so it is measured apart, from a model trained to write the CoT: experiments/rule_shaping.py.
 
     python -m experiments.relevance_rl_stages --data DIR [--folds 0,1,2,3,4] [--seeds 0]

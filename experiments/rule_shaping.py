@@ -7,8 +7,8 @@ it on held-out queries. Per seed, from one SFT model that writes the five-step C
 pipeline's own stages (searchrl.pipeline: finished stages reused by fingerprint):
 
 - ``sft``: the starting point (``--sft DIR``, or the pipeline's sft stage here, under OUT: the default config
-  with the CoT on every example and the top two blocks training, ``cot_fraction=1 freeze_layers=4``; with all
-  six frozen the default's decoded CoT loops on one step line and never parses);
+  with the CoT on every example and the top two blocks training, ``cot_fraction=1 freeze_layers=4``; decoding
+  runs under the completion grammar, so its completions parse);
 - ``grpo_outcome``: the grpo stage from it (grpo_chorus.yaml, ``start_model``), CoT rollouts
   (``rollout.max_new_tokens`` 64: a step line with multi-word types is ~11 WordPiece tokens), the grade reward
   with its format term; under OUT/seedS/grpo_outcome;
