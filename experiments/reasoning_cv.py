@@ -18,8 +18,9 @@ discriminative-hallucination rate; relevance/scoring/reasoning.py), with interva
 Also reports d, the share of pairs whose first-token grade differs from the rule engine's grade: it bounds step
 agreement and self-consistency together (the page says how).
 
-Simplifies: one seed; finished folds are reused (a later call with more folds or variants adds to them). Wall
-time: about 11 min a fold for the default and 40 for the adapters on one thread.
+Simplifies: one seed; finished folds (and their decoded completions) are reused, so a later call with more folds
+or variants adds to them. Wall time: folds 0-1 of both variants took about 50 min, side by side on one thread each
+(20-25 min a fold, on 2 cores shared with two other runs), and 4.4 min more to write the page.
 """
 
 from __future__ import annotations

@@ -66,10 +66,10 @@ def _token_strings(tokenizer) -> tuple[list[str], bool]:
 @lru_cache(maxsize=8)
 def _vocab_classes(tokenizer, size: int) -> _Vocab:
     texts, wordpiece = _token_strings(tokenizer)
+    raw = tokenizer.convert_ids_to_tokens(list(range(len(texts))))  # WordPiece: "##" marks a continuation
     special = set(tokenizer.all_special_ids)
     note_ok = torch.zeros(size, dtype=torch.bool)
     slug_first, slug_next, after_us = (torch.zeros(size, dtype=torch.bool) for _ in range(3))
-    raw = tokenizer.convert_ids_to_tokens(list(range(len(texts))))
     for i, text in enumerate(texts[:size]):
         if i in special or not text or "\n" in text or "=>" in text or "<L" in text or "\r" in text:
             continue
