@@ -98,7 +98,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--train-only", action="store_true", help="train and decode the folds; no page")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
-    folds = [int(f) for f in a.folds.split(",") if f.strip()]
+    try:
+        folds = [int(f) for f in a.folds.split(",") if f.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --folds takes comma-separated fold numbers, got {a.folds!r}") from None
     variants = [v for v in a.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or not variants:

@@ -196,3 +196,10 @@ def test_completion_adapters_never_touch_the_grade_path_and_decode_exactly_with_
     np.testing.assert_allclose(grade_probs(loaded, tok, prompts), before, atol=1e-6)
     with torch.no_grad():
         np.testing.assert_allclose(loaded(input_ids=torch.tensor([ids + [5, 6]])).logits[0, -1], moved, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"cot_layers": 7}, {"cot_layers": -1}, {"cot_layers": 2, "cot_rank": 0}])
+def test_completion_adapter_settings_out_of_range_are_config_errors_naming_the_field(bad):
+    from searchrl.errors import ConfigError
+    with pytest.raises(ConfigError, match="prefix.cot_layers"):
+        PrefixLMSettings(**bad)

@@ -140,7 +140,7 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, m
             nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)  # [B*G]
         nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_token_id), nxt)
         if state is not None:
-            state.advance(torch.where(done, torch.full_like(nxt, -1), nxt).cpu())
+            state.advance(nxt.cpu())  # finished rows are past their EOS: the state skips them
         tokens.append(nxt)
         keep.append(~done)
         done = done | (nxt == tokenizer.eos_token_id)

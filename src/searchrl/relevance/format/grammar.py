@@ -105,16 +105,16 @@ class CompletionGrammar:
         self.max_note_tokens, self.max_slug_tokens = max_note_tokens, max_slug_tokens
         self.grade_ids = tokenizer.convert_tokens_to_ids(list(GRADE_TOKENS))
         self.eos = tokenizer.eos_token_id
-        self.underscore = self.ids(" _")[0] if self.ids(" _") else None
+        self._pieces: dict[str, tuple[int, ...]] = {}
+        self.underscore = (self._piece(" _") or (None,))[0]
 
-    def ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
-    @lru_cache(maxsize=None)
     def _piece(self, text: str) -> tuple[int, ...]:
-        return tuple(self.ids(text))
+        """``text``'s token ids, tokenized alone (at a whitespace boundary: as inside a whole completion)."""
+        if text not in self._pieces:
+            self._pieces[text] = tuple(self.tok(text, add_special_tokens=False)["input_ids"])
+        return self._pieces[text]
 
-    def program(self, grade: int | None = None) -> list[tuple]:
+    def program(self) -> list[tuple]:
         """The completion as segments: ("grade",) | ("force", ids) | ("note",) | ("slug",) | ("value", [ids...])."""
         segments: list[tuple] = [("grade",)] if self.order == "label_first" else []
         for k, step in enumerate(STEPS):
@@ -168,10 +168,10 @@ class GrammarState:
         # budget left is only enough for them (a completion cut short would not parse)
         sizes = [_min_tokens(s, grammar) for s in program]
         self.after = [sum(sizes[i + 1:]) for i in range(len(program))]
-        self.budget: int | None = None  # tokens the decode loop has left, set by mask()
 
-    def _allowed(self, c: _Cursor) -> torch.Tensor | list[int]:
-        """Allowed next ids for cursor c: a [V] bool mask or a list of ids."""
+    def _allowed(self, c: _Cursor, budget: int | None) -> list[int] | tuple[torch.Tensor, int, bool]:
+        """Allowed next ids for cursor c, ``budget`` tokens left: a list of ids, or (a [V] bool mask of a token
+        class, the closing token, whether it is allowed too)."""
         g, seg = self.g, c.program[c.seg]
         kind = seg[0]
         if kind == "grade":
@@ -182,27 +182,24 @@ class GrammarState:
             return [g.eos]
         if kind in ("value", "restate", "regrade"):
             fits = [v for v in self._candidates(c) if v[:len(c.value)] == c.value]
-            if self.budget is not None:  # a longer value than the budget leaves room for: only if none is shorter
-                short = [v for v in fits if len(v) - len(c.value) <= self.budget - self.after[c.seg]]
+            if budget is not None:  # a longer value than the budget leaves room for: only if none is shorter
+                short = [v for v in fits if len(v) - len(c.value) <= budget - self.after[c.seg]]
                 fits = short or [min(fits, key=len)]
             return sorted({v[len(c.value)] for v in fits})
         closing = self._next_token(c)  # the token that ends the note or the slug
-        out_of_budget = self.budget is not None and self.budget <= self.after[c.seg]
+        out_of_budget = budget is not None and budget <= self.after[c.seg]
         if kind == "note":
             if c.pos >= g.max_note_tokens or (out_of_budget and c.pos > 0):
                 return [closing]
-            mask = self.vocab.note_ok.clone()
-            mask[closing] = c.pos > 0  # a note has at least one token
-            return mask
+            return self.vocab.note_ok, closing, c.pos > 0  # a note has at least one token
         # slug
         last_underscore = c.value and c.value[-1] == g.underscore
         if c.pos >= g.max_slug_tokens or (out_of_budget and c.pos > 0 and not last_underscore):
             return [closing]
         if c.pos == 0:
-            return self.vocab.slug_first
-        mask = (self.vocab.slug_after_underscore if last_underscore else self.vocab.slug_next).clone()
-        mask[closing] = not last_underscore
-        return mask
+            return self.vocab.slug_first, closing, False
+        return (self.vocab.slug_after_underscore if last_underscore else self.vocab.slug_next), closing, \
+            not last_underscore
 
     def _candidates(self, c: _Cursor) -> list[tuple]:
         kind = c.program[c.seg][0]
@@ -219,17 +216,18 @@ class GrammarState:
     def mask(self, logits: torch.Tensor, budget: int | None = None) -> torch.Tensor:
         """[N, V] logits with every token the grammar forbids at each row set to -inf (finished rows untouched);
         ``budget``: the tokens left to decode, this one included."""
-        self.budget = budget
         out = logits.clone()
         for r, c in enumerate(self.rows):
             if c.finished:
                 continue
-            allowed = self._allowed(c)
+            allowed = self._allowed(c, budget)
             keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
             if isinstance(allowed, list):
                 keep[allowed] = True
             else:
-                keep[: allowed.shape[0]] = allowed.to(logits.device)
+                token_class, closing, closing_ok = allowed
+                keep[: token_class.shape[0]] = token_class.to(logits.device)
+                keep[closing] = closing_ok
             out[r].masked_fill_(~keep, float("-inf"))
         return out
 

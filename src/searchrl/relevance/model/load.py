@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from searchrl.errors import ModelError
+from searchrl.errors import ConfigError, ModelError
 from searchrl.relevance.format.prompt import GRADE_TOKENS
 from searchrl.relevance.model.builds import (
     MINILM_DECODER,
@@ -58,6 +58,11 @@ class PrefixLMSettings:
     cot_layers: int = 0  # top blocks with completion adapters (gated to the completion: the grade path never sees
     #   them) and the completion's own head; 0 = the completion is written by the shared head alone
     cot_rank: int = 32  # rank of those adapters
+
+    def __post_init__(self):
+        if not 0 <= self.cot_layers <= 6 or self.cot_rank < 1:  # all-MiniLM-L6-v2 has six blocks
+            raise ConfigError(f"prefix.cot_layers must be in 0..6 and prefix.cot_rank >= 1, got "
+                              f"{self.cot_layers} and {self.cot_rank}")
 
 
 # ---------------------------------------------------------------- tokenizer / tiny model

@@ -56,42 +56,42 @@ def reference_verdicts(verdicts: dict) -> dict:
     return parse_completion(build_completion(grade, verdicts), "label_first").verdicts
 
 
-def reasoning_counts(completions, rule_verdicts: list[dict], grades=None, order: str = "label_first") -> dict:
-    """{"completions": n, "parsed": k, "self_consistent": c, "step_agree": {step: matches}} for ``completions``
-    (strings, parsed with ``order``, or ParsedCompletion), ``rule_verdicts`` (the rule engine's step -> value
-    per pair, same order) and ``grades`` (the model's first-token grade per pair; default: the grade token each
-    completion wrote)."""
+def _outcomes(completions, rule_verdicts: list[dict], grades, order: str) -> list[tuple[bool, bool, dict]]:
+    """Per pair: (parsed, self-consistent, {step: agrees with the rules}); the last two False/{} where unparsed."""
     parsed = _parsed(completions, order)
     if len(rule_verdicts) != len(parsed) or (grades is not None and len(grades) != len(parsed)):
         raise ValueError(f"{len(parsed)} completions, {len(rule_verdicts)} rule verdicts"
                          + ("" if grades is None else f", {len(grades)} grades"))
     grades = [p.grade for p in parsed] if grades is None else list(grades)
-    out = {"completions": len(parsed), "parsed": 0, "self_consistent": 0, "step_agree": dict.fromkeys(STEPS, 0)}
+    out = []
     for p, rule, grade in zip(parsed, rule_verdicts, grades):
         if not p.ok:
+            out.append((False, False, {}))
             continue
-        out["parsed"] += 1
-        out["self_consistent"] += int(grade_implied_by_verdicts(p.verdicts) == grade)
         ref = reference_verdicts(rule)
-        for step in STEPS:
-            out["step_agree"][step] += int(p.verdicts.get(step) == ref.get(step))
+        out.append((True, bool(grade_implied_by_verdicts(p.verdicts) == grade),
+                    {step: bool(p.verdicts.get(step) == ref.get(step)) for step in STEPS}))
     return out
+
+
+def reasoning_counts(completions, rule_verdicts: list[dict], grades=None, order: str = "label_first") -> dict:
+    """{"completions": n, "parsed": k, "self_consistent": c, "step_agree": {step: matches}} for ``completions``
+    (strings, parsed with ``order``, or ParsedCompletion), ``rule_verdicts`` (the rule engine's step -> value
+    per pair, same order) and ``grades`` (the model's first-token grade per pair; default: the grade token each
+    completion wrote)."""
+    outcomes = _outcomes(completions, rule_verdicts, grades, order)
+    return {"completions": len(outcomes), "parsed": int(sum(ok for ok, _, _ in outcomes)),
+            "self_consistent": int(sum(c for _, c, _ in outcomes)),
+            "step_agree": {step: int(sum(a.get(step, False) for _, _, a in outcomes)) for step in STEPS}}
 
 
 def reasoning_per_pair(completions, rule_verdicts: list[dict], grades=None, order: str = "label_first") -> dict:
     """Per pair (arguments as :func:`reasoning_counts`): {"parsed": 0/1, "consistent": 0/1 (0 where not parsed),
     "agree": matching step verdicts 0..5 (0 where not parsed)} as lists: what a query bootstrap of the measures
     resamples (:func:`rates_of_rows`)."""
-    parsed = _parsed(completions, order)
-    grades = [p.grade for p in parsed] if grades is None else list(grades)
-    out = {"parsed": [], "consistent": [], "agree": []}
-    for p, rule, grade in zip(parsed, rule_verdicts, grades):
-        ok = p.ok
-        ref = reference_verdicts(rule) if ok else {}
-        out["parsed"].append(int(ok))
-        out["consistent"].append(int(ok and grade_implied_by_verdicts(p.verdicts) == grade))
-        out["agree"].append(sum(p.verdicts.get(s) == ref.get(s) for s in STEPS) if ok else 0)
-    return out
+    outcomes = _outcomes(completions, rule_verdicts, grades, order)
+    return {"parsed": [int(ok) for ok, _, _ in outcomes], "consistent": [int(c) for _, c, _ in outcomes],
+            "agree": [sum(a.values()) for _, _, a in outcomes]}
 
 
 def rates_of_rows(pairs: dict, rows) -> dict:
