@@ -5,11 +5,14 @@ The claims (docs/results/claims.md, written by ``python -m experiments.claims``)
 - rgrpo_judge_quality: Retrieval-GRPO's gain against the quality of its relevance judge; exclusivity on/off.
 - relevance_rl_stages: SFT vs DPO vs GRPO, dynamic sampling, class balance and guided replay, with room to
   improve (SFT on half of each CV fold's train queries, RL on the other half), on held-out queries.
-- label_vs_cot_first: label-first vs CoT-first SFT on CV folds.
-- rule_shaping: rule-aware reward shaping against the outcome reward: rule adherence and hallucination.
+- label_vs_cot_first: label-first vs CoT-first SFT on CV folds, with each order's decoded reasoning measured.
+- pass_at_n: pass@1..N of the reasoning samples and the DPO pairs they give (the default and the decoder).
+- rule_shaping: rule-aware reward shaping against the outcome reward: rule adherence, step agreement,
+  self-consistency and hallucination.
 
 The relevance model and the retriever:
 - default_model_cv: the default relevance model by 5-fold CV, with and without its rule teacher.
+- reasoning_cv: the default's decoded reasoning on CV folds (parse rate, step agreement, self-consistency).
 - cv_compare: CV runs merged into one table, paired against one system; cross-fitted stacks of scores.
 - lexical_readout_bound: how far a lexical term in the relevance readout could go, bounded on the CV folds.
 - sim_weight_shift: a similarity weight tuned on the valid fold (a negative result).
@@ -22,6 +25,6 @@ The relevance model and the retriever:
 
 Shared: common (the pipeline's chain under a directory, child processes, CV lanes, tables, reports) and
 rl_stage_tables (relevance_rl_stages' contrasts and tables). Every relevance model is trained through the
-pipeline's own stage runner (searchrl.pipeline.run_pipeline); the results' last figures before a re-run are in
-last_run_claims.json.
+pipeline's own stage runner (searchrl.pipeline.run_pipeline); every claims section's last figures, and the run
+they come from, are in last_run_claims.json.
 """

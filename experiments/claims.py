@@ -2,6 +2,7 @@
 
     python -m experiments.claims [--data runs/quickstart/data] [--model runs/quickstart/export/model]
         [--cv-dir runs/default_model_cv/default] [--out runs/claims] [--seeds 0] [--folds 0,1] ...
+    python -m experiments.claims --only label_vs_cot_first,rule_shaping   # those side by side, one thread each
     python -m experiments.claims --from-json        # the page from OUT/*.json of an earlier run, nothing run
     python -m experiments.claims --from-last-run    # the page from experiments/last_run_claims.json
 
@@ -12,11 +13,15 @@ It runs, each writing OUT/NAME.json and OUT/NAME.md (logs in OUT/NAME.log):
    ``--steps``);
 2. experiments.relevance_rl_stages: relevance RL with room to improve (``--folds``), with the default SFT on all
    labels beside it when ``--cv-dir`` holds a finished experiments.default_model_cv run;
-3. experiments.label_vs_cot_first on ``--order-folds``;
+3. experiments.label_vs_cot_first on ``--order-folds``, beside experiments.pass_at_n (the SFT models of the
+   main command and of `pipeline --config llm`, ``--pass-models``);
 4. experiments.rule_shaping (``--shaping-seeds``, ``--shaping-steps``, one refill round);
 
-the first two side by side, one thread each, then the other two. The page (eval.results_page.ResultsPage: the
-command, date, machine and wall time) has every claim at a glance, then each experiment's tables. Every
+the first two side by side, one thread each, then the next two, then the last (``--only NAMES``: those alone,
+side by side). Each finished run's sections replace theirs in experiments/last_run_claims.json, the record of
+every section's last figures and the run they come from; a section this run did not make is taken from there.
+The page (eval.results_page.ResultsPage: the command, date, machine and wall time) has every claim at a
+glance, then each experiment's tables. Every
 comparison is a paired bootstrap over queries (and seeds where there are several); a verdict says "holds" or
 "better" only when the 95% interval excludes 0 (metrics.stats.verdict).
 
@@ -37,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments import cv_compare, label_vs_cot_first, rgrpo_judge_quality, rl_stage_tables, rule_shaping
+from experiments import cv_compare, label_vs_cot_first, pass_at_n, rgrpo_judge_quality, rl_stage_tables, rule_shaping
 from searchrl.eval.results_page import ResultsPage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +64,7 @@ def experiment_args(a, out: Path) -> dict[str, tuple[list[str], int]]:
         "label_vs_cot_first": (["--data", a.data, "--folds", a.order_folds, *io("label_vs_cot_first")], 1),
         "rule_shaping": (["--data", a.data, "--seeds", a.shaping_seeds, "--steps", str(a.shaping_steps),
                           "--grpo-set", "rollout.max_refill_rounds=1", *io("rule_shaping")], 2),
+        "pass_at_n": (["--data", a.data, "--models", a.pass_models, *io("pass_at_n")], 1),
     }
 
 
@@ -70,11 +76,16 @@ def start(name: str, args: list[str], threads: int, out: Path) -> subprocess.Pop
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
-def run_experiments(a, out: Path) -> None:
+BATCHES = (["rgrpo_judge_quality", "relevance_rl_stages"], ["label_vs_cot_first", "pass_at_n"], ["rule_shaping"])
+NAMES = [name for batch in BATCHES for name in batch]
+
+
+def run_experiments(a, out: Path, only: list[str]) -> None:
+    """The experiments in BATCHES, a batch at a time; ``only``: those named, side by side with one thread each."""
     out.mkdir(parents=True, exist_ok=True)
     plan = experiment_args(a, out)
-    for batch in (["rgrpo_judge_quality", "relevance_rl_stages"], ["label_vs_cot_first"], ["rule_shaping"]):
-        running = {name: start(name, *plan[name], out) for name in batch}
+    for batch in ([only] if only else BATCHES):
+        running = {name: start(name, plan[name][0], 1 if only else plan[name][1], out) for name in batch}
         failed = [name for name, p in running.items() if p.wait()]
         if failed:
             logs = ", ".join(str(out / f"{n}.log") for n in failed)
@@ -103,18 +114,28 @@ def sections_from_json(out: Path) -> list[dict]:
                              "python -m experiments.relevance_rl_stages", rl_stage_tables.glance(r), tables, notes))
     r = load("label_vs_cot_first")
     if r:
-        d = r["cot_first_decoded"]
-        decoded = (f"cot_first decoded completions: {d['completions']}; format errors {d['format_errors']:.3f}; "
-                   f"rule adherence {d['rule_adherence']:.3f} (of the parsed)")
         found.append(section("label_vs_cot_first", "Label-first vs CoT-first",
                              "python -m experiments.label_vs_cot_first", label_vs_cot_first.glance(r),
-                             cv_compare.tables(r["rows"], "label_first"), [decoded]))
+                             [*cv_compare.tables(r["rows"], "label_first"), label_vs_cot_first.reasoning_table(r["rows"])],
+                             []))
+    r = load("pass_at_n")
+    if r:
+        found.append(section("pass_at_n", "pass@N over reasoning samples (TaoSR1)", "python -m experiments.pass_at_n",
+                             pass_at_n.glance(r), pass_at_n.tables(r),
+                             [f"Left out: {'; '.join(r['missing'])}."] if r.get("missing") else []))
     r = load("rule_shaping")
     if r:
         found.append(section("rule_shaping", "Rule-aware shaping (TaoSR-AGRL)", "python -m experiments.rule_shaping",
                              rule_shaping.glance(r), rule_shaping.tables(r),
                              [f"{r['queries']} test queries, {r['pairs']} pairs, seeds {r['seeds']}"]))
     return found
+
+
+def merged(found: list[dict], recorded: list[dict], run: str) -> list[dict]:
+    """The recorded sections with those ``found`` now in their places (each marked with ``run``), then any new."""
+    new = {s["name"]: {**s, "run": run} for s in found}
+    out = [new.pop(s["name"], s) for s in recorded]
+    return out + list(new.values())
 
 
 def page(sections: list[dict], command: str, about: str) -> ResultsPage:
@@ -146,27 +167,38 @@ def main(argv=None) -> Path:
     ap.add_argument("--order-folds", default="0")
     ap.add_argument("--shaping-seeds", default="0")
     ap.add_argument("--shaping-steps", type=int, default=10)
+    ap.add_argument("--pass-models", default="default=runs/quickstart/sft/final,llm=runs/llm/sft/final",
+                    help="pass_at_n's NAME=DIR models (the main command's and `pipeline --config llm`'s SFT models)")
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"), help="where claims.md is written")
+    ap.add_argument("--only", default="", help="comma-separated experiments to run, side by side, one thread each")
+    ap.add_argument("--run", default="", help="where the figures come from, as the page names it (default: this "
+                                               "command, its date and wall time)")
     ap.add_argument("--from-json", action="store_true", help="render from OUT/*.json without running anything")
     ap.add_argument("--from-last-run", action="store_true", help=f"render from {LAST_RUN.name}")
     a = ap.parse_args(argv)
+    only = [n.strip() for n in a.only.split(",") if n.strip()]
+    if unknown := sorted(set(only) - set(NAMES)):
+        ap.error(f"--only: no experiment named {', '.join(unknown)} (one of {', '.join(NAMES)})")
     started, out = time.time(), Path(a.out)
+    doc = json.loads(LAST_RUN.read_text())
+    how = ("Every comparison is a paired bootstrap over queries (and seeds where there are several); a verdict "
+           "says \"holds\" or \"better\" only when the 95% interval excludes 0. Each section names the command "
+           "that measures it and the run its figures come from.")
     if a.from_last_run:
-        doc = json.loads(LAST_RUN.read_text())
-        note = (f"The figures below are those of the named commands' last runs, as {doc['source']} recorded them "
-                "before this page existed: each section names the command that measures it now and the run its "
-                "figures come from. The date, machine and wall time above are this rendering's. The figures will "
-                "be replaced by the next run of `python -m experiments.claims`.")
+        note = how + " The date, machine and wall time above are this rendering's."
         written = page(doc["sections"], "python -m experiments.claims --from-last-run", note).write(a.results, 0.0)
     else:
         if not a.from_json:
-            run_experiments(a, out)
-        note = ("Every comparison is a paired bootstrap over queries (and seeds where there are several); a verdict "
-                "says \"holds\" or \"better\" only when the 95% interval excludes 0. "
-                + (f"Rendered from {out}/*.json of an earlier run; the wall time above is the rendering's."
-                   if a.from_json else f"Each experiment's JSON, Markdown and log are under {out}."))
+            run_experiments(a, out, only)
         command = " ".join(["python -m experiments.claims", shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
-        written = page(sections_from_json(out), command, note).write(a.results, time.time() - started)
+        found = [s for s in sections_from_json(out) if not only or s["name"] in only]
+        run = a.run or f"`{command}` ({time.strftime('%Y-%m-%d')}, {(time.time() - started) / 60:.0f} min)"
+        sections = merged(found, doc["sections"], run)
+        if found:  # the record now holds these sections' figures
+            LAST_RUN.write_text(json.dumps({**doc, "sections": sections}, indent=1) + "\n")
+        note = how + (f" This rendering's figures for {', '.join(s['name'] for s in found) or 'no section'} are "
+                      f"from {out}/*.json; the others are each section's last run (experiments/{LAST_RUN.name}).")
+        written = page(sections, command, note).write(a.results, time.time() - started)
     print(f"wrote {written}")
     return written
 

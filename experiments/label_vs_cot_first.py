@@ -7,9 +7,11 @@ Both orders train the default config (sft_chorus.yaml) with the CoT on every exa
 cot_first needs), on the same folds of eval/crossval.py (`searchrl eval relevance --cv 5`, each fold in its own
 process, the two orders side by side, one thread each). Label-first reads its grade from the first completion
 position; cot-first's grade is decoded after its reasoning (crossval saves each fold's test_completions.jsonl),
-an unreadable one counting as L1. The table is experiments/cv_compare.py's, label-first the reference (its
-paired differences are label-first minus each system), plus the format errors and rule adherence of cot-first's
-decoded completions. ``--set freeze_layers=4`` trains both orders with the top two blocks, so that the CoT can be
+an unreadable one counting as L1. Both orders decode every test pair under the completion grammar (``--decode``),
+so both are measured on their reasoning too: parse rate, step agreement and self-consistency with query-bootstrap
+intervals (for label-first held to its first-token grade; for cot-first to the grade it writes after its steps).
+The table is experiments/cv_compare.py's, label-first the reference (its paired differences are label-first minus
+each system), then the reasoning table. ``--set freeze_layers=4`` trains both orders with the top two blocks, so that the CoT can be
 learned.
 
 Simplifies: one seed; the order is the only change. Wall time: about 25 min a fold on 2 cores (fold 0: 19 min in
@@ -22,21 +24,25 @@ import argparse
 import json
 from pathlib import Path
 
-from experiments.common import crossval_lanes, run_main, searchrl_cli, write_report
+from experiments.common import crossval_lanes, run_main, searchrl_cli, table, tables_markdown, write_report
 from experiments.cv_compare import compare, markdown
+from experiments.reasoning_cv import MEASURES, cell
 from searchrl.metrics.stats import format_difference, verdict
 
 ORDERS = ("label_first", "cot_first")
 
 
 def decoded_stats(run: Path) -> dict:
-    """Format errors and rule adherence (of the parsed) of cot-first's decoded test completions."""
+    """How many of cot-first's decoded test completions there are, and the share that does not parse."""
     rows = [json.loads(x) for f in sorted(run.glob("fold*/seed*/test_completions.jsonl")) for x in f.open()]
-    parsed = [r for r in rows if r["parsed"]]
-    return {"completions": len(rows), "format_errors": 1 - len(parsed) / max(len(rows), 1),
-            # crossval writes self_consistent (the strict reading); files of older runs have consistent
-            "rule_adherence": sum(r.get("self_consistent", r.get("consistent", False)) for r in parsed)
-            / max(len(parsed), 1)}
+    return {"completions": len(rows), "format_errors": 1 - sum(r["parsed"] for r in rows) / max(len(rows), 1)}
+
+
+def reasoning_table(rows: list[dict]) -> dict:
+    """Each order's reasoning measures (of its decoded test completions) with their intervals."""
+    return table(["order", *[name for _, name in MEASURES]],
+                 [[r["system"], *[cell(r, k) for k, _ in MEASURES]] for r in rows if r["system"] in ORDERS],
+                 "The reasoning of each order's decoded test completions (query-bootstrap 95% intervals)")
 
 
 def glance(report: dict) -> list[dict]:
@@ -48,7 +54,8 @@ def glance(report: dict) -> list[dict]:
              "difference": f"per-query AUC {format_difference(auc)}; Good-F1 {format_difference(f1)}",
              "where": f"label_vs_cot_first, CV fold(s) {report['folds']}, {cot['x_queries']} queries",
              "verdict": verdict(auc, higher="holds", lower="reversed")
-             + f" (CoT-first format errors {d['format_errors']:.1%} of {d['completions']})"}]
+             + f" (CoT-first: {d['completions']} completions, parse rate {1 - d['format_errors']:.3f}, "
+               f"self-consistency {cot.get('x_self_consistency') or 0:.3f})"}]
 
 
 def main(argv=None) -> dict:
@@ -64,13 +71,10 @@ def main(argv=None) -> dict:
     if not Path(a.data).exists():
         searchrl_cli("data", "prepare", "chorus", "--out", a.data, log=out / "data.log")
     crossval_lanes(a.data, out, [(order, folds, [f"prompt.order={order}", "cot_fraction=1", *a.set])
-                                 for order in ORDERS])
+                                 for order in ORDERS], decode=True)
     rows, result = compare({order: str(out / order) for order in ORDERS})
     report = {"rows": rows, "folds": folds, "cot_first_decoded": decoded_stats(out / "cot_first")}
-    d = report["cot_first_decoded"]
-    md = markdown(rows, result, "label_first") + (
-        f"\n\ncot_first decoded completions: {d['completions']}; format errors {d['format_errors']:.3f}; "
-        f"rule adherence {d['rule_adherence']:.3f} (of the parsed)")
+    md = markdown(rows, result, "label_first") + "\n\n" + tables_markdown([reasoning_table(rows)])
     return write_report(report, md, a.json, a.md)
 
 

@@ -8,16 +8,17 @@ pipeline's own stages (searchrl.pipeline: finished stages reused by fingerprint)
 
 - ``sft``: the starting point (``--sft DIR``, or the pipeline's sft stage here, under OUT: the default config
   with the CoT on every example and the top two blocks training, ``cot_fraction=1 freeze_layers=4``; decoding
-  runs under the completion grammar, so its completions parse);
+  runs under the completion grammar, so its completions parse, as every decode below does);
 - ``grpo_outcome``: the grpo stage from it (grpo_chorus.yaml, ``start_model``), CoT rollouts
   (``rollout.max_new_tokens`` 64: a step line with multi-word types is ~11 WordPiece tokens), the grade reward
   with its format term; under OUT/seedS/grpo_outcome;
 - ``grpo_shaping``: the same with ``reward.kind=rule_aware`` (format 0.1, steps 0.5, adherence 0.5, grade 1).
 
-Every test pair is decoded greedily and parsed (relevance/format/parser.py). Per system: format-error rate
-(the completion lacks a grade or one of the five verdicts), rule adherence (among parsed completions, the share
-whose grade the rule table allows for its own category/attribute verdicts), hallucination (1 - adherence), and
-the decoded grade's accuracy and macro-F1. Brackets are query-bootstrap 95% intervals over the test queries and
+Every test pair is decoded greedily under the completion grammar and parsed (relevance/format/parser.py). Per
+system: format-error rate (the completion lacks a grade or one of the five verdicts), rule adherence (among parsed
+completions, the share whose grade the rule table allows for its own category/attribute verdicts),
+hallucination (1 - adherence), step agreement with the rule engine and strict self-consistency (as
+`eval relevance --decode` measures them), and the decoded grade's accuracy and macro-F1. Brackets are query-bootstrap 95% intervals over the test queries and
 seeds; shaping - outcome is a paired bootstrap over the same queries.
 
     python -m experiments.rule_shaping --data runs/quickstart/data [--sft DIR] [--seeds 0,1] [--steps 40]
@@ -54,12 +55,15 @@ from searchrl.metrics.stats import (
 from searchrl.pipeline import PipelineConfig
 from searchrl.pipeline.config import DataStage
 from searchrl.relevance.format.parser import is_consistent, parse_completion
+from searchrl.relevance.format.prompt import STEPS
+from searchrl.relevance.scoring.reasoning import reasoning_per_pair
 from searchrl.relevance.train.grpo import GRPOConfig
 from searchrl.relevance.train.sft import SFTConfig
 
 COMMAND = "python -m experiments.rule_shaping"
 SYSTEMS = {"grpo_outcome": ["reward.kind=grade"], "grpo_shaping": ["reward.kind=rule_aware"]}
-RATES = ("format_error", "adherence")  # per pair: 1/0, adherence NaN where the completion does not parse
+# per pair: format_error 1/0; the others NaN where the completion does not parse
+RATES = ("format_error", "adherence", "step_agreement", "self_consistency")
 CONTRASTS = (("grpo_shaping", "grpo_outcome"), ("grpo_shaping", "sft"), ("grpo_outcome", "sft"))
 
 
@@ -87,29 +91,40 @@ def train(a, out: Path) -> dict[tuple[str, int], Path]:
     return models
 
 
-def parsed_row(text: str, order: str = "label_first") -> dict:
+def parsed_row(text: str, rule_verdicts: dict, order: str = "label_first") -> dict:
     """One completion as the table reads it: the written grade (none = L1), whether any of the five steps or
-    the grade is missing or unreadable, and, when none is, whether the rule table allows the grade."""
+    the grade is missing or unreadable, and, when none is: whether the rule table allows the grade (AGRL's rule
+    adherence), the share of its step verdicts equal to the rule engine's on this pair (``rule_verdicts``), and
+    whether the grade its steps imply is the grade it wrote (self-consistency, reasoning.py's strict reading)."""
     p = parse_completion(text, order)
     ok = p.grade is not None and len(p.verdicts) == 5
+    measured = reasoning_per_pair([p], [rule_verdicts], None, order)
     return {"completion": text, "grade": p.grade or 1, "format_error": float(not ok),
-            "adherence": float(is_consistent(p.grade, p.verdicts)) if ok else None}
+            "adherence": float(is_consistent(p.grade, p.verdicts)) if ok else None,
+            "step_agreement": measured["agree"][0] / len(STEPS) if ok else None,
+            "self_consistency": float(measured["consistent"][0]) if ok else None}
 
 
 def decoded(model: Path, pairs, cache: Path, max_new_tokens: int) -> list[dict]:
     """Each test pair's greedy completion, parsed (parsed_row), cached as jsonl beside the run."""
-    if cache.exists():
-        rows = [json.loads(x) for x in cache.read_text().splitlines() if x.strip()]
+    rows = [json.loads(x) for x in cache.read_text().splitlines() if x.strip()] if cache.exists() else []
+    if rows and all("step_agreement" in r for r in rows):  # (rows without it: an older run's, decoded again)
         if len(rows) != len(pairs):  # another --smoke / full run wrote this --out: its rows are other pairs
             raise SystemExit(f"error: {cache}: {len(rows)} cached completions for {len(pairs)} test pairs; "
                              "remove it or use another --out")
         return rows
+    from searchrl.relevance.format.grammar import grammar_for
+    from searchrl.relevance.rules.engine import RuleEngine
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.scorer import RelevanceScorer
     scorer = RelevanceScorer.load(model)
-    prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], pair_products(pairs))]
-    texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, 16)
-    rows = [parsed_row(t, scorer.config.prompt.order) for t in texts]
+    products = pair_products(pairs)
+    prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], products)]
+    texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, 16,
+                               grammar=grammar_for(scorer.tokenizer, scorer.config.prompt))
+    engine = RuleEngine.from_yaml()
+    rules = [engine.judge(q, p).verdicts for q, p in zip(pairs["text"], products)]
+    rows = [parsed_row(t, r, scorer.config.prompt.order) for t, r in zip(texts, rules)]
     cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -176,14 +191,25 @@ def measure(a, models, pairs, out: Path) -> dict:
 
 
 def tables(result: dict) -> list[dict]:
-    return [table(["system", "rule adherence [95% CI]", "hallucination", "format errors [95% CI]",
-                   "decoded accuracy", "decoded macro-F1 [95% CI]"],
+    def level(r, key):  # older reports lack the strict measures
+        return format_interval(r[key]) if key in r else "-"
+
+    def diff(c, key):
+        return format_difference(c[key]) if key in c else "-"
+    return [table(["system", "rule adherence [95% CI]", "hallucination", "step agreement [95% CI]",
+                   "self-consistency [95% CI]", "format errors [95% CI]", "decoded accuracy",
+                   "decoded macro-F1 [95% CI]"],
                   [[r["system"], format_interval(r["adherence"]), f"{1 - r['adherence'][0]:.3f}",
-                    format_interval(r["format_error"]), f"{r['accuracy'][0]:.3f}", format_interval(r["macro_f1"])]
-                   for r in result["rows"]]),
-            table(["contrast", "rule adherence [95% CI]", "format errors", "decoded macro-F1", "adherence"],
-                  [[c["contrast"], format_difference(c["adherence"]), format_difference(c["format_error"]),
-                    format_difference(c["macro_f1"]), c["verdict"]] for c in result["claims"]])]
+                    level(r, "step_agreement"), level(r, "self_consistency"), format_interval(r["format_error"]),
+                    f"{r['accuracy'][0]:.3f}", format_interval(r["macro_f1"])] for r in result["rows"]]),
+            table(["contrast", "rule adherence [95% CI]", "step agreement", "self-consistency", "format errors",
+                   "decoded macro-F1", "adherence"],
+                  [[c["contrast"], format_difference(c["adherence"]), diff(c, "step_agreement"),
+                    diff(c, "self_consistency"), format_difference(c["format_error"]), format_difference(c["macro_f1"]),
+                    c["verdict"]] for c in result["claims"]],
+                  "Rule adherence: the rule table allows the written grade for the completion's own category and "
+                  "attribute verdicts (AGRL's measure); step agreement: its five step verdicts against the rule "
+                  "engine's on the pair; self-consistency: the grade its steps imply is the grade it wrote")]
 
 
 def markdown(result: dict, wall_s: float) -> str:

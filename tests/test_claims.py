@@ -10,24 +10,35 @@ import pytest
 from experiments import claims
 from experiments.rl_stage_tables import contrasts, stuck_rows
 from searchrl.eval.crossval import summarize
+from searchrl.relevance.train.sample import summarize as pass_summary
 
 
 def test_the_page_from_the_last_runs_says_where_its_figures_come_from(tmp_path):
     doc = json.loads(claims.LAST_RUN.read_text())
     for s in doc["sections"]:
-        assert s["command"].startswith("python -m experiments.") and "commit" in s["run"]
+        assert s["command"].startswith("python -m experiments.") and s["run"]
         for t in s["tables"]:
             assert t["rows"] and all(len(r) == len(t["columns"]) for r in t["rows"])
     path = claims.main(["--from-last-run", "--results", str(tmp_path)])
     page = path.read_text()
     assert path.name == "claims.md" and page.startswith("# Each recipe's claim, tested")
     assert "Written by `python -m experiments.claims --from-last-run`" in page
-    assert "will be replaced by the next run of `python -m experiments.claims`" in page
     glance = page.split("## Every claim at a glance")[1].split("\n## ")[0]
-    assert len([x for x in glance.splitlines() if x.startswith("| ")]) == 1 + 12  # header + every claim
-    assert "| SFT < DPO | macro-F1 +0.010 [-0.043, +0.064]" in glance
+    claimed = [c for s in doc["sections"] for c in s["claims"]]
+    assert len([x for x in glance.splitlines() if x.startswith("| ")]) == 1 + len(claimed)  # header + every claim
+    assert all(f"| {c['claim']} | {c['difference']} |" in glance for c in claimed)
     for s in doc["sections"]:
-        assert f"## {s['title']}" in page and s["command"] in page
+        assert f"## {s['title']}" in page and s["command"] in page and s["run"] in page
+
+
+def test_a_run_replaces_its_sections_in_the_record_and_keeps_the_others():
+    recorded = [{"name": n, "run": "old", "claims": []} for n in ("a", "b", "c")]
+    found = [{"name": "b", "claims": [1]}, {"name": "d", "claims": []}]
+    out = claims.merged(found, recorded, "new")
+    assert [(s["name"], s["run"]) for s in out] == [("a", "old"), ("b", "new"), ("c", "old"), ("d", "new")]
+    assert out[1]["claims"] == [1] and recorded[1]["run"] == "old"  # the record passed in is not changed
+    with pytest.raises(SystemExit):  # an unknown experiment is refused before anything runs
+        claims.main(["--only", "rule_shapin"])
 
 
 def rl_stages_report() -> dict:
@@ -51,6 +62,9 @@ def rl_stages_report() -> dict:
 def test_the_page_from_the_experiments_json_carries_each_ones_tables_and_verdicts(tmp_path, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
+    record = tmp_path / "last_run_claims.json"
+    record.write_text(claims.LAST_RUN.read_text())
+    monkeypatch.setattr(claims, "LAST_RUN", record)
     rgrpo = {"claims": [{"claim": "gain grows with judge quality (nDCG@10, rgrpo:rules - rgrpo:random)",
                          "mean": 0.1, "lo": 0.02, "hi": 0.2, "verdict": "better"}],
              "seeds": [0], "queries": 21, "catalogue": 3000, "retriever": {"max_steps": 40},
@@ -59,18 +73,21 @@ def test_the_page_from_the_experiments_json_carries_each_ones_tables_and_verdict
     level = {"x_good_auc_per_query": 0.9, "good_f1": 0.7, "macro_f1": 0.4, "accuracy": 0.5, "n": 811,
              "x_queries": 27, "x_ci": {"x_good_auc_per_query": [0.8, 0.95], "good_f1": [0.6, 0.8],
                                       "macro_f1": [0.3, 0.5]}}
-    order = {"folds": [0], "cot_first_decoded": {"completions": 811, "format_errors": 0.994, "rule_adherence": 0.5},
-             "rows": [{"system": "label_first", **level},
+    order = {"folds": [0], "cot_first_decoded": {"completions": 811, "format_errors": 0.0},
+             "rows": [{"system": "label_first", **level, "x_step_agreement": 0.5},
                       {"system": "cot_first", **level, "x_auc_diff_vs_ref": [0.38, 0.31, 0.45],
-                       "x_good_f1_diff_vs_ref": [0.18, 0.02, 0.33]}]}
+                       "x_good_f1_diff_vs_ref": [0.18, 0.02, 0.33], "x_self_consistency": 0.7}]}
     shaping = {"queries": 27, "pairs": 802, "seeds": [0],
                "rows": [{"system": "sft", "adherence": [0.6, 0.5, 0.7], "format_error": [0.4, 0.3, 0.5],
                          "accuracy": [0.7, 0.6, 0.8], "macro_f1": [0.4, 0.3, 0.5]}],
                "claims": [{"contrast": c, "adherence": [-0.2, -0.36, -0.02], "format_error": [0.0, -0.3, 0.3],
                            "macro_f1": [0.03, 0.0, 0.05], "verdict": "lower"}
                           for c in ("grpo_shaping - grpo_outcome", "grpo_shaping - sft")]}
+    sampled = {**pass_summary([4, 4, 0, 1] * 3, 4, [f"q{i // 2}" for i in range(12)], n_boot=100),
+               "format_error_rate": 0.0, "pairs": 6, "pairs_from_samples": 4, "pairs_from_teacher": 2}
+    passn = {"models": {"default": sampled}, "missing": ["llm (L: no relevance model there)"]}
     for name, doc in (("rgrpo_judge_quality", rgrpo), ("relevance_rl_stages", rl_stages_report()),
-                      ("label_vs_cot_first", order), ("rule_shaping", shaping)):
+                      ("label_vs_cot_first", order), ("rule_shaping", shaping), ("pass_at_n", passn)):
         (out / f"{name}.json").write_text(json.dumps(doc))
     monkeypatch.setattr(claims, "run_experiments", lambda *a: pytest.fail("--from-json runs nothing"))
     page = claims.main(["--from-json", "--out", str(out), "--results", str(tmp_path / "results")]).read_text()
@@ -78,20 +95,31 @@ def test_the_page_from_the_experiments_json_carries_each_ones_tables_and_verdict
     assert "| gain grows with judge quality (nDCG@10, rgrpo:rules - rgrpo:random) | +0.100 [+0.020, +0.200] |" in glance
     assert "GRPO > SFT (grpo - sft) | macro-F1 +" in glance and "human labels: holds (macro-F1)" in glance
     assert "guided replay un-sticks" in glance and "| reversed |" in glance  # replay right 0 of 16, grpo 16 of 16
-    assert "per-query AUC +0.380 [+0.310, +0.450]" in glance and "| holds (CoT-first format errors 99.4%" in glance
+    assert "per-query AUC +0.380 [+0.310, +0.450]" in glance
+    assert "| holds (CoT-first: 811 completions, parse rate 1.000, self-consistency 0.700)" in glance
+    assert "| label_first | - | 0.500 | - | - |" in page  # each order's reasoning table row
     assert "| shaping raises rule adherence (grpo_shaping - sft) | adherence -0.200 [-0.360, -0.020] |" in glance
     for title in ("Retrieval-GRPO", "Relevance RL with room to improve", "Label-first vs CoT-first", "Rule-aware"):
         assert f"## {title}" in page
     assert "guided replay: guided-rollout accuracy 0.100" in page
+    gain = sampled["pass@4"] - sampled["pass@1"]
+    assert f"| pass@N finds right grades one sample misses (default) | pass@4 - pass@1 {gain:+.3f}" in glance
+    assert "DPO pairs 4 from samples, 2 from the teacher" in glance and "Left out: llm (L: no relevance" in page
+    record = json.loads(record.read_text())  # the record now holds this run's sections, the others kept
+    assert {s["name"]: s["run"] for s in record["sections"]}["rule_shaping"].startswith("`python -m experiments.claims")
+    assert "rgrpo_judge_quality_whole_catalogue" in {s["name"] for s in record["sections"]}
 
 
 def test_the_claims_command_runs_each_experiment_at_its_documented_size(tmp_path):
     a = argparse.Namespace(
         data="D", model="M", cv_dir=str(tmp_path), seeds="0", judges="random,model", max_products=3000, steps=40,
-        folds="0,1", order_folds="0", shaping_seeds="0", shaping_steps=10)
+        folds="0,1", order_folds="0", shaping_seeds="0", shaping_steps=10, pass_models="default=S")
     plan = claims.experiment_args(a, tmp_path)
-    assert list(plan) == ["rgrpo_judge_quality", "relevance_rl_stages", "label_vs_cot_first", "rule_shaping"]
-    rgrpo, rl, order, shaping = (" ".join(args) for args, _ in plan.values())
+    assert list(plan) == ["rgrpo_judge_quality", "relevance_rl_stages", "label_vs_cot_first", "rule_shaping",
+                          "pass_at_n"]
+    assert sorted(claims.NAMES) == sorted(plan)  # every experiment runs in one batch
+    rgrpo, rl, order, shaping, passn = (" ".join(args) for args, _ in plan.values())
+    assert "--models default=S" in passn
     assert "--set max_products=3000 --set optim.max_steps=40" in rgrpo and "--model M" in rgrpo
     assert "--folds 0,1" in rl and f"--cv-dir {tmp_path}" in rl  # sft_all: the CV run is there
     assert "--folds 0" in order

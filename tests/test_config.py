@@ -81,3 +81,25 @@ def test_the_trainer_defaults_are_the_documented_recipe():
     quickstart = load_pipeline_config("quickstart").sft
     assert dataclasses.replace(quickstart, run=SFTConfig().run) == SFTConfig()
     assert SFTConfig().model == "minilm-prefix" and GRPOConfig().model == "runs/sft/final"
+
+
+def test_a_when_set_field_counts_in_a_runs_identity_only_once_set():
+    import dataclasses
+
+    from searchrl.config import identity, when_set
+
+    @dataclasses.dataclass
+    class Inner:
+        rank: int = 32
+        copy: bool = when_set(False)
+
+    @dataclasses.dataclass
+    class Outer:
+        inner: Inner = dataclasses.field(default_factory=Inner)
+        sizes: tuple = (1, 2)
+
+    before = {"inner": {"rank": 32}, "sizes": (1, 2)}  # the identity of a run made before `copy` existed
+    assert identity(Outer()) == before
+    assert identity(Outer(Inner(copy=True)))["inner"] == {"rank": 32, "copy": True}
+    assert identity(Outer(Inner(rank=8)))["inner"] == {"rank": 8}  # every plain field counts, default or not
+    assert dataclasses.asdict(Outer())["inner"]["copy"] is False  # saved configs still name it

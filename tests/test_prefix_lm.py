@@ -203,3 +203,33 @@ def test_completion_adapter_settings_out_of_range_are_config_errors_naming_the_f
     from searchrl.errors import ConfigError
     with pytest.raises(ConfigError, match="prefix.cot_layers"):
         PrefixLMSettings(**bad)
+
+
+def test_the_copy_term_favours_the_prompts_words_in_the_completion_only_and_decodes_exactly_with_a_cache():
+    from searchrl.errors import ConfigError
+    model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(
+        mask="block", cot_layers=1, cot_rank=4, cot_copy=True), seed=3)
+    model.eval()
+    prompts = [build_prompt("laptop", p, SEGMENTS) for p in PRODUCTS]
+    ids = encode_prompt(tok, prompts[1])
+    seq = torch.tensor([ids + [5, 6]])
+    grades = grade_probs(model, tok, prompts)
+    laptop, bag, absent = tok.convert_tokens_to_ids(["laptop", "bag", "zebra"])  # query / product-only / neither
+    with torch.no_grad():  # +3 on every word of the query, +1 on every word of the product
+        before = model(input_ids=seq).logits[0]
+        model.cot_copy_gate.bias.copy_(torch.tensor([3.0, 1.0]))
+        after = model(input_ids=seq).logits[0]
+    np.testing.assert_allclose(grade_probs(model, tok, prompts), grades, atol=1e-6)  # the grade: untouched
+    last = len(ids) + 1  # a completion position
+    moved = (after - before)[last]
+    assert moved[laptop] == pytest.approx(4.0, abs=1e-4)  # "laptop" is in the query and in the product's title
+    assert moved[bag] == pytest.approx(1.0, abs=1e-4) and moved[absent] == pytest.approx(0.0)
+    assert torch.allclose(after[:len(ids)], before[:len(ids)])  # prompt positions and the read token: no copy term
+    cached = sample_groups(model, tok, [ids], 1, 4, temperature=0.0).completion_ids[0].tolist()
+    full = list(ids)
+    for _ in range(len(cached)):
+        with torch.no_grad():
+            full.append(int(model(input_ids=torch.tensor([full])).logits[0, -1].argmax()))
+    assert cached == full[len(ids):]
+    with pytest.raises(ConfigError, match="cot_copy needs prefix.cot_layers"):
+        PrefixLMSettings(cot_copy=True)

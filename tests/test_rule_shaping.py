@@ -17,6 +17,10 @@ def completion(grade, category, attribute):
     return build_completion(grade, verdicts, cfg=PromptConfig(max_note_chars=0))
 
 
+# the rule engine's reading of every pair in the table test: an exact match, L4
+RULES = {"query": "camera_bag", "item": "digital_camera", "category": "match", "attribute": "match", "verdict": "L4"}
+
+
 def test_per_query_means_leave_undefined_pairs_out():
     v = np.array([1.0, np.nan, 0.0, np.nan, np.nan])
     q = np.array(["a", "a", "a", "b", "b"])
@@ -35,7 +39,7 @@ def test_the_table_reads_adherence_from_each_systems_own_verdicts(tmp_path):
     for name, t in texts.items():
         d = tmp_path / ("sft" if name == "sft" else "seed0")
         d.mkdir(exist_ok=True)
-        rows = [shaping.parsed_row(x) for x in t]
+        rows = [shaping.parsed_row(x, RULES) for x in t]
         (d / f"{name}.test_completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = type("A", (), {"seeds": [0], "n_boot": 200, "max_new_tokens": 64})
     models = {(s, 0): tmp_path / "never_loaded" for s in texts}  # the caches exist: no model is loaded
@@ -45,6 +49,10 @@ def test_the_table_reads_adherence_from_each_systems_own_verdicts(tmp_path):
     assert rows["grpo_outcome"]["adherence"][0] == pytest.approx(0.5)
     assert rows["grpo_shaping"]["format_error"][0] == pytest.approx(4 / 32, abs=0.02)  # the truncated four
     assert rows["grpo_outcome"]["accuracy"][0] == pytest.approx(0.25)  # every decoded grade is L4; gold 1 in 4
+    # "breaks" differs from the rules in its category step only (4 of 5 agree), and its steps imply L1, not its L4
+    assert rows["sft"]["step_agreement"][0] == pytest.approx(0.8) and rows["sft"]["self_consistency"][0] == 0.0
+    assert rows["grpo_shaping"]["step_agreement"][0] == 1.0 and rows["grpo_shaping"]["self_consistency"][0] == 1.0
+    assert rows["grpo_outcome"]["step_agreement"][0] == pytest.approx(0.9)
     claims = {c["contrast"]: c for c in result["claims"]}
     assert claims["grpo_shaping - grpo_outcome"]["verdict"] == "higher"
     assert claims["grpo_outcome - sft"]["adherence"][0] == pytest.approx(0.5)

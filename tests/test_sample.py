@@ -44,6 +44,21 @@ def test_pass_at_k_matches_hand_computation():
     assert t["pass@2"] == pytest.approx((0 + 2 / 3 + 1) / 3)
     assert t["pass@3"] == pytest.approx(2 / 3)
     assert (t["all_right"], t["mixed"], t["all_wrong"]) == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert "ci" not in t  # no query ids: no intervals
+
+
+def test_pass_at_k_intervals_resample_queries_and_cover_the_estimate():
+    # 6 queries of 2 prompts, 4 samples each: half the queries always right, half never or once in four
+    right, qids = [4, 4, 0, 1] * 3, [f"q{i // 2}" for i in range(12)]
+    t = summarize(right, 4, qids, n_boot=300)
+    assert t["right_per_prompt"] == right and t["query_ids"] == qids
+    for k in range(1, 5):
+        lo, hi = t["ci"][f"pass@{k}"]
+        assert lo <= t[f"pass@{k}"] <= hi and lo < hi
+    lo, hi = t["ci"]["pass@4 - pass@1"]  # per prompt: 0.75 where right once in four, else 0
+    assert 0 <= lo <= t["pass@4"] - t["pass@1"] <= hi and hi > 0
+    same = summarize([4] * 12, 4, qids, n_boot=100)  # every prompt alike: nothing to resample
+    assert same["ci"]["pass@1"] == [1.0, 1.0] and same["ci"]["pass@4 - pass@1"] == [0.0, 0.0]
 
 
 def test_build_pairs_prefers_well_formed_right_over_readable_wrong():

@@ -105,7 +105,7 @@ def test_best_metric_puts_the_best_evals_weights_in_final(tmp_path):
     assert best["step"] == rows[aucs.index(max(aucs))]["step"] < 12 and res.last_eval == best["eval"]
     from searchrl.relevance.scoring.evaluate import evaluate_examples
     model, tok = load_relevance_model(str(res.final_dir))
-    again = evaluate_examples(model, tok, valid, cfg.eval, "label_first", cfg.chat_template)
+    again = evaluate_examples(model, tok, valid, cfg.eval, cfg.prompt, cfg.chat_template)
     assert again["valid_good_auc"] == pytest.approx(max(aucs), abs=1e-6)  # final/ is that eval's model
 
 

@@ -176,6 +176,25 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         raise ConfigError(f"{path or 'config'}: {e}") from None
 
 
+def when_set(default):
+    """A config field that counts in :func:`identity` only where it differs from ``default``: a field added this
+    way (a new option, off by default) leaves every finished run that predates it reusable."""
+    return field(default=default, metadata={"when_set": True})
+
+
+def identity(cfg):
+    """``dataclasses.asdict(cfg)`` without the :func:`when_set` fields at their defaults: what a finished run is
+    matched on (the pipeline's stage fingerprints, a CV fold's saved config)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: identity(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if not (f.metadata.get("when_set") and getattr(cfg, f.name) == f.default)}
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(identity(v) for v in cfg)
+    if isinstance(cfg, dict):
+        return {k: identity(v) for k, v in cfg.items()}
+    return cfg
+
+
 def save_config(cfg, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

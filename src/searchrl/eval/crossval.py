@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from searchrl.config import identity
 from searchrl.data.schema import Dataset, pair_products
 from searchrl.errors import ConfigError
 from searchrl.metrics.measures import fast_scores, good_auc, per_query_auc
@@ -100,7 +101,7 @@ def _model(cfg, ds: Dataset, fold_dir: Path, decode: bool = False) -> dict:
     run = dataclasses.replace(cfg.run, output_dir=str(fold_dir / "sft"), resume=True)
     fold_cfg = dataclasses.replace(cfg, data_dir=str(data_dir), run=run)
     final, done = fold_dir / "sft" / "final", fold_dir / "fold_config.json"
-    wanted = json.loads(json.dumps(dataclasses.asdict(fold_cfg)))
+    wanted = json.loads(json.dumps(identity(fold_cfg)))
     if not ((final / "relevance_config.json").exists() and done.exists() and json.loads(done.read_text()) == wanted):
         (fold_dir / "decoded.json").unlink(missing_ok=True)  # decoded by the model this run replaces
         final = run_sft(fold_cfg).final_dir

@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from searchrl.config import identity
 from searchrl.errors import UserError
 from searchrl.pipeline.config import STAGES, PipelineConfig
 from searchrl.pipeline.context import Context, SkipStage
@@ -64,16 +65,12 @@ def section(cfg: PipelineConfig, stage: str):
             "report": cfg.report}[stage]
 
 
-def _plain(x):
-    return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
-
-
 def record(ctx: Context, stage: str) -> dict:
     return read_record(ctx.dir(stage))
 
 
 def fingerprint(ctx: Context, stage: str) -> str:
-    parts = {"stage": stage, "config": _plain(section(ctx.cfg, stage)),
+    parts = {"stage": stage, "config": identity(section(ctx.cfg, stage)),
              "inputs": {d: record(ctx, d).get("fingerprint") for d in DEPENDS[stage]
                         if record(ctx, d).get("status") == "done"}}
     if stage == "data" and ctx.cfg.data.data_dir:  # a given dataset: its card names what it holds
@@ -98,7 +95,7 @@ def model_files(model_dir: str | Path) -> list | None:
 def config_diff(stage: str, cfg: PipelineConfig) -> list[dict]:
     """[{key, default, value}] where the stage's section differs from PipelineConfig's defaults."""
     def flat(x, prefix=""):
-        x = _plain(x)
+        x = identity(x)
         if not isinstance(x, dict):
             return {prefix.rstrip("."): x}
         return {k: v for key, val in x.items() for k, v in flat(val, f"{prefix}{key}.").items()}

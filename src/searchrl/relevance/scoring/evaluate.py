@@ -78,31 +78,32 @@ def decode_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     return out
 
 
-def predict_grades(model, tokenizer, prompts: list[str], order: str, batch_size: int = 16,
+def predict_grades(model, tokenizer, prompts: list[str], prompt_cfg, batch_size: int = 16,
                    max_new_tokens: int = 160) -> np.ndarray:
     """Grades 1..4 of rendered prompts: argmax of the grade probabilities (label_first), or the last grade
-    token greedy decoding writes (cot_first; 1 when it writes none)."""
-    if order == "label_first":
+    token greedy decoding under the model's completion grammar writes (cot_first; 1 when it writes none)."""
+    if prompt_cfg.order == "label_first":
         return grade_probs(model, tokenizer, prompts, batch_size).argmax(1) + 1
-    texts = decode_completions(model, tokenizer, prompts, max_new_tokens, batch_size, progress=False)
+    texts = decode_completions(model, tokenizer, prompts, max_new_tokens, batch_size, progress=False,
+                               grammar=grammar_for(tokenizer, prompt_cfg))
     return np.array([int(found[-1]) if (found := re.findall(r"<L([1-4])>", t)) else 1 for t in texts])
 
 
-def evaluate_examples(model, tokenizer, examples: list[dict], cfg, order: str, chat_template: bool) -> dict:
+def evaluate_examples(model, tokenizer, examples: list[dict], cfg, prompt_cfg, chat_template: bool) -> dict:
     """{"<split>_macro_f1", "<split>_accuracy", "<split>_good_f1"} on examples ({"prompt", "grade"}), and for a
     label-first model whose examples carry query ids, "<split>_good_auc": the mean per-query AUC of P(Good)
     (what eval.best_metric selects on by default); ``cfg`` is the trainer's config.EvalConfig."""
     prompts = [render_prompt(tokenizer, ex["prompt"], chat_template) for ex in examples]
     gold = [int(ex["grade"]) for ex in examples]
     out = {}
-    if order == "label_first":
+    if prompt_cfg.order == "label_first":
         probs = grade_probs(model, tokenizer, prompts, cfg.batch_size)  # [N, 4]
         pred = probs.argmax(1) + 1
         qids = [ex.get("query_id") for ex in examples]
         if None not in qids and "x_good_auc_per_query" in (auc := good_auc(gold, probs[:, 2:].sum(1), qids)):
             out[f"{cfg.split}_good_auc"] = auc["x_good_auc_per_query"]
     else:
-        pred = predict_grades(model, tokenizer, prompts, order, cfg.batch_size, cfg.max_new_tokens)
+        pred = predict_grades(model, tokenizer, prompts, prompt_cfg, cfg.batch_size, cfg.max_new_tokens)
     m = classification_metrics(gold, pred.tolist())
     return {**{f"{cfg.split}_{k}": m[k] for k in ("macro_f1", "accuracy", "good_f1")}, **out}
 

@@ -163,7 +163,7 @@ def train_dpo(cfg: DPOConfig) -> DPOResult:
     saver = PolicySaver(model, tok, cfg.lora,  # DPO changed no prompt setting: the SFT model's scorer config
                         lambda path, export: save_relevance_model(path, export, tok, scorer, cfg, "dpo_config"))
     result = loop.fit(step, total, optimizer, scheduler, saver.save_weights, save_final=saver.save_final,
-                      evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, scorer.prompt.order,
+                      evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, scorer.prompt,
                                                           scorer.chat_template)) if evals else None,
                       eval_every=cfg.eval.every, postfix=("loss", "reward_margin"),
                       best_metric=cfg.eval.best_metric, model=model)

@@ -324,7 +324,7 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
                         lambda path, export: save_relevance_model(path, export, tok, scorer, cfg, "grpo_config"))
     result = loop.fit(step, total, optimizer, scheduler, saver.save_weights, save_final=saver.save_final,
                       rank_state=rank_state,
-                      evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, cfg.prompt.order,
+                      evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, cfg.prompt,
                                                           cfg.chat_template)) if evals else None,
                       eval_every=cfg.eval.every, postfix=("reward_mean", "tokens_per_s"),
                       best_metric=cfg.eval.best_metric, model=model)

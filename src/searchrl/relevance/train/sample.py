@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from searchrl.data.schema import DataError
 from searchrl.errors import ConfigError, InputError
+from searchrl.metrics.stats import query_bootstrap
 from searchrl.relevance.format.grammar import grammar_for
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.model.load import load_relevance_model
@@ -106,7 +107,7 @@ def sample_preferences(model_dir: str | Path, ds, n: int, split: str = "train", 
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     grammar = grammar_for(tok, scorer.prompt)
-    rows, n_right, n_format_errors = [], [], 0
+    rows, n_right, query_ids, n_format_errors = [], [], [], 0
     bar = tqdm(total=len(prompts), disable=not progress, desc=f"sample x{n}")
     for start in range(0, len(prompts), prompts_per_batch):
         batch = prompts[start:start + prompts_per_batch]
@@ -117,6 +118,7 @@ def sample_preferences(model_dir: str | Path, ds, n: int, split: str = "train", 
             samples = texts[j * n:(j + 1) * n]
             parsed = [parse_completion(s, order) for s in samples]
             n_right.append(sum(p.grade == ex["grade"] for p in parsed))
+            query_ids.append(str(ex["query_id"]))
             n_format_errors += sum(not p.ok for p in parsed)
             pair = build_pairs(samples, ex["grade"], ex["completion"], rng, order)
             if pair is not None:
@@ -126,20 +128,31 @@ def sample_preferences(model_dir: str | Path, ds, n: int, split: str = "train", 
         bar.update(len(batch))
     bar.close()
 
-    table = {"split": split, "temperature": temperature, "top_p": top_p, **summarize(n_right, n),
+    table = {"split": split, "temperature": temperature, "top_p": top_p, **summarize(n_right, n, query_ids),
              "format_error_rate": n_format_errors / (len(n_right) * n), "pairs": len(rows),
              "pairs_from_samples": sum(r["source"] == "sample" for r in rows),
              "pairs_from_teacher": sum(r["source"] == "teacher" for r in rows)}
     return rows, table
 
 
-def summarize(n_right: list[int], n: int) -> dict:
-    """prompts, n, pass@1..n (averaged over prompts) and the shares of all-right / mixed / all-wrong prompts."""
+def summarize(n_right: list[int], n: int, query_ids: list[str] | None = None, n_boot: int = 1000) -> dict:
+    """prompts, n, pass@1..n (averaged over prompts) and the shares of all-right / mixed / all-wrong prompts;
+    with ``query_ids`` (each prompt's query) also the right samples per prompt and query-bootstrap 95% intervals
+    ("ci") of each pass@k and of pass@n - pass@1, what sampling n adds to one sample."""
     c = np.asarray(n_right)  # [P] right samples per prompt
-    return {"prompts": len(c), "n": n,
-            **{f"pass@{k}": float(np.mean([pass_at_k(n, int(ci), k) for ci in c])) for k in range(1, n + 1)},
-            "all_right": float(np.mean(c == n)), "mixed": float(np.mean((c > 0) & (c < n))),
-            "all_wrong": float(np.mean(c == 0))}
+    per_prompt = {k: np.array([pass_at_k(n, int(ci), k) for ci in c]) for k in range(1, n + 1)}  # k -> [P]
+    out = {"prompts": len(c), "n": n, **{f"pass@{k}": float(v.mean()) if len(v) else 0.0 for k, v in per_prompt.items()},
+           "all_right": float(np.mean(c == n)), "mixed": float(np.mean((c > 0) & (c < n))),
+           "all_wrong": float(np.mean(c == 0))}
+    if query_ids is None or len(set(query_ids)) < 2:
+        return out
+
+    def interval(values):
+        iv = query_bootstrap(metric=lambda rows: float(values[rows].mean()), groups=query_ids, n_boot=n_boot)
+        return [iv.lo, iv.hi]
+    out["ci"] = {**{f"pass@{k}": interval(v) for k, v in per_prompt.items()},
+                 f"pass@{n} - pass@1": interval(per_prompt[n] - per_prompt[1])}
+    return {**out, "right_per_prompt": c.tolist(), "query_ids": list(query_ids)}
 
 
 def write_pairs(path: str | Path, rows: list[dict]) -> Path:
@@ -172,7 +185,9 @@ def read_preference_pairs(path: str | Path) -> list[dict]:
 def format_table(table: dict) -> str:
     lines = [f"pass@N on {table['split']}: {table['prompts']} prompts x {table['n']} samples "
              f"(temperature {table['temperature']:g}, top-p {table['top_p']:g})"]
-    lines += [f"  pass@{k:<3} {table[f'pass@{k}']:.4f}" for k in range(1, table["n"] + 1)]
+    ci = table.get("ci", {})
+    lines += [f"  pass@{k:<3} {table[f'pass@{k}']:.4f}" + (" [{:.3f}, {:.3f}]".format(*ci[f"pass@{k}"]) if ci else "")
+              for k in range(1, table["n"] + 1)]
     lines.append(f"prompts all right {table['all_right']:.1%} | mixed {table['mixed']:.1%} | "
                  f"all wrong {table['all_wrong']:.1%}; sample format errors {table['format_error_rate']:.1%}")
     lines.append(f"pairs: {table['pairs']} ({table['pairs_from_samples']} from samples, "

@@ -334,7 +334,7 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
 
     saver = PolicySaver(model, tok, cfg.lora)
     result = loop.fit(step, total, optimizer, scheduler, saver.save_weights, save_final=saver.save_final,
-                      evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, cfg.prompt.order,
+                      evaluate=(lambda: evaluate_examples(model, tok, evals, cfg.eval, cfg.prompt,
                                                           cfg.chat_template)) if evals else None,
                       eval_every=cfg.eval.every, postfix=("loss", "tokens_per_s"),
                       best_metric=cfg.eval.best_metric, model=model)
