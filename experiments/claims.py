@@ -25,10 +25,12 @@ glance, then each experiment's tables. Every
 comparison is a paired bootstrap over queries (and seeds where there are several); a verdict says "holds" or
 "better" only when the 95% interval excludes 0 (metrics.stats.verdict).
 
-Needs the quickstart's data and exported relevance model (bash scripts/quickstart.sh). Simplifies: one retriever
-seed and two folds at the defaults (``--seeds 0,1 --folds 0,1,2`` for fuller tables, about 3.5 hours). Wall time
-at the defaults: 1 h 54 min on 2 cores (the four runs at these sizes, measured end to end), up to about three
-hours on a slower day.
+Needs the quickstart's data and exported relevance model (bash scripts/quickstart.sh; pass_at_n also samples
+`pipeline --config llm`'s SFT model where it exists). Simplifies: one retriever seed and two folds at the
+defaults (``--seeds 0,1 --folds 0,1,2`` for fuller tables, about 3.5 hours). Wall time at the defaults, each on
+one thread with 2 cores shared by four to six runs: relevance_rl_stages 55-62 min a fold, label_vs_cot_first
+46 min, rule_shaping 26 min (and about 10 min a further seed), pass_at_n 10 min, rgrpo_judge_quality 32 min;
+so about two hours end to end, the relevance RL folds being the longest lane.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def sections_from_json(out: Path) -> list[dict]:
         found.append(section("label_vs_cot_first", "Label-first vs CoT-first",
                              "python -m experiments.label_vs_cot_first", label_vs_cot_first.glance(r),
                              [*cv_compare.tables(r["rows"], "label_first"), label_vs_cot_first.reasoning_table(r["rows"])],
-                             []))
+                             label_vs_cot_first.reasons(r)))
     r = load("pass_at_n")
     if r:
         found.append(section("pass_at_n", "pass@N over reasoning samples (TaoSR1)", "python -m experiments.pass_at_n",
@@ -127,7 +129,8 @@ def sections_from_json(out: Path) -> list[dict]:
     if r:
         found.append(section("rule_shaping", "Rule-aware shaping (TaoSR-AGRL)", "python -m experiments.rule_shaping",
                              rule_shaping.glance(r), rule_shaping.tables(r),
-                             [f"{r['queries']} test queries, {r['pairs']} pairs, seeds {r['seeds']}"]))
+                             [f"{r['queries']} test queries, {r['pairs']} pairs, seeds {r['seeds']}",
+                              *rule_shaping.reasons(r)]))
     return found
 
 

@@ -45,6 +45,20 @@ def reasoning_table(rows: list[dict]) -> dict:
                  "The reasoning of each order's decoded test completions (query-bootstrap 95% intervals)")
 
 
+def reasons(report: dict) -> list[str]:
+    """Why the orders differ, in their own measures: how closely each grade follows its steps, and how often
+    those steps agree with the rules."""
+    by = {r["system"]: r for r in report["rows"]}
+    if not all(by.get(o, {}).get("x_self_consistency") is not None for o in ORDERS):
+        return []
+    lab, cot = by["label_first"], by["cot_first"]
+    return [(f"CoT-first writes its grade after its steps and follows them (self-consistency "
+            f"{cot['x_self_consistency']:.3f}, label-first {lab['x_self_consistency']:.3f}); those steps agree "
+            f"with the rule engine's on {cot['x_step_agreement']:.3f} of verdicts, so its grade inherits their "
+            f"errors (accuracy {cot.get('accuracy', float('nan')):.3f}, label-first "
+            f"{lab.get('accuracy', float('nan')):.3f}): TaoSR1's error accumulation, measured.")]
+
+
 def glance(report: dict) -> list[dict]:
     """The claims page's row: label-first minus CoT-first in per-query AUC and Good-F1."""
     cot = next(r for r in report["rows"] if r["system"] == "cot_first")

@@ -217,12 +217,26 @@ def markdown(result: dict, wall_s: float) -> str:
     return tables_markdown(tables(result), [f"{scope}; wall time {wall_s / 60:.0f} min"])
 
 
+def reasons(result: dict) -> list[str]:
+    """Where the step agreement went: each GRPO run against SFT, whatever its reward."""
+    claims = {c["contrast"]: c for c in result["claims"]}
+    if not all("step_agreement" in claims.get(k, {}) for k in ("grpo_outcome - sft", "grpo_shaping - sft")):
+        return []
+    return [("GRPO lowers step agreement from SFT whatever its reward (outcome reward "
+            f"{format_difference(claims['grpo_outcome - sft']['step_agreement'])}, shaping "
+            f"{format_difference(claims['grpo_shaping - sft']['step_agreement'])}): in these runs the policy "
+            "moves the top two blocks, which the grade and the steps share, towards the grade, and the shaped "
+            "reward's step term does not hold the steps where they were.")]
+
+
 def glance(result: dict) -> list[dict]:
     """The claims page's rows: shaping's adherence against the outcome reward and against SFT."""
     where = f"rule_shaping, seeds {result['seeds']}, {result['queries']} queries"
     claims = {c["contrast"]: c for c in result["claims"]}
     return [{"claim": f"shaping raises rule adherence ({key})", "where": where,
-             "difference": f"adherence {format_difference(claims[key]['adherence'])}",
+             "difference": f"adherence {format_difference(claims[key]['adherence'])}"
+                           + (f"; step agreement {format_difference(claims[key]['step_agreement'])}"
+                              if "step_agreement" in claims[key] else ""),
              "verdict": claims[key]["verdict"]} for key in ("grpo_shaping - grpo_outcome", "grpo_shaping - sft")]
 
 

@@ -74,9 +74,10 @@ def test_the_page_from_the_experiments_json_carries_each_ones_tables_and_verdict
              "x_queries": 27, "x_ci": {"x_good_auc_per_query": [0.8, 0.95], "good_f1": [0.6, 0.8],
                                       "macro_f1": [0.3, 0.5]}}
     order = {"folds": [0], "cot_first_decoded": {"completions": 811, "format_errors": 0.0},
-             "rows": [{"system": "label_first", **level, "x_step_agreement": 0.5},
+             "rows": [{"system": "label_first", **level, "x_step_agreement": 0.5, "x_self_consistency": 0.55},
                       {"system": "cot_first", **level, "x_auc_diff_vs_ref": [0.38, 0.31, 0.45],
-                       "x_good_f1_diff_vs_ref": [0.18, 0.02, 0.33], "x_self_consistency": 0.7}]}
+                       "x_good_f1_diff_vs_ref": [0.18, 0.02, 0.33], "x_self_consistency": 0.7,
+                       "x_step_agreement": 0.43}]}
     shaping = {"queries": 27, "pairs": 802, "seeds": [0],
                "rows": [{"system": "sft", "adherence": [0.6, 0.5, 0.7], "format_error": [0.4, 0.3, 0.5],
                          "accuracy": [0.7, 0.6, 0.8], "macro_f1": [0.4, 0.3, 0.5]}],
@@ -97,7 +98,9 @@ def test_the_page_from_the_experiments_json_carries_each_ones_tables_and_verdict
     assert "guided replay un-sticks" in glance and "| reversed |" in glance  # replay right 0 of 16, grpo 16 of 16
     assert "per-query AUC +0.380 [+0.310, +0.450]" in glance
     assert "| holds (CoT-first: 811 completions, parse rate 1.000, self-consistency 0.700)" in glance
-    assert "| label_first | - | 0.500 | - | - |" in page  # each order's reasoning table row
+    assert "| label_first | - | 0.500 | 0.550 | - |" in page  # each order's reasoning table row
+    assert "follows them (self-consistency 0.700, label-first 0.550); those steps agree with the rule engine's on " \
+           "0.430" in page  # the measured reason
     assert "| shaping raises rule adherence (grpo_shaping - sft) | adherence -0.200 [-0.360, -0.020] |" in glance
     for title in ("Retrieval-GRPO", "Relevance RL with room to improve", "Label-first vs CoT-first", "Rule-aware"):
         assert f"## {title}" in page

@@ -56,6 +56,8 @@ def test_the_table_reads_adherence_from_each_systems_own_verdicts(tmp_path):
     claims = {c["contrast"]: c for c in result["claims"]}
     assert claims["grpo_shaping - grpo_outcome"]["verdict"] == "higher"
     assert claims["grpo_outcome - sft"]["adherence"][0] == pytest.approx(0.5)
+    reason = shaping.reasons(result)[0]  # the step agreement each GRPO run moved from SFT, in the claims page's note
+    assert "outcome reward +0.100" in reason and "shaping +0.200" in reason
     assert "| grpo_shaping - sft |" in shaping.markdown(result, 60.0)
     with pytest.raises(SystemExit, match="16 test pairs"):  # a cache written for other pairs is refused, not misread
         shaping.measure(args, models, pairs.head(16), tmp_path)
