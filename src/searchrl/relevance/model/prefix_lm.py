@@ -34,7 +34,11 @@ Completion adapters (``cot_layers`` > 0): low-rank adapters (rank ``cot_rank``) 
 the top ``cot_layers`` blocks, *gated to the completion positions*, and a head of their own for the
 completion tokens. The prompt and the read token never pass through them, so the grade
 distribution is exactly what it is without them; with MiniLM frozen, they are what learns to
-write the chain of thought (a frozen encoder cannot tell which step line it is on).
+write the chain of thought (a frozen encoder cannot tell which step line it is on). With
+``cot_copy``, the completion's head also adds a learned per-position weight on each word of the
+query and of the product (``copy_masks``: a copy term, as pointer-generator models have), so a type
+step can name the type the text names; a cached decode step reads its rows' prompts from
+``prompt_ids``, which rl.rollout.sample_groups passes.
 
 Simplifies: one marker token ([SEP]) for all boundaries (text is cleaned of it by the prompt
 builder); no sliding-window or relative positions; MiniLM's 512-position limit holds.
