@@ -156,6 +156,16 @@ def test_dpo_and_grpo_train_the_prefix_model(tmp_path):
     assert grpo.step == 1 and (grpo.final_dir / "model.safetensors").exists()
 
 
+def assert_cached_greedy_decode_is_exact(model, tok, ids: list[int], steps: int = 4) -> None:
+    """The KV-cached greedy decode (rl.rollout.sample_groups) writes what full forwards over the growing text do."""
+    cached = sample_groups(model, tok, [ids], 1, steps, temperature=0.0).completion_ids[0].tolist()
+    seq = list(ids)
+    for _ in range(len(cached)):
+        with torch.no_grad():
+            seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+    assert cached == seq[len(ids):]
+
+
 def test_completion_adapters_never_touch_the_grade_path_and_decode_exactly_with_a_cache(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -177,12 +187,7 @@ def test_completion_adapters_never_touch_the_grade_path_and_decode_exactly_with_
     with torch.no_grad():
         moved = model(input_ids=torch.tensor([ids + [5, 6]])).logits[0, -1]
     assert not torch.allclose(moved, first, atol=1e-3)  # the completion: the adapters' to write
-    cached = sample_groups(model, tok, [ids], 1, 4, temperature=0.0).completion_ids[0].tolist()
-    seq = list(ids)
-    for _ in range(len(cached)):
-        with torch.no_grad():
-            seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
-    assert cached == seq[len(ids):]
+    assert_cached_greedy_decode_is_exact(model, tok, ids)
     # frozen MiniLM, trainable adapters at the head's learning rate; saved and loaded whole
     trainable = freeze_lower_layers(model, 6)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -225,11 +230,6 @@ def test_the_copy_term_favours_the_prompts_words_in_the_completion_only_and_deco
     assert moved[laptop] == pytest.approx(4.0, abs=1e-4)  # "laptop" is in the query and in the product's title
     assert moved[bag] == pytest.approx(1.0, abs=1e-4) and moved[absent] == pytest.approx(0.0)
     assert torch.allclose(after[:len(ids)], before[:len(ids)])  # prompt positions and the read token: no copy term
-    cached = sample_groups(model, tok, [ids], 1, 4, temperature=0.0).completion_ids[0].tolist()
-    full = list(ids)
-    for _ in range(len(cached)):
-        with torch.no_grad():
-            full.append(int(model(input_ids=torch.tensor([full])).logits[0, -1].argmax()))
-    assert cached == full[len(ids):]
+    assert_cached_greedy_decode_is_exact(model, tok, ids)  # the decode steps read their prompts' words
     with pytest.raises(ConfigError, match="cot_copy needs prefix.cot_layers"):
         PrefixLMSettings(cot_copy=True)

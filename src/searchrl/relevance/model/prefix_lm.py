@@ -187,6 +187,7 @@ class PrefixLMForCausalLM(PreTrainedModel):
             self.cot_delta = nn.Parameter(torch.zeros(4 + len(config.added_token_ids), h))
         if config.cot_copy:  # how much the completion favours a word of the query / of the product, per position
             self.cot_copy_gate = nn.Linear(h, 2)
+        self._copy_cache = None  # (prompt_ids, their copy_masks): a decode loop passes the same prompts every step
         self.post_init()
         if config.cot_copy:  # zero: the model starts as it would without copying
             nn.init.zeros_(self.cot_copy_gate.weight)
@@ -250,9 +251,14 @@ class PrefixLMForCausalLM(PreTrainedModel):
         if past == 0 and bool((segment_ids == SEG_A).any()):
             ids, seg = input_ids, segment_ids
         elif prompt_ids is not None:
+            if self._copy_cache is not None and self._copy_cache[0] is prompt_ids:
+                return self._copy_cache[1]
             ids = prompt_ids.to(input_ids.device)
             seg = segments(ids, (prompt_mask if prompt_mask is not None else torch.ones_like(ids)).to(ids.device),
                            self.config.marker_token_id)
+            masks = copy_masks(ids, seg, self.config.vocab_size, self.config.marker_token_id)
+            self._copy_cache = (prompt_ids, masks)
+            return masks
         else:
             raise ValueError("a cot_copy model decodes from a cache with prompt_ids (its rows' prompts)")
         return copy_masks(ids, seg, self.config.vocab_size, self.config.marker_token_id)
