@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_scoring's Chorus loader and report()
-from bench_scoring import SHORT_PROMPT, _body, chorus_dir, chorus_requests, report  # noqa: E402
+from bench_scoring import _body, chorus_dir, chorus_requests, report  # noqa: E402
 
 KEY = "soak-key"
 SHARES = {"score_1": 0.30, "score_4": 0.25, "score_30": 0.08, "search": 0.12, "search_regrade": 0.05, "bad": 0.20}
@@ -256,7 +256,8 @@ def main() -> None:
             model_dir = Path(d, "model")
             model.save_pretrained(model_dir)
             tok.save_pretrained(model_dir)
-            save_scorer_config(model_dir, ScorerConfig(prompt=SHORT_PROMPT))  # the deployed quickstart prompt
+            from searchrl.relevance.train.sft import SFTConfig
+            save_scorer_config(model_dir, ScorerConfig(prompt=SFTConfig().prompt))  # the deployed quickstart prompt
         catalogue = small_catalogue(data, Path(d, "catalogue"))
         log = Path(d, "server.log")
         proc, base = start_server(model_dir, catalogue, a.threads, log)
