@@ -62,7 +62,7 @@ class PrefixLMSettings:
     cot_copy: bool = when_set(False)  # the completion's logits also weigh each word of the query and of the
     #   product by a learned per-position gate (a copy term: the type steps name a type the text names)
     cot_grade: bool = when_set(False)  # every completion position reads a learned vector of the grade it starts with:
-    #   the steps follow the grade written before them (label-first self-consistency); the grade path is unchanged
+    #   the steps follow the grade written before them (label-first self-consistency); prompt positions never read it
 
     def __post_init__(self):
         if not 0 <= self.cot_layers <= 6 or self.cot_rank < 1:  # all-MiniLM-L6-v2 has six blocks
