@@ -257,6 +257,6 @@ def test_grade_conditioning_moves_the_completion_by_its_grade_token_only_and_dec
         model.cot_grade_in.copy_(torch.randn_like(model.cot_grade_in))
     assert sample_groups(model, tok, [ids], 1, 1, temperature=0.0).completion_ids[0, 0] in model.config.grade_token_ids
     assert_cached_greedy_decode_is_exact(model, tok, ids)  # the decode steps read their rows' grades
-    with pytest.raises(ValueError, match="completion_ids"):
+    with pytest.raises(ValueError, match="completion_start"):
         cache = model(input_ids=torch.tensor([ids]), use_cache=True).cache
         model(input_ids=torch.tensor([[l1]]), past_key_values=cache, use_cache=True)

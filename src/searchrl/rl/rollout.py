@@ -126,7 +126,7 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, m
     # a model that copies words of its prompt (prefix_lm's cot_copy) reads each row's prompt at every step
     copying = {"prompt_ids": ids.to(device).index_select(0, rows), "prompt_mask": mask.to(device).index_select(0, rows)} \
         if getattr(model.config, "cot_copy", False) else {}
-    # a model whose completion reads the grade it starts with (prefix_lm's cot_grade) gets the completions so far
+    # a model whose completion reads the grade it starts with (prefix_lm's cot_grade) gets each row's first token
     conditioning = getattr(model.config, "cot_grade", False)
     next_pos = pos[:, -1].to(device).index_select(0, rows) + 1  # [B*G]
     n = len(rows)
@@ -154,7 +154,7 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, m
         full_mask = torch.cat([full_mask, (~done | (nxt == tokenizer.eos_token_id)).long()[:, None]], dim=1)
         logits = model(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=next_pos[:, None],
                        past_key_values=cache, use_cache=True, **copying,
-                       **({"completion_ids": torch.stack(tokens, 1)} if conditioning else {})).logits[:, -1].float()
+                       **({"completion_start": tokens[0]} if conditioning else {})).logits[:, -1].float()
         next_pos = next_pos + 1
     model.train(was_training)
     return Rollout(ids.index_select(0, rows.cpu()), mask.index_select(0, rows.cpu()),

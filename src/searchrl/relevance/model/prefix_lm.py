@@ -45,8 +45,8 @@ Grade conditioning (``cot_grade``): every completion position's input gets a lea
 token the completion starts with. The grade token's own input row is MiniLM's rows of "<", "l", "##3", ">"
 averaged (frozen), so the four grades differ in one piece of four and a frozen encoder hardly tells them apart:
 without it the steps written after <L1> were those written after <L4> (measured: 0.63 self-consistency). A
-cached decode step reads its rows' grades from ``completion_ids`` (the completions so far), which
-rl.rollout.sample_groups passes. Prompt positions never get it: the grade distribution is unchanged.
+cached decode step reads its rows' grades from ``completion_start`` (each row's first completion token),
+which rl.rollout.sample_groups passes. Prompt positions never get it: the grade distribution is unchanged.
 
 Simplifies: one marker token ([SEP]) for all boundaries (text is cleaned of it by the prompt
 builder); no sliding-window or relative positions; MiniLM's 512-position limit holds.
@@ -275,19 +275,20 @@ class PrefixLMForCausalLM(PreTrainedModel):
             raise ValueError("a cot_copy model decodes from a cache with prompt_ids (its rows' prompts)")
         return copy_masks(ids, seg, self.config.vocab_size, self.config.marker_token_id)
 
-    def _grade_conditioned(self, input_ids, segment_ids, completion_ids) -> torch.Tensor:
+    def _grade_conditioned(self, input_ids, segment_ids, completion_start) -> torch.Tensor:
         """[B, T, H] input embeddings, plus at every completion position the vector of the grade token its row's
         completion starts with (``cot_grade``; zero where it starts with another token, as a CoT-first one does)."""
         emb = self.get_input_embeddings()(input_ids)  # [B, T, H]
         comp = segment_ids == SEG_COMPLETION  # [B, T]
         if not bool(comp.any()):
             return emb
-        if completion_ids is not None:  # a cached decode step: the rows' completions so far
-            first = completion_ids[:, 0].to(input_ids.device)  # [B]
+        if completion_start is not None:  # a cached decode step: each row's first completion token
+            first = completion_start.to(input_ids.device)  # [B]
         elif bool((segment_ids == SEG_READ).any()):  # the forward holds the prompt: the completion starts after it
             first = input_ids.gather(1, comp.long().argmax(1, keepdim=True)).squeeze(1)  # [B]
         else:
-            raise ValueError("a cot_grade model decodes from a cache with completion_ids (its rows' completions)")
+            raise ValueError("a cot_grade model decodes from a cache with completion_start (each row's first "
+                             "completion token)")
         vec = (first[:, None] == self.grade_ids[None]).to(emb.dtype) @ self.cot_grade_in  # [B, 4] @ [4, H]
         return emb + comp[..., None].to(emb.dtype) * vec[:, None]  # [B, T, H]
 
@@ -303,7 +304,7 @@ class PrefixLMForCausalLM(PreTrainedModel):
                 logits_to_keep: int = 0, segment_ids: torch.Tensor | None = None,
                 pooled_query: torch.Tensor | None = None, return_pooled_query: bool = False, labels=None,
                 prompt_ids: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
-                completion_ids: torch.Tensor | None = None, **kwargs):
+                completion_start: torch.Tensor | None = None, **kwargs):
         cache = cache if cache is not None else past_key_values
         b, t = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
@@ -319,7 +320,7 @@ class PrefixLMForCausalLM(PreTrainedModel):
         bias = attention_bias(segment_ids, attention_mask, past, self.config.mask, dtype)
         if self.config.cot_layers:
             self._gate[0] = (segment_ids == SEG_COMPLETION).to(dtype)[..., None]  # [B, T, 1]
-        embeds = self._grade_conditioned(input_ids, segment_ids, completion_ids) if self.config.cot_grade else None
+        embeds = self._grade_conditioned(input_ids, segment_ids, completion_start) if self.config.cot_grade else None
         try:
             out = self.bert(input_ids=None if embeds is not None else input_ids, inputs_embeds=embeds, attention_mask=bias,
                             position_ids=self.positions(segment_ids, position_ids), cache=cache, use_cache=use_cache)
