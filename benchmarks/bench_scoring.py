@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from searchrl.data.schema import load_dataset, pair_products
-from searchrl.relevance.format.grammar import grammar_for
+from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.format.prompt import PromptConfig
 from searchrl.relevance.model.builds import MINILM_QWEN2
@@ -109,7 +109,7 @@ def decode_pairs_per_s(scorer: RelevanceScorer, pairs_df, n: int) -> tuple[float
     tok = scorer.tokenizer
     cap = 2 * max(len(tok(e["completion"], add_special_tokens=False)["input_ids"]) + 1 for e in examples)
     prompts = [scorer.prompt(str(q), p) for q, p in zip(pairs_df.head(n)["text"], pair_products(pairs_df.head(n)))]
-    grammar, new_tokens = grammar_for(tok, cfg), []
+    grammar, new_tokens = completion_grammar(tok, cfg), []
     t0 = time.perf_counter()
     for start in range(0, n, scorer.batch_size):
         texts = decode_completions(scorer.model, tok, prompts[start:start + scorer.batch_size], cap,

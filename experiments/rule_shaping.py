@@ -113,7 +113,7 @@ def decoded(model: Path, pairs, cache: Path, max_new_tokens: int) -> list[dict]:
             raise SystemExit(f"error: {cache}: {len(rows)} cached completions for {len(pairs)} test pairs; "
                              "remove it or use another --out")
         return rows
-    from searchrl.relevance.format.grammar import grammar_for
+    from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.rules.engine import RuleEngine
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.scorer import RelevanceScorer
@@ -121,7 +121,7 @@ def decoded(model: Path, pairs, cache: Path, max_new_tokens: int) -> list[dict]:
     products = pair_products(pairs)
     prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], products)]
     texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, 16,
-                               grammar=grammar_for(scorer.tokenizer, scorer.config.prompt))
+                               grammar=completion_grammar(scorer.tokenizer, scorer.config.prompt))
     engine = RuleEngine.from_yaml()
     rules = [engine.judge(q, p).verdicts for q, p in zip(pairs["text"], products)]
     rows = [parsed_row(t, r, scorer.config.prompt.order) for t, r in zip(texts, rules)]

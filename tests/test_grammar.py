@@ -5,7 +5,10 @@ chooses the grade and the step values; cot-first's grade token restates its verd
 import pytest
 import torch
 
+from searchrl.errors import ConfigError
+
 from searchrl.relevance.format.grammar import CompletionGrammar, grammar_for
+from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.format.prompt import PromptConfig, build_completion, build_prompt
 from searchrl.relevance.model.load import load_relevance_model
@@ -44,7 +47,7 @@ def test_the_teachers_completions_are_words_of_the_grammar(tiny, order, notes):
     _, tok = tiny
     cfg = PromptConfig(order=order, max_note_chars=notes)
     teacher = RuleTeacher(RuleEngine.from_yaml(), cfg)
-    grammar = grammar_for(tok, cfg)
+    grammar = completion_grammar(tok, cfg)
     assert grammar.free_notes == (notes > 0)
     for query, product, gold in PAIRS:
         walk(grammar, tok, teacher.write(query, product, gold).completion)
@@ -52,7 +55,7 @@ def test_the_teachers_completions_are_words_of_the_grammar(tiny, order, notes):
 
 def test_the_grammar_rejects_what_breaks_the_format(tiny):
     _, tok = tiny
-    grammar = grammar_for(tok, PromptConfig(max_note_chars=0))
+    grammar = completion_grammar(tok, PromptConfig(max_note_chars=0))
     good = build_completion(3, {"query": "laptop", "item": "laptop", "category": "match", "attribute": "partial"})
     walk(grammar, tok, good)
     for bad in (good.replace("partial", "perhaps"),  # not a value of the attribute step
@@ -72,7 +75,7 @@ def test_a_random_model_decodes_completions_that_parse_only_under_the_grammar(ti
     free = sample_groups(model, tok, prompts, 2, 120, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert not any(parse_completion(t, order).ok for t in free.texts(tok))
     ruled = sample_groups(model, tok, prompts, 2, 320, temperature=1.0, generator=torch.Generator().manual_seed(0),
-                          grammar=grammar_for(tok, cfg))
+                          grammar=completion_grammar(tok, cfg))
     parsed = [parse_completion(t, order) for t in ruled.texts(tok)]
     assert all(p.ok for p in parsed), [p.format_errors for p in parsed]
     # the model, not the grammar, chose the values: a random model's samples differ
@@ -83,7 +86,7 @@ def test_greedy_decoding_under_the_grammar_takes_the_models_argmax_grade(tiny):
     model, tok = tiny
     cfg = PromptConfig()
     prompts = [encode_prompt(tok, build_prompt(q, p, cfg)) for q, p, _ in PAIRS]
-    ro = sample_groups(model, tok, prompts, 1, 200, temperature=0.0, grammar=grammar_for(tok, cfg))
+    ro = sample_groups(model, tok, prompts, 1, 200, temperature=0.0, grammar=completion_grammar(tok, cfg))
     grade_ids = tok.convert_tokens_to_ids(["<L1>", "<L2>", "<L3>", "<L4>"])
     with torch.no_grad():
         first = [model(input_ids=torch.tensor([p])).logits[0, -1, grade_ids].argmax().item() + 1 for p in prompts]
@@ -92,7 +95,7 @@ def test_greedy_decoding_under_the_grammar_takes_the_models_argmax_grade(tiny):
 
 def test_unconstrained_configs_get_no_grammar(tiny):
     _, tok = tiny
-    assert grammar_for(tok, PromptConfig(constrained=False)) is None
+    assert completion_grammar(tok, PromptConfig(constrained=False)) is None
 
 
 def test_a_byte_level_bpe_tokenizer_splits_the_teachers_completions_as_the_grammar_does():
@@ -107,7 +110,7 @@ def test_a_byte_level_bpe_tokenizer_splits_the_teachers_completions_as_the_gramm
         cfg = PromptConfig(order=order, max_note_chars=60)
         teacher = RuleTeacher(RuleEngine.from_yaml(), cfg)
         for query, product, gold in PAIRS:
-            walk(grammar_for(tok, cfg), tok, teacher.write(query, product, gold).completion)
+            walk(completion_grammar(tok, cfg), tok, teacher.write(query, product, gold).completion)
 
 
 def test_notes_close_early_when_the_token_budget_is_short(tiny):
@@ -115,7 +118,7 @@ def test_notes_close_early_when_the_token_budget_is_short(tiny):
     completion still ends in EOS and parses."""
     model, tok = tiny
     cfg = PromptConfig(max_note_chars=60)
-    grammar = grammar_for(tok, cfg)
+    grammar = completion_grammar(tok, cfg)
     prompts = [encode_prompt(tok, build_prompt(q, p, cfg)) for q, p, _ in PAIRS]
     budget = 70  # about the skeleton plus a few note tokens; uncapped notes would take ~200
     ro = sample_groups(model, tok, prompts, 2, budget, temperature=1.0, generator=torch.Generator().manual_seed(1),
@@ -123,3 +126,38 @@ def test_notes_close_early_when_the_token_budget_is_short(tiny):
     texts = ro.texts(tok)
     assert all(parse_completion(t).ok for t in texts), texts
     assert all(int(n) <= budget for n in ro.completion_mask.sum(1))
+
+
+def test_type_steps_name_a_slug_of_the_vocabulary_and_nothing_else(tiny):
+    """With a slug vocabulary a random model's type steps are slugs of it, a prefix of one ("laptop" of
+    "laptop_bag") may close when it is a slug itself, and a made-up slug is refused; free slugs are not held."""
+    model, tok = tiny
+    slugs = {"query": ["laptop", "laptop_bag", "tv"], "item": ["coffee_maker", "unknown"]}
+    grammar = grammar_for(tok, PromptConfig(max_note_chars=0), slugs)
+    verdicts = {"query": "laptop_bag", "item": "coffee_maker", "category": "mismatch", "attribute": "unclear"}
+    walk(grammar, tok, build_completion(1, verdicts))
+    walk(grammar, tok, build_completion(1, {**verdicts, "query": "laptop"}))
+    for bad in ("laptop_case", "screen"):
+        with pytest.raises(AssertionError, match="is not allowed"):
+            walk(grammar, tok, build_completion(1, {**verdicts, "query": bad}))
+    prompts = [encode_prompt(tok, build_prompt(q, p, PromptConfig())) for q, p, _ in PAIRS]
+    ro = sample_groups(model, tok, prompts, 4, 200, temperature=1.0, generator=torch.Generator().manual_seed(0),
+                       grammar=grammar)
+    parsed = [parse_completion(t) for t in ro.texts(tok)]
+    assert all(p.ok for p in parsed)
+    assert {p.verdicts["query"] for p in parsed} <= set(slugs["query"])
+    assert {p.verdicts["item"] for p in parsed} <= set(slugs["item"])
+    walk(grammar_for(tok, PromptConfig(max_note_chars=0, slugs="free")), tok,
+         build_completion(1, {**verdicts, "query": "screen"}))
+
+
+def test_the_rules_slug_vocabulary_is_the_knowledge_bases_and_must_be_given(tiny):
+    _, tok = tiny
+    slugs = RuleEngine.from_yaml().step_slugs()
+    assert {"laptop_bag", "apple", "unknown"} <= set(slugs["query"]) and "apple" not in slugs["item"]
+    with pytest.raises(ValueError, match="slug vocabulary"):
+        grammar_for(tok, PromptConfig())
+    with pytest.raises(ConfigError, match="slugs must be one of"):
+        PromptConfig(slugs="taxonomy")
+    grammar = completion_grammar(tok, PromptConfig())
+    assert grammar.tries["item"].whole == {grammar._piece(" " + s) for s in slugs["item"]} - {()}

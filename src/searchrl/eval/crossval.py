@@ -127,7 +127,7 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
     completions are saved (test_completions.jsonl) with their parse; "reasoning" holds the counts of the
     reasoning measures against the rule engine's verdicts (reasoning.reasoning_counts), "reasoning_pairs" the
     same per pair (reasoning.reasoning_per_pair)."""
-    from searchrl.relevance.format.grammar import grammar_for
+    from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.format.parser import parse_completion
     from searchrl.relevance.rules.engine import RuleEngine
     from searchrl.relevance.scoring.evaluate import decode_completions
@@ -145,7 +145,7 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
     products = pair_products(pairs)
     prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], products)]
     texts = decode_completions(scorer.model, scorer.tokenizer, prompts, eval_cfg.max_new_tokens, eval_cfg.batch_size,
-                               grammar=grammar_for(scorer.tokenizer, scorer.config.prompt))
+                               grammar=completion_grammar(scorer.tokenizer, scorer.config.prompt))
     parsed = [parse_completion(t, order) for t in texts]
     written = np.array([p.grade or 1 for p in parsed])
     engine = RuleEngine.from_yaml()

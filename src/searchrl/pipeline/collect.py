@@ -126,7 +126,7 @@ def _examples(ctx: Context, final: str | None) -> list[dict] | None:
     """A few pairs per gold grade of the evaluation split, graded and decoded by the final model."""
     if not final:
         return None
-    from searchrl.relevance.format.grammar import grammar_for
+    from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.scorer import RelevanceScorer
     model = ctx.dir(final) / "final"
@@ -146,7 +146,7 @@ def _examples(ctx: Context, final: str | None) -> list[dict] | None:
     results = [scorer.score(q, [p])[0] for q, p in zip(sub["text"], products)]
     cots = decode_completions(scorer.model, scorer.tokenizer, [scorer.prompt(q, p) for q, p in zip(sub["text"], products)],
                               ctx.cfg.report.max_new_tokens, progress=False,
-                              grammar=grammar_for(scorer.tokenizer, scorer.config.prompt))
+                              grammar=completion_grammar(scorer.tokenizer, scorer.config.prompt))
     return [{"query": str(q), "title": p["title"], "gold": int(g), "pred": r["tier"], "p_good": r["p_good"],
              "cot": c, "system": final} for q, p, g, r, c in zip(sub["text"], products, sub["grade"], results, cots)]
 

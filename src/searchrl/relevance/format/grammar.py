@@ -23,9 +23,15 @@ intent:", " speaker"), which is where both WordPiece and byte-level BPE pre-toke
 the forced tokens are the ones a whole teacher completion tokenizes into
 (tests/test_grammar.py checks both tokenizers).
 
-Simplifies: one grammar per order; a slug is any run of slug tokens (no vocabulary of types), at
-most ``max_slug_tokens`` long; RL treats forced tokens as the model's own samples (their
-log-probabilities enter the GRPO ratio like any other token's).
+A type step's slug is one of a vocabulary when the caller gives one (``slugs``: the rule knowledge base's
+type and brand ids, which relevance.rules.kb.completion_grammar passes for ``prompt.slugs: rules``): a token
+trie over the ids, so the model names a type it knows -- the way a product-category model picks a node of
+its taxonomy -- and never invents one ("screen_screen"); without one, any run of slug tokens, at most
+``max_slug_tokens`` long.
+
+Simplifies: one grammar per order; one slug vocabulary per step, the same for every row (the rule engine's
+fallback intent, the query's own words when it names no type or brand, is not in it); RL treats forced
+tokens as the model's own samples (their log-probabilities enter the GRPO ratio like any other token's).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from functools import lru_cache
 
 import torch
 
-from searchrl.relevance.format.prompt import ALLOWED_VALUES, GRADE_TOKENS, STEPS, VERDICT_KEYS
+from searchrl.relevance.format.prompt import ALLOWED_VALUES, GRADE_TOKENS, STEPS, VERDICT_KEYS, slug_of
 
 _SLUG_PIECE = re.compile(r"[a-z0-9_]+")
 
@@ -87,26 +93,59 @@ def _vocab_classes(tokenizer, size: int) -> _Vocab:
     return _Vocab(note_ok, slug_first, slug_next, after_us)
 
 
-def grammar_for(tokenizer, prompt_cfg) -> "CompletionGrammar | None":
+def grammar_for(tokenizer, prompt_cfg, slugs: dict | None = None) -> "CompletionGrammar | None":
     """The grammar a model with this prompt config decodes under (None when ``prompt_cfg.constrained`` is off):
-    notes are free text up to about ``max_note_chars`` when the format has notes, else the fixed "-"."""
+    notes are free text up to about ``max_note_chars`` when the format has notes, else the fixed "-";
+    ``slugs``: {"query": ids, "item": ids}, the values each type step may name (required for
+    ``prompt_cfg.slugs == "rules"``; relevance.rules.kb.completion_grammar passes the knowledge base's)."""
     if not prompt_cfg.constrained:
         return None
+    if prompt_cfg.slugs == "rules" and slugs is None:
+        raise ValueError('prompt.slugs is "rules": pass the slug vocabulary (relevance.rules.kb.completion_grammar)')
     return CompletionGrammar(tokenizer, prompt_cfg.order, free_notes=prompt_cfg.max_note_chars > 0,
-                             max_note_tokens=max(4, prompt_cfg.max_note_chars // 2))  # digits tokenize one by one
+                             max_note_tokens=max(4, prompt_cfg.max_note_chars // 2),  # digits tokenize one by one
+                             slugs=slugs if prompt_cfg.slugs == "rules" else None)
+
+
+@dataclass
+class _SlugTrie:
+    """A slug vocabulary as token sequences: the tokens that may follow each prefix, and the whole slugs."""
+    next: dict  # prefix tuple -> sorted list of ids that continue some slug
+    whole: frozenset  # the slugs' token tuples
+    rest: dict  # prefix tuple -> the fewest tokens that complete it to a whole slug
+
+
+def _slug_trie(grammar: "CompletionGrammar", slugs) -> "_SlugTrie | None":
+    """The trie of ``slugs`` as ``grammar``'s tokenizer writes them after " => key:"; slugs with a token the
+    tokenizer cannot write (its unknown token: a trimmed vocabulary) are left out; None when none is left."""
+    unk = grammar.tok.unk_token_id
+    seqs = {grammar._piece(" " + slug_of(s)) for s in slugs}
+    seqs = {q for q in seqs if q and unk not in q}
+    if not seqs:
+        return None
+    nxt: dict[tuple, set] = {}
+    rest: dict[tuple, int] = {}
+    for q in seqs:
+        for i in range(len(q) + 1):
+            rest[q[:i]] = min(rest.get(q[:i], len(q)), len(q) - i)
+            if i < len(q):
+                nxt.setdefault(q[:i], set()).add(q[i])
+    return _SlugTrie({k: sorted(v) for k, v in nxt.items()}, frozenset(seqs), rest)
 
 
 class CompletionGrammar:
     """The completion grammar of ``order`` over ``tokenizer``'s ids; :meth:`start` gives a decoding state."""
 
     def __init__(self, tokenizer, order: str = "label_first", free_notes: bool = True, max_note_tokens: int = 24,
-                 max_slug_tokens: int = 8):
+                 max_slug_tokens: int = 8, slugs: dict | None = None):
         self.tok, self.order, self.free_notes = tokenizer, order, free_notes
         self.max_note_tokens, self.max_slug_tokens = max_note_tokens, max_slug_tokens
         self.grade_ids = tokenizer.convert_tokens_to_ids(list(GRADE_TOKENS))
         self.eos = tokenizer.eos_token_id
         self._pieces: dict[str, tuple[int, ...]] = {}
         self.underscore = (self._piece(" _") or (None,))[0]
+        # step -> its slug trie, or None: free slugs
+        self.tries = {step: _slug_trie(self, (slugs or {}).get(step) or ()) for step in ("query", "item")}
 
     def _piece(self, text: str) -> tuple[int, ...]:
         """``text``'s token ids, tokenized alone (at a whitespace boundary: as inside a whole completion)."""
@@ -115,7 +154,8 @@ class CompletionGrammar:
         return self._pieces[text]
 
     def program(self) -> list[tuple]:
-        """The completion as segments: ("grade",) | ("force", ids) | ("note",) | ("slug",) | ("value", [ids...])."""
+        """The completion as segments: ("grade",) | ("force", ids) | ("note",) | ("slug", trie or None)
+        | ("value", [ids...])."""
         segments: list[tuple] = [("grade",)] if self.order == "label_first" else []
         for k, step in enumerate(STEPS):
             head = ("\n" if k or self.order == "label_first" else "") + f"{step}:"
@@ -123,7 +163,7 @@ class CompletionGrammar:
             segments.append(("note",) if self.free_notes else ("force", self._piece(" -")))
             segments.append(("force", self._piece(f" => {VERDICT_KEYS[step]}:")))
             if step in ("query", "item"):
-                segments.append(("slug",))
+                segments.append(("slug", self.tries[step]))
             elif step == "verdict" and self.order == "label_first":
                 segments.append(("restate",))  # " L<grade>", the grade token's value
             else:  # cot_first's verdict value is the grade decision itself: the token after the lines restates it
@@ -154,7 +194,9 @@ def _min_tokens(segment: tuple, grammar: CompletionGrammar) -> int:
         return min(len(v) for v in segment[1])
     if kind == "restate":
         return len(grammar._piece(" L1"))
-    return 1  # grade, regrade, note, slug, eos
+    if kind == "slug" and segment[1] is not None:
+        return min(len(v) for v in segment[1].whole)
+    return 1  # grade, regrade, note, free slug, eos
 
 
 class GrammarState:
@@ -192,7 +234,8 @@ class GrammarState:
             if c.pos >= g.max_note_tokens or (out_of_budget and c.pos > 0):
                 return [closing]
             return self.vocab.note_ok, closing, c.pos > 0  # a note has at least one token
-        # slug
+        if seg[1] is not None:  # a slug of the vocabulary: what continues one, or the closing token after a whole one
+            return self._slug_allowed(seg[1], c.value, closing, None if budget is None else budget - self.after[c.seg])
         last_underscore = c.value and c.value[-1] == g.underscore
         if c.pos >= g.max_slug_tokens or (out_of_budget and c.pos > 0 and not last_underscore):
             return [closing]
@@ -200,6 +243,18 @@ class GrammarState:
             return self.vocab.slug_first, closing, False
         return (self.vocab.slug_after_underscore if last_underscore else self.vocab.slug_next), closing, \
             not last_underscore
+
+    @staticmethod
+    def _slug_allowed(trie: _SlugTrie, value: tuple, closing: int, room: int | None) -> list[int]:
+        """The tokens that continue ``value`` to a slug of ``trie`` -- only those that can finish within ``room``
+        tokens when there is a budget (the quickest one if none can) -- and ``closing`` once it is whole."""
+        ids, whole = list(trie.next.get(value, ())), value in trie.whole
+        if whole and (not ids or (room is not None and room <= 0)):
+            return [closing]
+        if room is not None and ids:
+            fits = [t for t in ids if 1 + trie.rest[value + (t,)] <= room]
+            ids = fits if fits or whole else [min(ids, key=lambda t: trie.rest[value + (t,)])]
+        return ids + [closing] * whole
 
     def _candidates(self, c: _Cursor) -> list[tuple]:
         kind = c.program[c.seg][0]

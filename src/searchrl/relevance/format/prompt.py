@@ -41,6 +41,7 @@ ALLOWED_VALUES = {"category": CATEGORY_VALUES, "attribute": ATTRIBUTE_VALUES, "v
 SLUG = re.compile(r"[a-z0-9_]+")
 ORDERS = ("label_first", "cot_first")
 LAYOUTS = ("lines", "segments")
+SLUG_SOURCES = ("rules", "free")
 MARKER, SEGMENT_START = "[SEP]", "[CLS]"  # the segments layout's boundaries (MiniLM's own special tokens)
 
 GRADE_GUIDE = (
@@ -82,12 +83,16 @@ class PromptConfig:
     #   the product as two [SEP]-delimited texts, for the minilm-prefix model (prefix_lm.py; no instruction)
     constrained: bool = True  # decoding and sampling keep to the completion grammar (grammar.py): the model chooses
     #   the grade, the notes and the step values, never the skeleton; false: free decoding, as a plain LM
+    slugs: str = "rules"  # the values a type step may name when decoding: "rules", the rule knowledge base's ids
+    #   (intent: a type, a brand or unknown; type: a type or unknown); "free": any run of slug tokens
 
     def __post_init__(self):
         if self.order not in ORDERS:
             raise ConfigError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.slugs not in SLUG_SOURCES:
+            raise ConfigError(f"slugs must be one of {SLUG_SOURCES}, got {self.slugs!r}")
 
     @property
     def instruction_text(self) -> str:
@@ -187,6 +192,11 @@ def clean_note(note, limit: int = 160) -> str:
     return text[:limit].rstrip() or "-"
 
 
+def slug_of(value) -> str:
+    """A type step's value as a completion writes it: lower case, runs of [a-z0-9_] joined by "_"; "unknown" if none."""
+    return "_".join(SLUG.findall(str(value).strip().lower().replace(" ", "_"))) or "unknown"
+
+
 def grade_token(grade: int) -> str:
     if grade not in (1, 2, 3, 4):
         raise ValueError(f"grade must be 1..4, got {grade!r}")
@@ -206,7 +216,7 @@ def build_completion(grade: int, verdicts: dict, notes: dict | None = None, cfg:
     for step in STEPS:
         value = f"L{grade}" if step == "verdict" else str(verdicts.get(step, "unknown")).strip().lower()
         if step in ("query", "item"):
-            value = "_".join(SLUG.findall(value.replace(" ", "_"))) or "unknown"
+            value = slug_of(value)
         elif step in ALLOWED_VALUES and value not in ALLOWED_VALUES[step]:
             raise ValueError(f"{step} verdict must be one of {ALLOWED_VALUES[step]}, got {value!r}")
         note = clean_note(notes.get(step) or "-", cfg.max_note_chars)

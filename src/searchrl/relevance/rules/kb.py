@@ -12,6 +12,7 @@ Simplifies: one flat type list with single parents; a name maps to one type.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -71,6 +72,12 @@ class KnowledgeBase:
         path = Path(path) if path else DEFAULT_RULES
         with open(path) as f:
             return cls(yaml.safe_load(f) or {})
+
+    def step_slugs(self) -> dict[str, list[str]]:
+        """The values the rule engine writes for the type steps: intent, a type, a brand or unknown; type, a type
+        or unknown (its third intent, the query's own words, is open-ended and left out)."""
+        types = sorted(self.types)
+        return {"query": types + sorted(self.kb.get("brands", {})) + ["unknown"], "item": types + ["unknown"]}
 
     # ------------------------------------------------------------------ vocabulary helpers
     def ancestors(self, type_id: str) -> list[str]:
@@ -157,3 +164,16 @@ def _validate(kb: dict, types: dict, accessory_verdict: str) -> None:
     for line in kb.get("lines", []):
         if line.get("type") not in types:
             raise ConfigError(f"line {line.get('name')!r}: unknown type {line.get('type')!r}")
+
+
+@lru_cache(maxsize=4)
+def _step_slugs(path: str | None) -> dict[str, list[str]]:
+    return KnowledgeBase.from_yaml(path).step_slugs()
+
+
+def completion_grammar(tokenizer, prompt_cfg, rules: str | Path | None = None):
+    """grammar_for with the slug vocabulary ``prompt_cfg.slugs`` asks for: "rules", this knowledge base's
+    (``rules``: a rules.yaml, default the packaged one); "free", none. None when decoding is unconstrained."""
+    from searchrl.relevance.format.grammar import grammar_for  # torch, which the rules themselves never need
+    slugs = _step_slugs(str(rules) if rules else None) if prompt_cfg.slugs == "rules" else None
+    return grammar_for(tokenizer, prompt_cfg, slugs)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from searchrl.data.schema import SPLITS, Dataset, pair_products
 from searchrl.metrics.measures import classification_metrics, good_auc
-from searchrl.relevance.format.grammar import grammar_for
+from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.format.parser import is_consistent, parse_completion
 from searchrl.relevance.model.load import grade_probs
 from searchrl.relevance.model.scorer_config import update_scorer_config
@@ -85,7 +85,7 @@ def predict_grades(model, tokenizer, prompts: list[str], prompt_cfg, batch_size:
     if prompt_cfg.order == "label_first":
         return grade_probs(model, tokenizer, prompts, batch_size).argmax(1) + 1
     texts = decode_completions(model, tokenizer, prompts, max_new_tokens, batch_size, progress=False,
-                               grammar=grammar_for(tokenizer, prompt_cfg))
+                               grammar=completion_grammar(tokenizer, prompt_cfg))
     return np.array([int(found[-1]) if (found := re.findall(r"<L([1-4])>", t)) else 1 for t in texts])
 
 
@@ -153,7 +153,7 @@ def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", deco
     parsed = []
     if decode or cot_first:  # a cot-first model's grade exists only after its reasoning: decode it
         texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, batch_size,
-                                   grammar=grammar_for(scorer.tokenizer, cfg.prompt))
+                                   grammar=completion_grammar(scorer.tokenizer, cfg.prompt))
         parsed = [parse_completion(t, cfg.prompt.order) for t in texts]
     if cot_first:  # no readable grade counts as L1 (the most common grade), i.e. as a miss for the rest
         rows = [{"system": name, **classification_metrics(gold, [p.grade or 1 for p in parsed])}]

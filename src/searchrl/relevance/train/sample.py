@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from searchrl.data.schema import DataError
 from searchrl.errors import ConfigError, InputError
 from searchrl.metrics.stats import query_bootstrap
-from searchrl.relevance.format.grammar import grammar_for
+from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.model.scorer_config import load_scorer_config
@@ -106,7 +106,7 @@ def sample_preferences(model_dir: str | Path, ds, n: int, split: str = "train", 
 
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    grammar = grammar_for(tok, scorer.prompt)
+    grammar = completion_grammar(tok, scorer.prompt)
     rows, n_right, query_ids, n_format_errors = [], [], [], 0
     bar = tqdm(total=len(prompts), disable=not progress, desc=f"sample x{n}")
     for start in range(0, len(prompts), prompts_per_batch):
