@@ -1,7 +1,7 @@
 """The default relevance model's written reasoning, measured on cross-validation folds: docs/results/reasoning.md.
 
     python -m experiments.reasoning_cv --data runs/quickstart/data [--folds 0,1]
-        [--variants default,shared_head,adapters,copy] [--out runs/reasoning_cv] [--page-dir docs/results] [--json PATH]
+        [--variants default,free_slugs,shared_head,adapters,copy] [--out runs/reasoning_cv] [--page-dir docs/results] [--json PATH]
 
 Each variant trains on the folds of eval/crossval.py (`searchrl eval relevance --cv 5 --decode`, one process a
 fold, the variants side by side, one thread each) and decodes every test pair greedily under the completion
@@ -19,6 +19,10 @@ discriminative-hallucination rate; relevance/scoring/reasoning.py), with interva
   copy term, the CoT on every example.
 - ``grade``, ``grade_copy``: grade conditioning (and the copy term) on the shared head, whose completion loss also
   trains the head that reads the grade; measured on fold 0 only (``--folds 0``), so not in the default list.
+- ``free_slugs``: the default's model decoded with free type slugs (``prompt.slugs=free``: any run of slug tokens)
+  instead of the rule knowledge base's ids.
+- ``notes``: the default with notes of up to 40 characters (``prompt.max_note_chars=40``) instead of "-"; fold 0
+  only.
 
 Also reports d, the share of pairs whose first-token grade differs from the rule engine's grade: it bounds step
 agreement and self-consistency together (the page says how).
@@ -46,7 +50,9 @@ VARIANTS = {"default": [],
             "adapters": ["prefix.cot_copy=false", "prefix.cot_grade=false", "cot_fraction=1"],
             "copy": ["prefix.cot_grade=false", "cot_fraction=1"],
             "grade": ["prefix.cot_layers=0", "prefix.cot_copy=false"],
-            "grade_copy": ["prefix.cot_layers=0"]}
+            "grade_copy": ["prefix.cot_layers=0"],
+            "free_slugs": ["prompt.slugs=free"],
+            "notes": ["prompt.max_note_chars=40"]}
 MEASURES = [("x_parse_rate", "parse rate"), ("x_step_agreement", "step agreement"),
             ("x_self_consistency", "self-consistency"),
             ("x_discriminative_hallucination_rate", "discriminative hallucination")]
@@ -92,7 +98,9 @@ def page(rows: list[dict], variants: list[str], folds: list[int], out: Path, com
            "adapters (an own head: the grade distribution is computed by parts the completion's loss never "
            "trains), a copy term and grade conditioning (every completion position reads a learned vector of "
            "the grade token it follows). Grade conditioning is what makes the steps imply the grade; the "
-           "adapters and the copy term raise step agreement, most on the type steps. Finished folds are reused: "
+           "adapters and the copy term raise step agreement, most on the type steps; naming the type steps from "
+           "the rule knowledge base's ids (prompt.slugs: rules) instead of free slugs raises it again, the model "
+           "unchanged. Finished folds are reused: "
            "the wall time above is this call's; training and decoding took 10-25 min a fold and variant on one "
            "thread.")
     p.text("The last column, d, bounds the other two together: where the first-token grade differs from the "
@@ -113,7 +121,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="runs/quickstart/data")
     ap.add_argument("--folds", default="0,1")
-    ap.add_argument("--variants", default="default,shared_head,adapters,copy")
+    ap.add_argument("--variants", default="default,free_slugs,shared_head,adapters,copy")
     ap.add_argument("--out", default="runs/reasoning_cv")
     ap.add_argument("--page-dir", default="docs/results", help="write reasoning.md here ('' = no page)")
     ap.add_argument("--train-only", action="store_true", help="train and decode the folds; no page")

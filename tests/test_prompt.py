@@ -137,4 +137,7 @@ def test_completion_rejects_bad_values():
 
 def test_clean_note_limits():
     assert clean_note("a" * 500, 10) == "a" * 10
+    assert clean_note("a mouse pad by kensington", 16) == "a mouse pad by"  # whole words
+    assert clean_note("a mouse pad by kensington", 14) == "a mouse pad by"
+    assert clean_note("a mouse pad", 0) == "-"
     assert clean_note(None) == "-" and clean_note("  \n ") == "-"

@@ -182,13 +182,15 @@ def apply_template(tokenizer, query: str, product: dict, cfg: PromptConfig | Non
 
 
 def clean_note(note, limit: int = 160) -> str:
-    """One line of free text that cannot break the line grammar."""
+    """One line of free text that cannot break the line grammar, at most ``limit`` characters."""
     text = _text(note).replace("=>", "->")
     # a grade token inside a note would confuse the parser; repeat until none is left, since taking the
     # brackets off one can make another ("<<L3>>" -> "<L3>")
     while any(tok in text for tok in GRADE_TOKENS):
         for tok in GRADE_TOKENS:
             text = text.replace(tok, tok[1:-1])
+    if len(text) > limit and " " in text[:limit + 1]:
+        text = text[:limit + 1].rsplit(" ", 1)[0]  # cut between words: a note ends in a whole word
     return text[:limit].rstrip() or "-"
 
 
