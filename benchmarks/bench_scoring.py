@@ -41,7 +41,6 @@ import numpy as np
 import torch
 
 from searchrl.data.schema import load_dataset, pair_products
-from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.format.prompt import PromptConfig
 from searchrl.relevance.model.builds import MINILM_QWEN2
@@ -49,6 +48,7 @@ from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.model.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
 from searchrl.relevance.model.tokenizer import encode_prompt
 from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.rules.teacher import RuleTeacher
 from searchrl.relevance.scoring.evaluate import decode_completions
 from searchrl.relevance.scoring.scorer import RelevanceScorer

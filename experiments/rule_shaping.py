@@ -113,8 +113,8 @@ def decoded(model: Path, pairs, cache: Path, max_new_tokens: int) -> list[dict]:
             raise SystemExit(f"error: {cache}: {len(rows)} cached completions for {len(pairs)} test pairs; "
                              "remove it or use another --out")
         return rows
-    from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.rules.engine import RuleEngine
+    from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.scorer import RelevanceScorer
     scorer = RelevanceScorer.load(model)

@@ -6,14 +6,13 @@ import pytest
 import torch
 
 from searchrl.errors import ConfigError
-
 from searchrl.relevance.format.grammar import CompletionGrammar, grammar_for
-from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.format.prompt import PromptConfig, build_completion, build_prompt
 from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.model.tokenizer import encode_prompt
 from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.rules.teacher import RuleTeacher
 from searchrl.rl.rollout import sample_groups
 

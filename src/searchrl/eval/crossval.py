@@ -127,9 +127,9 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
     completions are saved (test_completions.jsonl) with their parse; "reasoning" holds the counts of the
     reasoning measures against the rule engine's verdicts (reasoning.reasoning_counts), "reasoning_pairs" the
     same per pair (reasoning.reasoning_per_pair)."""
-    from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.format.parser import parse_completion
     from searchrl.relevance.rules.engine import RuleEngine
+    from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.reasoning import reasoning_counts, reasoning_per_pair
     from searchrl.relevance.scoring.scorer import RelevanceScorer

@@ -110,12 +110,12 @@ def grammar_for(tokenizer, prompt_cfg, slugs: dict | None = None) -> "Completion
 @dataclass
 class _SlugTrie:
     """A slug vocabulary as token sequences: the tokens that may follow each prefix, and the whole slugs."""
-    next: dict  # prefix tuple -> sorted list of ids that continue some slug
+    continuations: dict  # prefix tuple -> sorted list of ids that continue some slug
     whole: frozenset  # the slugs' token tuples
     rest: dict  # prefix tuple -> the fewest tokens that complete it to a whole slug
 
 
-def _slug_trie(grammar: "CompletionGrammar", slugs) -> "_SlugTrie | None":
+def _slug_trie(grammar: CompletionGrammar, slugs) -> _SlugTrie | None:
     """The trie of ``slugs`` as ``grammar``'s tokenizer writes them after " => key:"; slugs with a token the
     tokenizer cannot write (its unknown token: a trimmed vocabulary) are left out; None when none is left."""
     unk = grammar.tok.unk_token_id
@@ -248,7 +248,7 @@ class GrammarState:
     def _slug_allowed(trie: _SlugTrie, value: tuple, closing: int, room: int | None) -> list[int]:
         """The tokens that continue ``value`` to a slug of ``trie`` -- only those that can finish within ``room``
         tokens when there is a budget (the quickest one if none can) -- and ``closing`` once it is whole."""
-        ids, whole = list(trie.next.get(value, ())), value in trie.whole
+        ids, whole = list(trie.continuations.get(value, ())), value in trie.whole
         if whole and (not ids or (room is not None and room <= 0)):
             return [closing]
         if room is not None and ids:

@@ -32,12 +32,12 @@ from tqdm.auto import tqdm
 
 from searchrl.data.schema import SPLITS, Dataset, pair_products
 from searchrl.metrics.measures import classification_metrics, good_auc
-from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.format.parser import is_consistent, parse_completion
 from searchrl.relevance.model.load import grade_probs
 from searchrl.relevance.model.scorer_config import update_scorer_config
 from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
 from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.scoring.reasoning import reasoning_measures
 from searchrl.relevance.scoring.tiering import (
     argmax_grades,

@@ -49,13 +49,13 @@ import torch
 
 from searchrl.config import EvalConfig, OptimConfig, RunConfig, check_choices
 from searchrl.errors import ConfigError
-from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.format.prompt import PromptConfig
 from searchrl.relevance.model.builds import TinyModel
 from searchrl.relevance.model.load import DTYPES, load_relevance_model, load_trainable
 from searchrl.relevance.model.lora import LoraSettings, frozen_reference
 from searchrl.relevance.model.scorer_config import save_relevance_model, scorer_config_or_default
 from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
+from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.scoring.evaluate import evaluate_examples
 from searchrl.relevance.train.examples import split_examples, subset
 from searchrl.relevance.train.guided_replay import GuidedReplay, GuidedReplayConfig, guided_old_logps

@@ -35,12 +35,12 @@ from tqdm.auto import tqdm
 from searchrl.data.schema import DataError
 from searchrl.errors import ConfigError, InputError
 from searchrl.metrics.stats import query_bootstrap
-from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.model.scorer_config import load_scorer_config
 from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
 from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.rules.teacher import RuleTeacher
 from searchrl.relevance.train.examples import build_examples
 from searchrl.rl.rollout import sample_groups
