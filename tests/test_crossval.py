@@ -1,5 +1,7 @@
 """Cross-validation over queries: disjoint folds that cover every query once, re-split datasets, a tiny run."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import sft_config_for_tests
@@ -105,3 +107,26 @@ def test_a_cot_first_recipe_is_decoded_and_its_written_grade_scored(tiny_data, t
         assert len(lines) == result["fold"].count(fold) and all(set(x) == {"completion", "grade", "parsed",
                                                                              "self_consistent", "held_to", "rule_grade"} for x in lines)
         assert not (tmp_path / f"fold{fold}" / "seed0" / "test_probs.npy").exists()  # no probabilities to save
+
+
+def test_a_fold_whose_training_config_changed_trains_afresh_and_one_changed_in_decoding_only_resumes(
+        tiny_data, tmp_path, capsys):
+    """A finished fold under another config is not resumed from its checkpoints (that would finish the other
+    config's model): it trains from step 0. A change only decoding reads (the type slugs) keeps the model, which
+    resumes its own run and is decoded again."""
+    ds = load_dataset(tiny_data)
+    base = {"model": "tiny-qwen2", "prompt": {"instruction": "Grade it.", "max_note_chars": 0},
+            "max_length": 256, "batch_size": 4, "optim": {"lr": 3e-3, "max_steps": 2},
+            "run": {"device": "cpu", "progress": False, "save_every": 1}}
+    crossval(sft_config_for_tests(base), ds, k=2, out=tmp_path, baselines=False, folds_to_run=[0], decode=True)
+    capsys.readouterr()
+    crossval(sft_config_for_tests({**base, "optim": {"lr": 1e-3, "max_steps": 2}}), ds, k=2, out=tmp_path,
+             baselines=False, folds_to_run=[0])
+    assert "resumed from" not in capsys.readouterr().out
+    sft_dir = tmp_path / "fold0" / "seed0" / "sft"
+    assert [json.loads(x)["step"] for x in (sft_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    free = {**base, "optim": {"lr": 1e-3, "max_steps": 2}, "prompt": {**base["prompt"], "slugs": "free"}}
+    crossval(sft_config_for_tests(free), ds, k=2, out=tmp_path, baselines=False, folds_to_run=[0], decode=True)
+    assert "resumed from" in capsys.readouterr().out
+    saved = json.loads((sft_dir / "final" / "relevance_config.json").read_text())
+    assert saved["prompt"]["slugs"] == "free"

@@ -1,5 +1,6 @@
 """The run loop on a toy model: exact resume, the checkpoint manifest, and falling back past damaged checkpoints."""
 
+import dataclasses
 import json
 
 import pytest
@@ -11,12 +12,19 @@ from searchrl.errors import UserError
 from searchrl.training import RunLoop, build_optimizer, optimizer_step
 
 
-def run_toy(out, total=6, stop=0, resume=False, save_every=2, best_metric="", history=None):
+@dataclasses.dataclass
+class ToyConfig:
+    lr: float = 0.1
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+
+def run_toy(out, total=6, stop=0, resume=False, save_every=2, best_metric="", history=None, config=None,
+            resume_ignores=()):
     """Fit y = 3x on a fixed stream with the run loop; returns (result, the weight, examples seen).
     With ``best_metric`` an eval after every step scores -|step - 3| under that name (the best is step 3) and
-    ``history`` gets each step's weight."""
+    ``history`` gets each step's weight; ``config`` is saved with the checkpoints."""
     loop = RunLoop("toy", RunConfig(output_dir=str(out), device="cpu", progress=False, save_every=save_every,
-                                    stop_at_step=stop, resume=resume))
+                                    stop_at_step=stop, resume=resume), config, resume_ignores)
     model = torch.nn.Linear(1, 1, bias=False)
     if loop.checkpoint is not None:
         model.load_state_dict(torch.load(loop.checkpoint / "weights.pt"))
@@ -136,3 +144,16 @@ def test_a_non_finite_gradient_stops_before_the_weights_change():
     with pytest.raises(FloatingPointError, match="step 3"):
         optimizer_step(optimizer, scheduler, 1.0, "step 3")
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_checkpoint_saved_under_another_config_is_refused(tmp_path):
+    """Resuming another config's checkpoint would finish another model: refused, naming the field; a change in
+    where and how the run writes, or in a field the trainer says training never reads, resumes."""
+    run_toy(tmp_path, stop=3, config=ToyConfig(lr=0.1))
+    with pytest.raises(UserError, match=r"another config \(lr: 0.1 -> 0.2\)"):
+        run_toy(tmp_path, resume=True, config=ToyConfig(lr=0.2))
+    resumed, _, _ = run_toy(tmp_path, resume=True, config=ToyConfig(lr=0.2), resume_ignores=("lr",))
+    assert resumed.step == 6
+    run_toy(tmp_path / "b", stop=3, config=ToyConfig(run=RunConfig(save_every=2)))
+    resumed, _, _ = run_toy(tmp_path / "b", resume=True, config=ToyConfig(run=RunConfig(save_every=5)))
+    assert resumed.step == 6

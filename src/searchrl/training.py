@@ -10,7 +10,10 @@ all-rank means to log. The loop owns the rest, once:
 - resume: the newest *valid* ``checkpoint-STEP/`` (see below) gives the weights (loaded by
   the trainer from ``loop.checkpoint``), the optimizer, scheduler and RNG states, the step,
   and each rank's own extra state (``loop.rank_state``: GRPO's samplers, R-GRPO's index);
-  metric lines logged after that checkpoint are dropped, so none appears twice;
+  metric lines logged after that checkpoint are dropped, so none appears twice; a checkpoint
+  saved under another config is refused, naming the fields that differ (resuming it would
+  finish another model), except for the fields of :data:`RESUMABLE_CHANGES` and the
+  trainer's own ``resume_ignores``;
 - the tqdm bar, ``metrics.jsonl`` (rank 0), the eval and save cadence, ``stop_at_step``
   (checkpoint and stop without changing the schedule), and ``final/``;
 - ``eval.best_metric`` (:class:`BestWeights`): the trainable weights of the best eval are kept in
@@ -26,6 +29,7 @@ and :func:`build_optimizer` (AdamW + warmup/decay, shared by every trainer).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -243,13 +247,35 @@ class BestWeights:
         return self.info
 
 
+# config fields a run may change when it resumes: where and how it writes, not what it trains
+RESUMABLE_CHANGES = ("run.output_dir", "run.device", "run.log_every", "run.save_every", "run.save_total_limit",
+                     "run.stop_at_step", "run.resume", "run.progress", "eval.every", "eval.batch_size",
+                     "eval.max_new_tokens", "eval.max_examples")
+
+
+def config_changes(saved: dict, current: dict, ignore=(), prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two ``dataclasses.asdict`` configs; a field in only
+    one of them (a config written before the field existed) and the names in ``ignore`` are not compared."""
+    changed = []
+    for key in saved.keys() & current.keys():
+        name = prefix + key
+        if name in ignore:
+            continue
+        a, b = saved[key], current[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += config_changes(a, b, ignore, name + ".")
+        elif json.loads(json.dumps(a, default=str)) != json.loads(json.dumps(b, default=str)):
+            changed.append(f"{name}: {a!r} -> {b!r}")
+    return sorted(changed)
+
+
 class RunLoop:
     """One training run of trainer ``name`` under ``run``; see the module docstring.
 
     After construction: ``device``, ``world``, ``rank``, ``out``, ``checkpoint`` (the valid checkpoint to
     resume from, or None: load the weights from it) and ``rank_state`` (this rank's extras saved with it)."""
 
-    def __init__(self, name: str, run: RunConfig, config=None):
+    def __init__(self, name: str, run: RunConfig, config=None, resume_ignores: tuple[str, ...] = ()):
         self.name, self.run = name, run
         self.out = Path(run.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -261,6 +287,14 @@ class RunLoop:
             save_config(config, self.out / f"{name}_config.yaml")
         self.checkpoint = latest_valid_checkpoint(self.out) if run.resume else None
         self.state = load_trainer_state(self.checkpoint) if self.checkpoint else {}
+        if isinstance(self.state.get("config"), dict) and dataclasses.is_dataclass(config):
+            changed = config_changes(self.state["config"], dataclasses.asdict(config),
+                                     RESUMABLE_CHANGES + tuple(resume_ignores))
+            if changed:
+                raise UserError(f"{self.checkpoint} was saved under another config ({'; '.join(changed[:4])}"
+                                f"{'; ...' if len(changed) > 4 else ''}): resuming it would finish another model. "
+                                "Resume with the config it was saved with, or start fresh: --set run.resume=false "
+                                "or another run.output_dir")
         ranks = self.state.get("ranks")
         if ranks is not None and len(ranks) != self.world:
             raise UserError(f"{self.checkpoint}: saved by {len(ranks)} process(es), resumed with {self.world}; "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from searchrl.errors import ConfigError
 from searchrl.metrics.measures import fast_scores, good_auc, per_query_auc
 from searchrl.metrics.stats import paired_bootstrap, paired_metric_bootstrap, query_bootstrap
 from searchrl.relevance.scoring.reasoning import add_counts, rates_of_rows, reasoning_rates
+from searchrl.training import RESUMABLE_CHANGES, config_changes
 
 
 def query_folds(query_ids, k: int, seed: int = 0) -> dict[str, int]:
@@ -96,14 +98,18 @@ def _model(cfg, ds: Dataset, fold_dir: Path, decode: bool = False) -> dict:
     from searchrl.relevance.scoring.evaluate import split_probs, tune_tiering
     from searchrl.relevance.scoring.scorer import RelevanceScorer
     from searchrl.relevance.scoring.tiering import tiered_grades
-    from searchrl.relevance.train.sft import run_sft
+    from searchrl.relevance.train.sft import DECODE_ONLY, run_sft
     data_dir = write_dataset(ds, fold_dir / "data")
     run = dataclasses.replace(cfg.run, output_dir=str(fold_dir / "sft"), resume=True)
     fold_cfg = dataclasses.replace(cfg, data_dir=str(data_dir), run=run)
     final, done = fold_dir / "sft" / "final", fold_dir / "fold_config.json"
     wanted = json.loads(json.dumps(identity(fold_cfg)))
-    if not ((final / "relevance_config.json").exists() and done.exists() and json.loads(done.read_text()) == wanted):
+    saved = json.loads(done.read_text()) if done.exists() else None
+    if not ((final / "relevance_config.json").exists() and saved == wanted):
         (fold_dir / "decoded.json").unlink(missing_ok=True)  # decoded by the model this run replaces
+        if saved is not None and config_changes(saved, wanted, RESUMABLE_CHANGES + DECODE_ONLY):
+            shutil.rmtree(fold_dir / "sft", ignore_errors=True)  # another config's model: this one trains afresh
+        # (changed in DECODE_ONLY fields alone, the fold resumes its own run: final/ is re-saved under this config)
         final = run_sft(fold_cfg).final_dir
         done.write_text(json.dumps(wanted))  # this fold finished with this config: a re-run reuses it
     if cfg.prompt.order == "cot_first":

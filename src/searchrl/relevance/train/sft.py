@@ -61,6 +61,10 @@ from searchrl.relevance.train.guided_replay import hint_text, hinted_prompt
 from searchrl.relevance.train.saving import PolicySaver
 from searchrl.training import BatchStream, RunLoop, build_optimizer, optimizer_step, total_steps
 
+# config fields only decoding reads (the type slugs, the grammar): SFT trains the same weights under any of them,
+# so a run may resume, and a CV fold keep its model, when these alone changed
+DECODE_ONLY = ("prompt.slugs", "prompt.constrained")
+
 
 @dataclass
 class SFTConfig:
@@ -286,7 +290,7 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
     """Fine-tune on examples_train ({"prompt", "completion", "grade"}); evaluate on examples_eval."""
     if resume is not None:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=resume))
-    loop = RunLoop("sft", cfg.run, cfg)
+    loop = RunLoop("sft", cfg.run, cfg, resume_ignores=DECODE_ONLY)
     model, tok = _load_policy(cfg, loop)
     gids = grade_token_ids(tok)
     train = subset(examples_train, cfg.max_train_examples, cfg.run.seed)
