@@ -106,8 +106,11 @@ def parsed_row(text: str, rule_verdicts: dict, order: str = "label_first") -> di
 
 
 def decoded(model: Path, pairs, cache: Path, max_new_tokens: int) -> list[dict]:
-    """Each test pair's greedy completion, parsed (parsed_row), cached as jsonl beside the run."""
-    rows = [json.loads(x) for x in cache.read_text().splitlines() if x.strip()] if cache.exists() else []
+    """Each test pair's greedy completion, parsed (parsed_row), cached as jsonl beside the run (a cache older than
+    the model's files is decoded again: the stage that wrote it was rerun)."""
+    newest = max((f.stat().st_mtime for f in Path(model).rglob("*") if f.is_file()), default=0.0)
+    fresh = cache.exists() and cache.stat().st_mtime >= newest  # decoded after the model was (re)trained
+    rows = [json.loads(x) for x in cache.read_text().splitlines() if x.strip()] if fresh else []
     if rows and all("step_agreement" in r for r in rows):  # (rows without it: an older run's, decoded again)
         if len(rows) != len(pairs):  # another --smoke / full run wrote this --out: its rows are other pairs
             raise SystemExit(f"error: {cache}: {len(rows)} cached completions for {len(pairs)} test pairs; "

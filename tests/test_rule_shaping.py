@@ -81,3 +81,21 @@ def test_the_smoke_setting_trains_both_rewards_from_one_sft_and_decodes_test(cho
     assert "cot_fraction: 1.0" in (out / "sft" / "sft_config.yaml").read_text()
     again = shaping.main(args)  # a re-run reuses every stage and every decoded completion
     assert json.dumps(again["rows"]) == json.dumps(result["rows"])  # NaN (nothing parsed at this size) == NaN
+
+
+def test_decoded_completions_older_than_their_model_are_decoded_again(tmp_path):
+    """A rerun stage writes a new model under the same path: its cached completions are the old model's."""
+    import os
+    from unittest import mock
+    rows = [shaping.parsed_row(completion(4, "match", "match"), RULES)] * 2
+    pairs = pd.DataFrame({"query_id": ["q0", "q0"], "text": ["camera bag", "camera bag"], "grade": [4, 4]})
+    cache, model = tmp_path / "sft.test_completions.jsonl", tmp_path / "final"
+    cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model.mkdir()
+    (model / "model.safetensors").write_text("weights")
+    os.utime(model / "model.safetensors", (1, 1))  # trained before the cache was written: reused
+    assert shaping.decoded(model, pairs, cache, 64) == rows
+    os.utime(cache, (0, 0))  # the model is newer: decoded again
+    with mock.patch("searchrl.relevance.scoring.scorer.RelevanceScorer.load", side_effect=RuntimeError("loaded")):
+        with pytest.raises(RuntimeError, match="loaded"):
+            shaping.decoded(model, pairs, cache, 64)
