@@ -221,15 +221,20 @@ def markdown(result: dict, wall_s: float) -> str:
 
 
 def reasons(result: dict) -> list[str]:
-    """Where the step agreement went: each GRPO run against SFT, whatever its reward."""
+    """Where adherence and step agreement went: each GRPO run against SFT, and why, by the measured verdicts."""
     claims = {c["contrast"]: c for c in result["claims"]}
     if not all("step_agreement" in claims.get(k, {}) for k in ("grpo_outcome - sft", "grpo_shaping - sft")):
         return []
-    return [("GRPO lowers step agreement from SFT whatever its reward (outcome reward "
-            f"{format_difference(claims['grpo_outcome - sft']['step_agreement'])}, shaping "
-            f"{format_difference(claims['grpo_shaping - sft']['step_agreement'])}): in these runs the policy "
-            "moves the top two blocks, which the grade and the steps share, towards the grade, and the shaped "
-            "reward's step term does not hold the steps where they were.")]
+    moved = (f"Against SFT, step agreement moves by {format_difference(claims['grpo_outcome - sft']['step_agreement'])}"
+             f" under the outcome reward and {format_difference(claims['grpo_shaping - sft']['step_agreement'])} "
+             f"under shaping; rule adherence by {format_difference(claims['grpo_outcome - sft']['adherence'])} and "
+             f"{format_difference(claims['grpo_shaping - sft']['adherence'])}")
+    if claims["grpo_shaping - grpo_outcome"]["verdict"] == "higher":
+        return [moved + ". The outcome reward pays the grade alone: the policy moves the grade and the steps "
+                "written after it stop implying it. The rule-aware reward also pays each step that agrees with the "
+                "rules and gates on adherence, so the steps move with the grade."]
+    return [moved + ". Neither reward holds the steps where SFT had them: the policy moves the top two blocks, "
+            "which the grade and the steps share, towards the grade."]
 
 
 def glance(result: dict) -> list[dict]:

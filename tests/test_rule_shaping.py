@@ -57,7 +57,8 @@ def test_the_table_reads_adherence_from_each_systems_own_verdicts(tmp_path):
     assert claims["grpo_shaping - grpo_outcome"]["verdict"] == "higher"
     assert claims["grpo_outcome - sft"]["adherence"][0] == pytest.approx(0.5)
     reason = shaping.reasons(result)[0]  # the step agreement each GRPO run moved from SFT, in the claims page's note
-    assert "outcome reward +0.100" in reason and "shaping +0.200" in reason
+    assert "by +0.100 [+0.100, +0.100] under the outcome reward and +0.200 [+0.200, +0.200] under shaping" in reason
+    assert "gates on adherence" in reason  # shaping - outcome adherence is "higher" here
     assert "| grpo_shaping - sft |" in shaping.markdown(result, 60.0)
     with pytest.raises(SystemExit, match="16 test pairs"):  # a cache written for other pairs is refused, not misread
         shaping.measure(args, models, pairs.head(16), tmp_path)
