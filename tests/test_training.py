@@ -157,3 +157,21 @@ def test_a_checkpoint_saved_under_another_config_is_refused(tmp_path):
     run_toy(tmp_path / "b", stop=3, config=ToyConfig(run=RunConfig(save_every=2)))
     resumed, _, _ = run_toy(tmp_path / "b", resume=True, config=ToyConfig(run=RunConfig(save_every=5)))
     assert resumed.step == 6
+
+
+def test_a_moved_run_directory_resumes_with_the_paths_it_holds(tmp_path):
+    """The checkpoint's config names files beside the run (its data): moved together, they are the same run."""
+    @dataclasses.dataclass
+    class WithData:
+        data_dir: str
+        run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    old, new = tmp_path / "old", tmp_path / "new"
+    def config(home, data):
+        return WithData(data_dir=str(data), run=RunConfig(output_dir=str(home / "out")))
+    run_toy(old / "out", stop=3, config=config(old, old / "data"))
+    old.rename(new)
+    resumed, _, _ = run_toy(new / "out", resume=True, config=config(new, new / "data"))
+    assert resumed.step == 6
+    run_toy(tmp_path / "c" / "out", stop=3, config=config(tmp_path / "c", tmp_path / "c" / "data"))
+    with pytest.raises(UserError, match="data_dir"):  # other data is another model
+        run_toy(tmp_path / "c" / "out", resume=True, config=config(tmp_path / "c", tmp_path / "other"))

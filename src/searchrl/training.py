@@ -269,6 +269,18 @@ def config_changes(saved: dict, current: dict, ignore=(), prefix: str = "") -> l
     return sorted(changed)
 
 
+def moved(value, old: str, new: str):
+    """``value`` (a config as dicts and lists) with every path under ``old`` rewritten under ``new``: a run
+    directory moved or renamed with the files it holds (its data, its tokenizer) is the same run."""
+    if isinstance(value, dict):
+        return {k: moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(moved(v, old, new) for v in value)
+    if isinstance(value, str) and old not in ("", ".") and (value == old or value.startswith(old + "/")):
+        return new + value[len(old):]
+    return value
+
+
 class RunLoop:
     """One training run of trainer ``name`` under ``run``; see the module docstring.
 
@@ -288,7 +300,9 @@ class RunLoop:
         self.checkpoint = latest_valid_checkpoint(self.out) if run.resume else None
         self.state = load_trainer_state(self.checkpoint) if self.checkpoint else {}
         if isinstance(self.state.get("config"), dict) and dataclasses.is_dataclass(config):
-            changed = config_changes(self.state["config"], dataclasses.asdict(config),
+            saved = self.state["config"]
+            old_home = str(Path(saved.get("run", {}).get("output_dir") or run.output_dir).parent)
+            changed = config_changes(moved(saved, old_home, str(self.out.parent)), dataclasses.asdict(config),
                                      RESUMABLE_CHANGES + tuple(resume_ignores))
             if changed:
                 raise UserError(f"{self.checkpoint} was saved under another config ({'; '.join(changed[:4])}"
