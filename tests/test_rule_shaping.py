@@ -97,6 +97,6 @@ def test_decoded_completions_older_than_their_model_are_decoded_again(tmp_path):
     os.utime(model / "model.safetensors", (1, 1))  # trained before the cache was written: reused
     assert shaping.decoded(model, pairs, cache, 64) == rows
     os.utime(cache, (0, 0))  # the model is newer: decoded again
-    with mock.patch("searchrl.relevance.scoring.scorer.RelevanceScorer.load", side_effect=RuntimeError("loaded")):
-        with pytest.raises(RuntimeError, match="loaded"):
-            shaping.decoded(model, pairs, cache, 64)
+    with mock.patch("searchrl.relevance.scoring.scorer.RelevanceScorer.load", side_effect=RuntimeError("loaded")), \
+            pytest.raises(RuntimeError, match="loaded"):
+        shaping.decoded(model, pairs, cache, 64)
