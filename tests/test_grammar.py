@@ -160,3 +160,14 @@ def test_the_rules_slug_vocabulary_is_the_knowledge_bases_and_must_be_given(tiny
         PromptConfig(slugs="taxonomy")
     grammar = completion_grammar(tok, PromptConfig())
     assert grammar.tries["item"].whole == {grammar._piece(" " + s) for s in slugs["item"]} - {()}
+
+
+def test_a_custom_rules_file_names_the_type_steps(tiny, tmp_path):
+    """A team's own rules.yaml (SFTConfig.rules, GRPOConfig.rules, sample's --rules) is where the slugs come from."""
+    _, tok = tiny
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\ntypes:\n  - {id: widget, names: [widget]}\nbrands:\n  acme: [acme]\n")
+    grammar = completion_grammar(tok, PromptConfig(), rules)
+    piece = grammar._piece
+    assert grammar.tries["item"].whole == {piece(" widget"), piece(" unknown")}
+    assert grammar.tries["query"].whole == {piece(" widget"), piece(" acme"), piece(" unknown")}

@@ -146,7 +146,8 @@ def _examples(ctx: Context, final: str | None) -> list[dict] | None:
     results = [scorer.score(q, [p])[0] for q, p in zip(sub["text"], products)]
     cots = decode_completions(scorer.model, scorer.tokenizer, [scorer.prompt(q, p) for q, p in zip(sub["text"], products)],
                               ctx.cfg.report.max_new_tokens, progress=False,
-                              grammar=completion_grammar(scorer.tokenizer, scorer.config.prompt))
+                              grammar=completion_grammar(scorer.tokenizer, scorer.config.prompt,
+                                                         ctx.cfg.sft.rules or None))
     return [{"query": str(q), "title": p["title"], "gold": int(g), "pred": r["tier"], "p_good": r["p_good"],
              "cot": c, "system": final} for q, p, g, r, c in zip(sub["text"], products, sub["grade"], results, cots)]
 

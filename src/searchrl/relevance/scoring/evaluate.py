@@ -153,7 +153,7 @@ def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", deco
     parsed = []
     if decode or cot_first:  # a cot-first model's grade exists only after its reasoning: decode it
         texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, batch_size,
-                                   grammar=completion_grammar(scorer.tokenizer, cfg.prompt))
+                                   grammar=completion_grammar(scorer.tokenizer, cfg.prompt, rules))
         parsed = [parse_completion(t, cfg.prompt.order) for t in texts]
     if cot_first:  # no readable grade counts as L1 (the most common grade), i.e. as a miss for the rest
         rows = [{"system": name, **classification_metrics(gold, [p.grade or 1 for p in parsed])}]

@@ -284,7 +284,7 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
     encoded = [encode_prompt(tok, render_prompt(tok, p["prompt"], cfg.chat_template)) for p in prompts]
     sampler = PromptSampler([int(p["grade"]) for p in prompts], ro_cfg.class_balance, [cfg.run.seed, loop.rank])
     generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + loop.rank)  # rank's own sampling stream
-    grammar = completion_grammar(tok, cfg.prompt)
+    grammar = completion_grammar(tok, cfg.prompt, cfg.rules or None)  # the reward's rules name the types
     replay = (GuidedReplay(cfg.replay, prompts, tok, cfg.chat_template, [cfg.run.seed, loop.rank, 17], grammar)
               if cfg.replay.enabled else None)
     rollouts_total = 0

@@ -106,7 +106,7 @@ def sample_preferences(model_dir: str | Path, ds, n: int, split: str = "train", 
 
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    grammar = completion_grammar(tok, scorer.prompt)
+    grammar = completion_grammar(tok, scorer.prompt, rules)  # type steps from the same rules
     rows, n_right, query_ids, n_format_errors = [], [], [], 0
     bar = tqdm(total=len(prompts), disable=not progress, desc=f"sample x{n}")
     for start in range(0, len(prompts), prompts_per_batch):
