@@ -52,7 +52,8 @@ VARIANTS = {"default": [],
             "grade": ["prefix.cot_layers=0", "prefix.cot_copy=false"],
             "grade_copy": ["prefix.cot_layers=0"],
             "free_slugs": ["prompt.slugs=free"],
-            "notes": ["prompt.max_note_chars=40"]}
+            "notes": ["prompt.max_note_chars=40"],
+            "synthetic": ["synthetic_queries=300", "synthetic_per_query=4", "synthetic_cot_only=true"]}
 MEASURES = [("x_parse_rate", "parse rate"), ("x_step_agreement", "step agreement"),
             ("x_self_consistency", "self-consistency"),
             ("x_discriminative_hallucination_rate", "discriminative hallucination")]

@@ -89,6 +89,16 @@ def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_da
                     side_effect=AssertionError("decoded a finished fold again")):
         again = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, baselines=False, decode=True)
     assert again["systems"]["model"]["reasoning_pairs"] == decoded["systems"]["model"]["reasoning_pairs"]
+    # a model saved with another decoder (here token-by-token intents) is decoded again, its fold alone
+    import dataclasses
+
+    from searchrl.relevance.model.scorer_config import load_scorer_config, update_scorer_config
+    from searchrl.relevance.scoring.evaluate import decode_completions
+    final = tmp_path / "fold0" / "seed0" / "sft" / "final"
+    update_scorer_config(final, prompt=dataclasses.replace(load_scorer_config(final).prompt, intent_beam=1))
+    with mock.patch("searchrl.relevance.scoring.evaluate.decode_completions", wraps=decode_completions) as decode:
+        crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, baselines=False, decode=True)
+    assert decode.call_count == 1
 
 
 @pytest.mark.slow

@@ -171,3 +171,87 @@ def test_a_custom_rules_file_names_the_type_steps(tiny, tmp_path):
     piece = grammar._piece
     assert grammar.tries["item"].whole == {piece(" widget"), piece(" unknown")}
     assert grammar.tries["query"].whole == {piece(" widget"), piece(" acme"), piece(" unknown")}
+
+
+def test_a_beam_over_the_trie_names_the_id_most_probable_as_a_whole_where_token_by_token_does_not():
+    """Token by token, the likelier first token (2) leads into an id the model finds unlikely as a whole (2, 3);
+    a beam of two keeps the other prefix and names (1,), the id most probable with its closing token."""
+    from types import SimpleNamespace
+
+    from searchrl.rl.rollout import trie_beam_search
+    V, close = 6, 5
+    trie = SimpleNamespace(continuations={(): [1, 2], (2,): [3]}, whole={(1,), (2, 3)})
+    after = {1: {close: 0.9, 4: 0.1}, 3: {close: 0.9, 4: 0.1}, 2: {3: 0.1, 4: 0.9}}  # next-token probabilities
+
+    def logits_of(probs: dict) -> torch.Tensor:
+        return torch.tensor([probs.get(t, 1e-9) for t in range(V)]).log()
+
+    def forward(sources, tokens):  # the logits after each branch's last token (this toy model is first-order)
+        return torch.stack([logits_of(after[t]) for t in tokens])
+
+    root = logits_of({1: 0.4, 2: 0.5, 4: 0.1})[None]  # [1, V]
+    assert trie_beam_search(forward, root, [(0, trie, close, 1)]) == [(2, 3)]  # greedy: 0.5 * 0.1 * 0.9
+    assert trie_beam_search(forward, root, [(0, trie, close, 2)]) == [(1,)]  # whole: 0.4 * 0.9 wins
+    with pytest.raises(ConfigError, match="intent_beam"):
+        PromptConfig(intent_beam=0)
+
+
+def test_the_intent_beam_decodes_the_whole_id_a_full_forward_finds_likeliest():
+    """Decoding with the KV cache's branches (copy term and grade conditioning on, so each branch must read its
+    row's prompt and grade) names the intent that a full forward, scoring every id of the vocabulary with its
+    closing token, finds likeliest (a beam as wide as the vocabulary is exact); the completion still parses."""
+    from searchrl.relevance.model.load import PrefixLMSettings
+    from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
+    model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(
+        mask="block", cot_layers=1, cot_rank=4, cot_copy=True, cot_grade=True), seed=3)
+    model.eval()
+    with torch.no_grad():
+        model.cot_copy_gate.bias.copy_(torch.tensor([2.0, 1.0]))
+        model.cot_grade_in.copy_(torch.randn_like(model.cot_grade_in))
+    cfg = PromptConfig(layout="segments", max_note_chars=0, intent_beam=16)
+    slugs = {"query": ["laptop", "laptop_bag", "laptop_stand", "bag", "coffee_maker", "tv"], "item": ["bag", "tv"]}
+    grammar = grammar_for(tok, cfg, slugs)
+    assert grammar.beams == {"query": 16}
+    prompts = [encode_prompt(tok, build_prompt(q, p, cfg)) for q, p, _ in PAIRS]
+    ro = sample_groups(model, tok, prompts, 1, 60, temperature=0.0, grammar=grammar)
+    head, close = grammar._piece(" => intent:"), grammar._piece("\nitem:")[0]
+    whole = sorted(grammar.tries["query"].whole)
+    agree = 0
+    for prompt, completion, text in zip(prompts, ro.completion_ids.tolist(), ro.texts(tok)):
+        assert parse_completion(text).ok
+        at = next(i + len(head) for i in range(len(completion)) if tuple(completion[i:i + len(head)]) == head)
+        chosen = tuple(completion[at:completion.index(close, at)])
+        with torch.no_grad():
+            scores = [model(input_ids=torch.tensor([prompt + completion[:at] + list(w) + [close]])).logits[0]
+                      .log_softmax(-1)[len(prompt) + at - 1:-1].gather(1, torch.tensor([[*w, close]]).T).sum()
+                      for w in whole]
+        agree += chosen == whole[int(torch.stack(scores).argmax())]
+    assert agree == len(prompts)
+
+
+def test_branches_of_the_kv_cache_give_a_full_forwards_logits():
+    """rl.rollout._Branches: branches of a decode row's cache, reordered between steps, read the logits a full
+    forward of the same tokens gives (positions, masks, the prompt's words and the grade token included)."""
+    from searchrl.relevance.model.load import PrefixLMSettings
+    from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
+    from searchrl.rl.rollout import _Branches
+    model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(
+        mask="block", cot_layers=1, cot_rank=4, cot_copy=True, cot_grade=True), seed=3)
+    model.eval()
+    with torch.no_grad():
+        model.cot_copy_gate.bias.copy_(torch.tensor([2.0, 1.0]))
+        model.cot_grade_in.copy_(torch.randn_like(model.cot_grade_in))
+    cfg = PromptConfig(layout="segments", max_note_chars=0)
+    prompt = encode_prompt(tok, build_prompt(*PAIRS[0][:2], cfg))
+    grade, a, b, c, d = model.config.grade_token_ids[2], *tok.convert_tokens_to_ids(["laptop", "bag", "_", "tv"])
+    ids = torch.tensor([prompt])
+    extra = {"prompt_ids": ids, "prompt_mask": torch.ones_like(ids), "completion_start": torch.tensor([grade])}
+    with torch.no_grad():
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+        model(input_ids=torch.tensor([[grade]]), past_key_values=cache, use_cache=True, **extra)  # the decode so far
+        branches = _Branches(model, cache, torch.ones(1, len(prompt) + 1, dtype=torch.long),
+                             torch.tensor([len(prompt) + 1]), extra)
+        branches([0, 0], [a, b])  # two branches of row 0
+        got = branches([1, 0], [c, d])  # the first extends "b", the second "a"
+        full = [model(input_ids=torch.tensor([prompt + [grade] + path])).logits[0, -1] for path in ([b, c], [a, d])]
+    torch.testing.assert_close(got, torch.stack(full), atol=1e-4, rtol=1e-4)

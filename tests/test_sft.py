@@ -213,3 +213,30 @@ def test_hint_fraction_trains_that_share_of_prompts_with_guided_replays_hint(tmp
     for bad in (-0.1, 1.0):
         with pytest.raises(Exception, match="hint_fraction"):
             small_cfg(tmp_path, hint_fraction=bad)
+
+
+def test_cot_only_examples_train_their_chain_of_thought_and_never_the_grade(tmp_path):
+    """synthetic_cot_only: a CoT-only example keeps its chain of thought whatever cot_fraction says, its grade
+    token is read but is no target, and it is in no ranking pair; the human examples are as before."""
+    from searchrl.relevance.train.sft import _batch_stream, _encode_train, rank_loss
+    from searchrl.training import RunLoop
+    _, tok = load_relevance_model(TINY)
+    human, synthetic = make_examples(8), [ex | {"cot_only": True} for ex in make_examples(8)]
+    cfg = small_cfg(tmp_path, cot_fraction=0.0, query_chunk=4, rank_loss_weight=1.0)
+    loop = RunLoop("sft", cfg.run, cfg)
+    encoded = _encode_train(cfg, tok, human + synthetic, loop)
+    grade_ids = set(tok.convert_tokens_to_ids([f"<L{g}>" for g in range(1, 5)]))
+    for e in encoded[:8]:  # human, cot_fraction 0: the grade token is the only target
+        targets = [t for t in e["labels"] if t != IGNORE]
+        assert len(targets) == 1 and targets[0] in grade_ids
+    for e, ex in zip(encoded[8:], synthetic):  # CoT-only: every CoT token a target, the grade token none
+        targets = [t for t in e["labels"] if t != IGNORE]
+        assert len(targets) > 10 and not grade_ids & set(targets) and targets[-1] == tok.eos_token_id
+        assert grade_ids & set(e["input_ids"])  # the CoT still follows its grade token
+    stream = _batch_stream(cfg, human + synthetic, encoded)
+    rows = [r for m in range(stream.per_epoch) for r in stream(m)]
+    groups = {r["group"] for r in rows if not grade_ids & set(t for t in r["labels"] if t != IGNORE)}
+    assert len(groups) == 8 and all(g < 0 for g in groups)  # each CoT-only example a group of its own
+    batch = collate([r for r in rows if r["group"] < 0], tok.pad_token_id)
+    logits = torch.randn(len(batch["grade"]), 4)
+    assert float(rank_loss(logits, batch["grade"], batch["group"])) == 0.0  # grades differ, yet no pair

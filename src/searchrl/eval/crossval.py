@@ -139,9 +139,11 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.reasoning import reasoning_counts, reasoning_per_pair
     from searchrl.relevance.scoring.scorer import RelevanceScorer
+    from searchrl.relevance.model.scorer_config import load_scorer_config
     cache = fold_dir / "decoded.json"
-    if cache.exists():  # this fold's model, decoded before (a retrained fold removes it)
-        saved = json.loads(cache.read_text())
+    decoder = json.loads(json.dumps(dataclasses.asdict(load_scorer_config(final).prompt)))  # what the grammar reads
+    saved = json.loads(cache.read_text()) if cache.exists() else None
+    if saved and saved.get("prompt") == decoder:  # this fold's model, decoded before by this decoder
         written = np.asarray(saved["written"])
         return {"pred": written, "score": written.astype(float), "reasoning": saved["reasoning"],
                 "reasoning_pairs": saved["reasoning_pairs"]}
@@ -166,7 +168,8 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
                                 "held_to": int(g), "rule_grade": j.grade}) + "\n")
     out = {"pred": written, "score": written.astype(float), "reasoning": reasoning_counts(parsed, rules, held_to, order),
            "reasoning_pairs": per_pair}
-    cache.write_text(json.dumps({"written": written.tolist(), "reasoning": out["reasoning"], "reasoning_pairs": per_pair}))
+    cache.write_text(json.dumps({"written": written.tolist(), "reasoning": out["reasoning"], "reasoning_pairs": per_pair,
+                                 "prompt": decoder}))
     return out
 
 

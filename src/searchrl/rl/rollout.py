@@ -10,6 +10,12 @@ Rows stop at the tokenizer's EOS (kept, so the model learns to stop) or at
 ``max_new_tokens``; finished rows keep decoding padding (masked out) until every
 row is done, which keeps shapes static.
 
+Greedy decoding under a grammar whose choice is one of a vocabulary of token sequences (a type step naming
+a knowledge-base id) may search instead of going token by token: :func:`trie_beam_search` keeps the
+``beam`` most probable prefixes over the vocabulary's trie, on branches of the rows' KV cache, and the
+grammar then writes the id most probable as a whole. Token by token, "flat screen tv" starts with "screen"
+and can then only end in an id that begins with it.
+
 Simplifies: no repetition penalty, no stop strings, top-k only through top-p; the
 decode loop is plain PyTorch over a ``DynamicCache`` (no paged or static cache).
 """
@@ -136,6 +142,14 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, m
     for step in range(max_new_tokens):
         if step < min_new_tokens:
             logits[:, tokenizer.eos_token_id] = float("-inf")
+        searching = temperature == 0 and hasattr(state, "slug_starts")
+        starts = state.slug_starts(max_new_tokens - step) if searching else []
+        if starts:  # rows about to name an id of a vocabulary: the one most probable as a whole
+            extra = {**copying, **({"completion_start": tokens[0]} if conditioning else {})}
+            branches = _Branches(model, cache, full_mask, next_pos, extra)
+            for (r, *_), slug in zip(starts, trie_beam_search(branches, logits, starts)):
+                if slug:
+                    state.commit(r, slug)
         if state is not None:
             logits = state.mask(logits, max_new_tokens - step)
         if temperature == 0:
@@ -159,3 +173,58 @@ def sample_groups(model, tokenizer, prompts: list[list[int]], group_size: int, m
     model.train(was_training)
     return Rollout(ids.index_select(0, rows.cpu()), mask.index_select(0, rows.cpu()),
                    torch.stack(tokens, 1).cpu(), torch.stack(keep, 1).long().cpu(), g)
+
+
+class _Branches:
+    """Branches of some decode rows' KV cache, one token longer at each call: ``(sources, tokens)`` -> the
+    logits [k, V] after appending ``tokens`` [k] to rows ``sources`` of the previous call (the first call:
+    of the decode batch). The decode's own cache is never written."""
+
+    def __init__(self, model, cache, mask: torch.Tensor, next_pos: torch.Tensor, extra: dict):
+        self.model, self.cache, self.mask, self.next_pos, self.extra = model, cache, mask, next_pos, extra
+        self.origin, self.depth = None, 0  # origin[k]: the decode row branch k descends from
+
+    def __call__(self, sources: list[int], tokens: list[int]) -> torch.Tensor:
+        from transformers import DynamicCache
+        device = self.mask.device
+        src = torch.tensor(sources, device=device)
+        self.origin = src if self.origin is None else self.origin.index_select(0, src)
+        self.cache = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, src), layer.values.index_select(0, src))
+                                                  for layer in self.cache.layers], config=self.model.config)
+        self.depth += 1
+        k = len(sources)
+        mask = torch.cat([self.mask.index_select(0, self.origin),
+                          torch.ones(k, self.depth, dtype=self.mask.dtype, device=device)], 1)  # [k, W + depth]
+        pos = self.next_pos.index_select(0, self.origin) + self.depth - 1  # [k]
+        extra = {key: v.index_select(0, self.origin) for key, v in self.extra.items()}
+        return self.model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=mask,
+                          position_ids=pos[:, None], past_key_values=self.cache, use_cache=True,
+                          **extra).logits[:, -1].float()  # [k, V]
+
+
+def trie_beam_search(forward, logits: torch.Tensor, starts: list[tuple]) -> list[tuple]:
+    """For each ``(row, trie, closing, width)`` of ``starts``, the token sequence of ``trie.whole`` most probable
+    as a whole after ``row`` (logits [N, V]: each row's next-token logits): the model's own probability of its
+    tokens and of the closing token after them, over the whole vocabulary (renormalised over the tokens the
+    trie allows, a prefix with one continuation would get it for free: "screen" + "_protector"). A beam of
+    ``width`` prefixes a row; ``forward(sources, tokens)`` extends them (:class:`_Branches`). () for a row
+    where no whole sequence was reached."""
+    best = [((), float("-inf"))] * len(starts)
+    live = [(i, (), 0.0, start[0]) for i, start in enumerate(starts)]  # (start, prefix, log-prob, logits row)
+    current = logits
+    while live:
+        grown: list[list] = [[] for _ in starts]
+        for i, prefix, score, at in live:
+            trie, closing = starts[i][1:3]
+            nxt, whole = list(trie.continuations.get(prefix, ())), prefix in trie.whole
+            logp = current[at].float().log_softmax(-1)[nxt + [closing] * whole].tolist()
+            if whole and score + logp[-1] > best[i][1]:
+                best[i] = (prefix, score + logp[-1])
+            grown[i] += [(score + lp, at, prefix + (t,)) for t, lp in zip(nxt, logp)]
+        # a prefix only loses probability as it grows: one below its row's best whole sequence is done
+        live = [(i, prefix, score, at) for i, g in enumerate(grown)
+                for score, at, prefix in sorted((x for x in g if x[0] > best[i][1]), key=lambda x: -x[0])[:starts[i][3]]]
+        if live:
+            current = forward([at for _, _, _, at in live], [prefix[-1] for _, prefix, _, _ in live])
+            live = [(i, prefix, score, k) for k, (i, prefix, score, _) in enumerate(live)]
+    return [prefix for prefix, _ in best]

@@ -27,7 +27,10 @@ A type step's slug is one of a vocabulary when the caller gives one (``slugs``: 
 type and brand ids, which relevance.rules.kb.completion_grammar passes for ``prompt.slugs: rules``): a token
 trie over the ids, so the model names a type it knows -- the way a product-category model picks a node of
 its taxonomy -- and never invents one ("screen_screen"); without one, any run of slug tokens, at most
-``max_slug_tokens`` long.
+``max_slug_tokens`` long. Greedy decoding names the intent whole (``prompt.intent_beam``): the state lists the
+rows about to name one (:meth:`GrammarState.slug_starts`), the decode loop's beam over the trie
+(rl.rollout.trie_beam_search) picks the id most probable as a whole, and the row then writes it
+(:meth:`GrammarState.commit`).
 
 Simplifies: one grammar per order; one slug vocabulary per step, the same for every row (the rule engine's
 fallback intent, the query's own words when it names no type or brand, is not in it); RL treats forced
@@ -104,7 +107,8 @@ def grammar_for(tokenizer, prompt_cfg, slugs: dict | None = None) -> "Completion
         raise ValueError('prompt.slugs is "rules": pass the slug vocabulary (relevance.rules.kb.completion_grammar)')
     return CompletionGrammar(tokenizer, prompt_cfg.order, free_notes=prompt_cfg.max_note_chars > 0,
                              max_note_tokens=max(4, prompt_cfg.max_note_chars // 2),  # digits tokenize one by one
-                             slugs=slugs if prompt_cfg.slugs == "rules" else None)
+                             slugs=slugs if prompt_cfg.slugs == "rules" else None,
+                             beams={"query": prompt_cfg.intent_beam})
 
 
 @dataclass
@@ -113,6 +117,7 @@ class _SlugTrie:
     continuations: dict  # prefix tuple -> sorted list of ids that continue some slug
     whole: frozenset  # the slugs' token tuples
     rest: dict  # prefix tuple -> the fewest tokens that complete it to a whole slug
+    longest: int  # tokens in the longest slug
 
 
 def _slug_trie(grammar: CompletionGrammar, slugs) -> _SlugTrie | None:
@@ -130,15 +135,16 @@ def _slug_trie(grammar: CompletionGrammar, slugs) -> _SlugTrie | None:
             rest[q[:i]] = min(rest.get(q[:i], len(q)), len(q) - i)
             if i < len(q):
                 nxt.setdefault(q[:i], set()).add(q[i])
-    return _SlugTrie({k: sorted(v) for k, v in nxt.items()}, frozenset(seqs), rest)
+    return _SlugTrie({k: sorted(v) for k, v in nxt.items()}, frozenset(seqs), rest, max(map(len, seqs)))
 
 
 class CompletionGrammar:
     """The completion grammar of ``order`` over ``tokenizer``'s ids; :meth:`start` gives a decoding state."""
 
     def __init__(self, tokenizer, order: str = "label_first", free_notes: bool = True, max_note_tokens: int = 24,
-                 max_slug_tokens: int = 8, slugs: dict | None = None):
+                 max_slug_tokens: int = 8, slugs: dict | None = None, beams: dict | None = None):
         self.tok, self.order, self.free_notes = tokenizer, order, free_notes
+        self.beams = beams or {}  # step -> width of the search that names its slug whole (1: token by token)
         self.max_note_tokens, self.max_slug_tokens = max_note_tokens, max_slug_tokens
         self.grade_ids = tokenizer.convert_tokens_to_ids(list(GRADE_TOKENS))
         self.eos = tokenizer.eos_token_id
@@ -154,7 +160,7 @@ class CompletionGrammar:
         return self._pieces[text]
 
     def program(self) -> list[tuple]:
-        """The completion as segments: ("grade",) | ("force", ids) | ("note",) | ("slug", trie or None)
+        """The completion as segments: ("grade",) | ("force", ids) | ("note",) | ("slug", trie or None, beam)
         | ("value", [ids...])."""
         segments: list[tuple] = [("grade",)] if self.order == "label_first" else []
         for k, step in enumerate(STEPS):
@@ -163,7 +169,7 @@ class CompletionGrammar:
             segments.append(("note",) if self.free_notes else ("force", self._piece(" -")))
             segments.append(("force", self._piece(f" => {VERDICT_KEYS[step]}:")))
             if step in ("query", "item"):
-                segments.append(("slug", self.tries[step]))
+                segments.append(("slug", self.tries[step], self.beams.get(step, 1)))
             elif step == "verdict" and self.order == "label_first":
                 segments.append(("restate",))  # " L<grade>", the grade token's value
             else:  # cot_first's verdict value is the grade decision itself: the token after the lines restates it
@@ -182,6 +188,7 @@ class _Cursor:
     def __init__(self, program: list[tuple]):
         self.program, self.seg, self.pos, self.grade = program, 0, 0, None
         self.value: tuple = ()  # tokens of the current value/slug so far
+        self.commit: tuple = ()  # the whole slug a search chose for the current segment, if any
         self.finished = False
 
 
@@ -234,6 +241,8 @@ class GrammarState:
             if c.pos >= g.max_note_tokens or (out_of_budget and c.pos > 0):
                 return [closing]
             return self.vocab.note_ok, closing, c.pos > 0  # a note has at least one token
+        if seg[1] is not None and c.commit:  # a search chose the whole slug: its next token, then the closing one
+            return [c.commit[c.pos]] if c.pos < len(c.commit) else [closing]
         if seg[1] is not None:  # a slug of the vocabulary: what continues one, or the closing token after a whole one
             return self._slug_allowed(seg[1], c.value, closing, None if budget is None else budget - self.after[c.seg])
         last_underscore = c.value and c.value[-1] == g.underscore
@@ -255,6 +264,23 @@ class GrammarState:
             fits = [t for t in ids if 1 + trie.rest[value + (t,)] <= room]
             ids = fits if fits or whole else [min(ids, key=lambda t: trie.rest[value + (t,)])]
         return ids + [closing] * whole
+
+    def slug_starts(self, budget: int | None = None) -> list[tuple]:
+        """``(row, trie, closing token, beam)`` for each row about to name a slug of a vocabulary whose step has
+        a beam (CompletionGrammar's ``beams``), where any of its slugs fits the ``budget`` of tokens left: the
+        rows whose slug a search (rl.rollout.trie_beam_search) chooses whole."""
+        out = []
+        for r, c in enumerate(self.rows):
+            seg = c.program[c.seg]
+            if c.finished or seg[0] != "slug" or seg[1] is None or seg[2] < 2 or c.pos or c.commit:
+                continue
+            if budget is None or budget - self.after[c.seg] >= seg[1].longest:
+                out.append((r, seg[1], self._next_token(c), seg[2]))
+        return out
+
+    def commit(self, row: int, slug: tuple) -> None:
+        """Row ``row`` writes ``slug`` (token ids of a whole slug of its vocabulary) at its current slug."""
+        self.rows[row].commit = tuple(slug)
 
     def _candidates(self, c: _Cursor) -> list[tuple]:
         kind = c.program[c.seg][0]
@@ -315,4 +341,4 @@ class GrammarState:
         return None
 
     def _next(self, c: _Cursor) -> None:
-        c.seg, c.pos, c.value = c.seg + 1, 0, ()
+        c.seg, c.pos, c.value, c.commit = c.seg + 1, 0, (), ()

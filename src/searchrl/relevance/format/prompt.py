@@ -29,6 +29,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from searchrl.config import when_set
 from searchrl.errors import ConfigError
 
 GRADE_TOKENS = ("<L1>", "<L2>", "<L3>", "<L4>")  # one dedicated token per grade; index = grade - 1
@@ -85,6 +86,10 @@ class PromptConfig:
     #   the grade, the notes and the step values, never the skeleton; false: free decoding, as a plain LM
     slugs: str = "rules"  # the values a type step may name when decoding: "rules", the rule knowledge base's ids
     #   (intent: a type, a brand or unknown; type: a type or unknown); "free": any run of slug tokens
+    intent_beam: int = when_set(4)  # greedy decoding names the intent from those ids by a beam of this many prefixes
+    #   over their tokens: the id most probable as a whole ("flat screen tv" is not led by "screen" into
+    #   screen_protector); 1 = token by token, as the item's type always is (a beam there agreed less with the
+    #   rules on CV folds: docs/results/reasoning.md). Sampling (pass@N, GRPO) goes token by token
 
     def __post_init__(self):
         if self.order not in ORDERS:
@@ -93,6 +98,8 @@ class PromptConfig:
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.slugs not in SLUG_SOURCES:
             raise ConfigError(f"slugs must be one of {SLUG_SOURCES}, got {self.slugs!r}")
+        if self.intent_beam < 1:
+            raise ConfigError(f"intent_beam must be >= 1, got {self.intent_beam}")
 
     @property
     def instruction_text(self) -> str:

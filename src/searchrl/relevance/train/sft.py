@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from searchrl.config import EvalConfig, OptimConfig, RunConfig, check_choices
+from searchrl.config import EvalConfig, OptimConfig, RunConfig, check_choices, when_set
 from searchrl.errors import ConfigError, InputError
 from searchrl.relevance.format.prompt import PromptConfig, build_prompt, grade_token
 from searchrl.relevance.model.builds import TinyModel
@@ -63,7 +63,7 @@ from searchrl.training import BatchStream, RunLoop, build_optimizer, optimizer_s
 
 # config fields only decoding reads (the type slugs, the grammar): SFT trains the same weights under any of them,
 # so a run may resume, and a CV fold keep its model, when these alone changed
-DECODE_ONLY = ("prompt.slugs", "prompt.constrained")
+DECODE_ONLY = ("prompt.slugs", "prompt.constrained", "prompt.intent_beam")
 
 
 @dataclass
@@ -106,6 +106,8 @@ class SFTConfig:
     synthetic_queries: int = 0  # add rule-graded pairs for this many queries written from the catalogue
     #   (relevance/synthetic.py; never a valid/test query or a product judged for them); 0 = human pairs only
     synthetic_per_query: int = 8  # candidates per synthetic query: BM25 hits, a quarter random products
+    synthetic_cot_only: bool = when_set(False)  # the synthetic pairs teach the chain of thought alone: each keeps its
+    #   CoT, its grade token carries no loss and it is in no ranking pair, so rule grades never move the grade path
     max_train_examples: int = 0  # train on a seeded random subset of this size; 0 = all
     # --- batches and loss
     batch_size: int = 32  # examples per micro-batch
@@ -262,8 +264,12 @@ def _encode_train(cfg: SFTConfig, tok, train: list[dict], loop: RunLoop) -> list
     with_hint = np.random.default_rng([cfg.run.seed, 37]).random(len(train)) < cfg.hint_fraction
     encoded = [encode_example(tok, render_prompt(tok, hinted_prompt(ex["prompt"], hint_text(ex)) if hint else
                                                  ex["prompt"], cfg.chat_template),
-                              ex["completion"] if cot else grade_token(int(ex["grade"])), cfg.max_length, eos=bool(cot))
+                              ex["completion"] if cot or ex.get("cot_only") else grade_token(int(ex["grade"])),
+                              cfg.max_length, eos=bool(cot or ex.get("cot_only")))
                for ex, cot, hint in zip(train, with_cot, with_hint)]
+    for ex, e in zip(train, encoded):
+        if e is not None and ex.get("cot_only"):  # the grade token is read (the CoT follows it), never a target
+            e["labels"][next(k for k, t in enumerate(e["labels"]) if t != IGNORE)] = IGNORE
     dropped = sum(e is None for e in encoded)
     if dropped == len(encoded):
         raise InputError(f"no training example fits max_length={cfg.max_length} ({dropped} dropped)")
@@ -278,8 +284,14 @@ def _batch_stream(cfg: SFTConfig, train: list[dict], encoded: list[dict | None])
     data = [e for e in encoded if e is not None]
     if cfg.query_chunk:
         kept = [ex for ex, e in zip(train, encoded) if e is not None]
-        chunks = [[data[i] | {"group": g, "grade": int(kept[i]["grade"])} for i in c]
-                  for g, c in enumerate(query_chunks(kept, cfg.query_chunk, cfg.run.seed))]
+        ranked = [i for i, ex in enumerate(kept) if not ex.get("cot_only")]
+        chunks = [[data[ranked[i]] | {"group": g, "grade": int(kept[ranked[i]]["grade"])} for i in c]
+                  for g, c in enumerate(query_chunks([kept[i] for i in ranked], cfg.query_chunk, cfg.run.seed))]
+        # CoT-only examples fill whole chunks of any queries, each a group of its own: no ranking pair holds one
+        free = [i for i, ex in enumerate(kept) if ex.get("cot_only")]
+        free = [free[j] for j in np.random.default_rng([cfg.run.seed, 41]).permutation(len(free))]
+        chunks += [[data[i] | {"group": -1 - i, "grade": int(kept[i]["grade"])} for i in free[s:s + cfg.query_chunk]]
+                   for s in range(0, len(free), cfg.query_chunk)]
         return _Flat(BatchStream(chunks, max(1, cfg.batch_size // cfg.query_chunk), cfg.run.seed))
     return BatchStream(data, cfg.batch_size, cfg.run.seed,
                        [len(e["input_ids"]) for e in data] if cfg.group_by_length else None)
@@ -296,7 +308,8 @@ def train_sft(cfg: SFTConfig, examples_train: list[dict], examples_eval: list[di
     train = subset(examples_train, cfg.max_train_examples, cfg.run.seed)
     evals = subset(examples_eval or [], cfg.eval.max_examples, cfg.run.seed)
     check_order(train, cfg.prompt.order)
-    gweights = grade_weights([int(ex["grade"]) for ex in train], cfg.label_loss_weight, cfg.balance_grades)
+    gweights = grade_weights([int(ex["grade"]) for ex in train if not ex.get("cot_only")],
+                             cfg.label_loss_weight, cfg.balance_grades)
     encoded = _encode_train(cfg, tok, train, loop)
     dropped = sum(e is None for e in encoded)
     stream = _batch_stream(cfg, train, encoded)
@@ -371,6 +384,7 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
                                 progress=cfg.run.progress)
     # graded by the rules themselves, so the rule teacher always agrees; an LLM teacher is not paid for these
     syn_ex, _ = build_examples(synthetic, RuleTeacher(engine, cfg.prompt, "condition"), cfg.prompt)
+    syn_ex = [ex | {"cot_only": True} for ex in syn_ex] if cfg.synthetic_cot_only else syn_ex
     eval_ex = split_examples(ds, cfg.eval.split, cfg.prompt, engine=engine)  # prompts and gold grades only
     rank = int(os.environ.get("RANK", "0"))
     train_cfg = cfg
