@@ -73,6 +73,12 @@ def test_build_pairs_prefers_well_formed_right_over_readable_wrong():
     assert pair == {"chosen": "TEACHER", "rejected": wrong_broken, "source": "teacher"}
     assert build_pairs([garbage], 3, "TEACHER", random.Random(0))["rejected"] == garbage
     assert build_pairs([right_ok, right_broken], 3, "TEACHER", random.Random(0)) is None  # all right: no pair
+    # a right grade under steps that imply another grade is never chosen: the teacher's completion is
+    right_contradicted = build_completion(3, VERDICTS[1])  # <L3>, then category mismatch: its steps imply L1
+    for seed in range(5):
+        assert build_pairs([right_contradicted, wrong_ok], 3, "TEACHER", random.Random(seed)) == \
+            {"chosen": "TEACHER", "rejected": wrong_ok, "source": "teacher"}
+        assert build_pairs([right_contradicted, right_ok, wrong_ok], 3, "T", random.Random(seed))["chosen"] == right_ok
     # ties are drawn with the seeded RNG: reproducible, and every candidate can be drawn
     other_ok = build_completion(3, {**VERDICTS[3], "item": "usb_cable"})
     picks = [build_pairs([right_ok, other_ok, wrong_ok], 3, "T", random.Random(s))["chosen"] for s in range(20)]

@@ -6,9 +6,9 @@ grade is what parser.parse_completion reads back; the sample is right when that 
 pass@k for k = 1..N with the unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al. 2021) averaged over prompts,
 the share of prompts whose samples are all right / mixed / all wrong, and the samples' format-error rate.
 
-Pairs, as in TaoSR1 (DESIGN.md, Stage 2): a mixed prompt gives chosen = a right sample, rejected = a wrong one;
-an all-wrong prompt gives chosen = the rule teacher's completion for the gold grade, rejected = a wrong sample; an
-all-right prompt gives no pair. Rows are in TRL's preference format (prompt, chosen, rejected) plus grade, ids and
+Pairs, as in TaoSR1 (DESIGN.md, Stage 2): a mixed prompt gives chosen = a right sample whose own steps imply its
+grade, rejected = a wrong one; a prompt with no such right sample gives chosen = the rule teacher's completion for
+the gold grade, rejected = a wrong sample; an all-right prompt gives no pair. Rows are in TRL's preference format (prompt, chosen, rejected) plus grade, ids and
 source ("sample" | "teacher").
 
 Prompts are rebuilt exactly as the model was trained (the prompt settings and chat-template flag of its
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from searchrl.data.schema import DataError
 from searchrl.errors import ConfigError, InputError
 from searchrl.metrics.stats import query_bootstrap
-from searchrl.relevance.format.parser import parse_completion
+from searchrl.relevance.format.parser import grade_implied_by_verdicts, parse_completion
 from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.model.scorer_config import load_scorer_config
 from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
@@ -64,12 +64,16 @@ def build_pairs(samples: list[str], gold: int, teacher_completion: str, rng: ran
                 order: str = "label_first") -> dict | None:
     """{"chosen", "rejected", "source"} for one prompt's samples, or None when every sample is right.
 
-    chosen: a right sample, preferring one without format errors; when none is right, the teacher's
-    completion (source "teacher"). rejected: a wrong sample, preferring one whose (wrong) grade can be read,
-    then one without format errors: such a pair is about the grade, not about broken text.
+    chosen: a right sample whose own steps, where it wrote any, imply its grade (parser's
+    grade_implied_by_verdicts), preferring one without format errors; when there is none, the teacher's
+    completion (source "teacher"). A right grade under steps that imply another is not chosen: DPO would
+    teach its reasoning too, a grade its own reasoning contradicts (discriminative hallucination). rejected: a
+    wrong sample, preferring one whose (wrong) grade can be read, then one without format errors: such a pair
+    is about the grade, not about broken text.
     """
     parsed = [parse_completion(s, order) for s in samples]
-    right = [i for i, p in enumerate(parsed) if p.grade == gold]
+    right = [i for i, p in enumerate(parsed)
+             if p.grade == gold and (not p.verdicts or grade_implied_by_verdicts(p.verdicts) == p.grade)]
     wrong = [i for i, p in enumerate(parsed) if p.grade != gold]
     if not wrong:
         return None
