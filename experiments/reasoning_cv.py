@@ -23,6 +23,8 @@ discriminative-hallucination rate; relevance/scoring/reasoning.py), with interva
   instead of the rule knowledge base's ids.
 - ``notes``: the default with notes of up to 40 characters (``prompt.max_note_chars=40``) instead of "-"; fold 0
   only.
+- ``synthetic``: the default plus 1,200 rule-graded pairs for 300 queries written from the catalogue that teach
+  the chain of thought alone (``synthetic_cot_only``: no grade loss, no ranking pair); fold 0 only.
 
 Also reports d, the share of pairs whose first-token grade differs from the rule engine's grade: it bounds step
 agreement and self-consistency together (the page says how).
