@@ -196,10 +196,9 @@ def test_a_beam_over_the_trie_names_the_id_most_probable_as_a_whole_where_token_
         PromptConfig(intent_beam=0)
 
 
-def test_the_intent_beam_decodes_the_whole_id_a_full_forward_finds_likeliest():
-    """Decoding with the KV cache's branches (copy term and grade conditioning on, so each branch must read its
-    row's prompt and grade) names the intent that a full forward, scoring every id of the vocabulary with its
-    closing token, finds likeliest (a beam as wide as the vocabulary is exact); the completion still parses."""
+def reading_prefix_model():
+    """MiniLM as a prefix LM whose completion reads its prompt's words and its grade token (copy term and grade
+    conditioning on and non-zero): a decode step must hand both to every row it extends."""
     from searchrl.relevance.model.load import PrefixLMSettings
     from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
     model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(
@@ -208,6 +207,14 @@ def test_the_intent_beam_decodes_the_whole_id_a_full_forward_finds_likeliest():
     with torch.no_grad():
         model.cot_copy_gate.bias.copy_(torch.tensor([2.0, 1.0]))
         model.cot_grade_in.copy_(torch.randn_like(model.cot_grade_in))
+    return model, tok
+
+
+def test_the_intent_beam_decodes_the_whole_id_a_full_forward_finds_likeliest():
+    """Decoding with the KV cache's branches (copy term and grade conditioning on, so each branch must read its
+    row's prompt and grade) names the intent that a full forward, scoring every id of the vocabulary with its
+    closing token, finds likeliest (a beam as wide as the vocabulary is exact); the completion still parses."""
+    model, tok = reading_prefix_model()
     cfg = PromptConfig(layout="segments", max_note_chars=0, intent_beam=16)
     slugs = {"query": ["laptop", "laptop_bag", "laptop_stand", "bag", "coffee_maker", "tv"], "item": ["bag", "tv"]}
     grammar = grammar_for(tok, cfg, slugs)
@@ -232,15 +239,8 @@ def test_the_intent_beam_decodes_the_whole_id_a_full_forward_finds_likeliest():
 def test_branches_of_the_kv_cache_give_a_full_forwards_logits():
     """rl.rollout._Branches: branches of a decode row's cache, reordered between steps, read the logits a full
     forward of the same tokens gives (positions, masks, the prompt's words and the grade token included)."""
-    from searchrl.relevance.model.load import PrefixLMSettings
-    from searchrl.relevance.model.prefix_lm import MINILM_PREFIX
     from searchrl.rl.rollout import _Branches
-    model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(
-        mask="block", cot_layers=1, cot_rank=4, cot_copy=True, cot_grade=True), seed=3)
-    model.eval()
-    with torch.no_grad():
-        model.cot_copy_gate.bias.copy_(torch.tensor([2.0, 1.0]))
-        model.cot_grade_in.copy_(torch.randn_like(model.cot_grade_in))
+    model, tok = reading_prefix_model()
     cfg = PromptConfig(layout="segments", max_note_chars=0)
     prompt = encode_prompt(tok, build_prompt(*PAIRS[0][:2], cfg))
     grade, a, b, c, d = model.config.grade_token_ids[2], *tok.convert_tokens_to_ids(["laptop", "bag", "_", "tv"])
