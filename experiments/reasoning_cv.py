@@ -1,7 +1,7 @@
 """The default relevance model's written reasoning, measured on cross-validation folds: docs/results/reasoning.md.
 
     python -m experiments.reasoning_cv --data runs/quickstart/data [--folds 0,1]
-        [--variants default,free_slugs,shared_head,adapters,copy] [--out runs/reasoning_cv] [--page-dir docs/results] [--json PATH]
+        [--variants default,token_intent,free_slugs,shared_head,adapters,copy] [--out runs/reasoning_cv] [--page-dir docs/results] [--json PATH]
 
 Each variant trains on the folds of eval/crossval.py (`searchrl eval relevance --cv 5 --decode`, one process a
 fold, the variants side by side, one thread each) and decodes every test pair greedily under the completion
@@ -20,7 +20,9 @@ discriminative-hallucination rate; relevance/scoring/reasoning.py), with interva
 - ``grade``, ``grade_copy``: grade conditioning (and the copy term) on the shared head, whose completion loss also
   trains the head that reads the grade; measured on fold 0 only (``--folds 0``), so not in the default list.
 - ``free_slugs``: the default's model decoded with free type slugs (``prompt.slugs=free``: any run of slug tokens)
-  instead of the rule knowledge base's ids.
+  instead of the rule knowledge base's ids; ``token_intent``: decoded with the intent chosen token by token through
+  the ids' trie (``prompt.intent_beam=1``) instead of whole. A fold changed only in what decoding reads resumes
+  the model it finds, so a copy of the default's fold directories makes these the same models.
 - ``notes``: the default with notes of up to 40 characters (``prompt.max_note_chars=40``) instead of "-"; fold 0
   only.
 - ``synthetic``: the default plus 1,200 rule-graded pairs for 300 queries written from the catalogue that teach
@@ -54,6 +56,7 @@ VARIANTS = {"default": [],
             "grade": ["prefix.cot_layers=0", "prefix.cot_copy=false"],
             "grade_copy": ["prefix.cot_layers=0"],
             "free_slugs": ["prompt.slugs=free"],
+            "token_intent": ["prompt.intent_beam=1"],
             "notes": ["prompt.max_note_chars=40"],
             "synthetic": ["synthetic_queries=300", "synthetic_per_query=4", "synthetic_cot_only=true"]}
 MEASURES = [("x_parse_rate", "parse rate"), ("x_step_agreement", "step agreement"),
@@ -103,7 +106,8 @@ def page(rows: list[dict], variants: list[str], folds: list[int], out: Path, com
            "the grade token it follows). Grade conditioning is what makes the steps imply the grade; the "
            "adapters and the copy term raise step agreement, most on the type steps; naming the type steps from "
            "the rule knowledge base's ids (prompt.slugs: rules) instead of free slugs raises it again, the model "
-           "unchanged. Finished folds are reused: "
+           "unchanged, and naming the intent whole (prompt.intent_beam: a beam over the ids' tokens, not token by "
+           "token) raises the intent step's once more. Finished folds are reused: "
            "the wall time above is this call's; training and decoding took 10-25 min a fold and variant on one "
            "thread.")
     p.text("The last column, d, bounds the other two together: where the first-token grade differs from the "
@@ -124,7 +128,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="runs/quickstart/data")
     ap.add_argument("--folds", default="0,1")
-    ap.add_argument("--variants", default="default,free_slugs,shared_head,adapters,copy")
+    ap.add_argument("--variants", default="default,token_intent,free_slugs,shared_head,adapters,copy")
     ap.add_argument("--out", default="runs/reasoning_cv")
     ap.add_argument("--page-dir", default="docs/results", help="write reasoning.md here ('' = no page)")
     ap.add_argument("--train-only", action="store_true", help="train and decode the folds; no page")
