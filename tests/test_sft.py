@@ -235,7 +235,7 @@ def test_cot_only_examples_train_their_chain_of_thought_and_never_the_grade(tmp_
         assert grade_ids & set(e["input_ids"])  # the CoT still follows its grade token
     stream = _batch_stream(cfg, human + synthetic, encoded)
     rows = [r for m in range(stream.per_epoch) for r in stream(m)]
-    groups = {r["group"] for r in rows if not grade_ids & set(t for t in r["labels"] if t != IGNORE)}
+    groups = {r["group"] for r in rows if not grade_ids & {t for t in r["labels"] if t != IGNORE}}
     assert len(groups) == 8 and all(g < 0 for g in groups)  # each CoT-only example a group of its own
     batch = collate([r for r in rows if r["group"] < 0], tok.pad_token_id)
     logits = torch.randn(len(batch["grade"]), 4)

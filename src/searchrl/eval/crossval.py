@@ -134,12 +134,12 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
     reasoning measures against the rule engine's verdicts (reasoning.reasoning_counts), "reasoning_pairs" the
     same per pair (reasoning.reasoning_per_pair)."""
     from searchrl.relevance.format.parser import parse_completion
+    from searchrl.relevance.model.scorer_config import load_scorer_config
     from searchrl.relevance.rules.engine import RuleEngine
     from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.reasoning import reasoning_counts, reasoning_per_pair
     from searchrl.relevance.scoring.scorer import RelevanceScorer
-    from searchrl.relevance.model.scorer_config import load_scorer_config
     cache = fold_dir / "decoded.json"
     decoder = json.loads(json.dumps(dataclasses.asdict(load_scorer_config(final).prompt)))  # what the grammar reads
     saved = json.loads(cache.read_text()) if cache.exists() else None
