@@ -97,8 +97,17 @@ def test_crossval_predicts_every_pair_once_and_summarizes_with_intervals(tiny_da
     final = tmp_path / "fold0" / "seed0" / "sft" / "final"
     update_scorer_config(final, prompt=dataclasses.replace(load_scorer_config(final).prompt, intent_beam=1))
     with mock.patch("searchrl.relevance.scoring.evaluate.decode_completions", wraps=decode_completions) as decode:
-        crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, baselines=False, decode=True)
+        redone = crossval(cfg, ds, k=2, seeds=(0,), out=tmp_path, baselines=False, decode=True)
     assert decode.call_count == 1
+    # a copy of the run directory is the same run: nothing is trained or decoded again
+    import shutil
+    copy = tmp_path.parent / f"{tmp_path.name}-copy"
+    shutil.copytree(tmp_path, copy)
+    with mock.patch("searchrl.relevance.train.sft.run_sft", side_effect=AssertionError("retrained a copied fold")), \
+            mock.patch("searchrl.relevance.scoring.evaluate.decode_completions",
+                       side_effect=AssertionError("decoded a copied fold again")):
+        copied = crossval(cfg, ds, k=2, seeds=(0,), out=copy, baselines=False, decode=True)
+    assert copied["systems"]["model"]["reasoning_pairs"] == redone["systems"]["model"]["reasoning_pairs"]
 
 
 @pytest.mark.slow

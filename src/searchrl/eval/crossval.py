@@ -36,7 +36,7 @@ from searchrl.errors import ConfigError
 from searchrl.metrics.measures import fast_scores, good_auc, per_query_auc
 from searchrl.metrics.stats import paired_bootstrap, paired_metric_bootstrap, query_bootstrap
 from searchrl.relevance.scoring.reasoning import add_counts, rates_of_rows, reasoning_rates
-from searchrl.training import RESUMABLE_CHANGES, config_changes
+from searchrl.training import RESUMABLE_CHANGES, config_changes, moved
 
 
 def query_folds(query_ids, k: int, seed: int = 0) -> dict[str, int]:
@@ -105,6 +105,8 @@ def _model(cfg, ds: Dataset, fold_dir: Path, decode: bool = False) -> dict:
     final, done = fold_dir / "sft" / "final", fold_dir / "fold_config.json"
     wanted = json.loads(json.dumps(identity(fold_cfg)))
     saved = json.loads(done.read_text()) if done.exists() else None
+    if saved is not None:  # a fold directory copied or moved with its files is the same fold
+        saved = moved(saved, str(Path(saved["run"]["output_dir"]).parent), str(fold_dir))
     if not ((final / "relevance_config.json").exists() and saved == wanted):
         (fold_dir / "decoded.json").unlink(missing_ok=True)  # decoded by the model this run replaces
         if saved is not None and config_changes(saved, wanted, RESUMABLE_CHANGES + DECODE_ONLY):
