@@ -60,8 +60,10 @@ from searchrl.data.schema import load_dataset, write_dataset
 from searchrl.eval.crossval import fold_dataset, query_folds, sft_rl_split, summarize
 from searchrl.pipeline import PipelineConfig
 from searchrl.pipeline.config import DataStage, SampleStage
+from searchrl.relevance.format.parser import parse_completion
 from searchrl.relevance.train.dpo import DPOConfig
 from searchrl.relevance.train.grpo import GRPOConfig
+from searchrl.relevance.train.sample import read_preference_pairs
 from searchrl.relevance.train.sft import SFTConfig
 
 COMMAND = "python -m experiments.relevance_rl_stages"
@@ -309,8 +311,23 @@ def main(argv=None) -> dict:
                         "pairs": len(result["grade"]),
                         "rule_queries": len({q.split("/", 1)[1] for q in rules["query_id"]}) if rules else 0,
                         "rule_pairs": len(rules["grade"]) // len(a.folds) if rules else 0},
-              "wall_s": time.time() - start}
+              "dpo_pairs": dpo_pair_directions(out, a.folds, a.seeds), "wall_s": time.time() - start}
     return write_report(report, markdown(report), a.json, a.md)
+
+
+def dpo_pair_directions(out: Path, folds: list[int], seeds: list[int]) -> dict:
+    """How the DPO pairs of every fold and seed lean: {"pairs", "toward_not_good": chosen L1/L2 over a rejected
+    L3/L4, "toward_good": the reverse} (the rest keep the side of Good): what DPO on grade tokens moves."""
+    counts = {"pairs": 0, "toward_not_good": 0, "toward_good": 0}
+    for fold in folds:
+        for seed in seeds:
+            path = fold_dir(out, fold, seed) / "rl_share" / "sample" / "pairs.jsonl"
+            for row in read_preference_pairs(path) if path.exists() else []:
+                chosen, rejected = (parse_completion(row[k]).grade or 0 for k in ("chosen", "rejected"))
+                counts["pairs"] += 1
+                counts["toward_not_good"] += chosen in (1, 2) and rejected in (3, 4)
+                counts["toward_good"] += chosen in (3, 4) and rejected in (1, 2)
+    return counts
 
 
 if __name__ == "__main__":

@@ -106,6 +106,13 @@ def tables(report: dict) -> tuple[list[dict], list[str]]:
     if replay:
         notes.append(f"guided replay: guided-rollout accuracy {np.nanmean([x['guided_acc'] for x in replay]):.3f} "
                      f"(under the hint) vs unguided {np.nanmean([x['train_acc'] for x in replay]):.3f}")
+    pairs = report.get("dpo_pairs") or {}
+    if pairs.get("pairs"):
+        down, up = pairs["toward_not_good"], pairs["toward_good"]
+        notes.append(f"DPO pairs (pass@N on the RL half): {down} of {pairs['pairs']} choose L1/L2 over a rejected "
+                     f"L3/L4, {up} the reverse" + (": where the SFT model errs it grades too high, so DPO on the "
+                                                   "grade token moves probability away from Good" if down > 2 * up
+                                                   else ""))
     notes.append(f"{len(scope['folds'])} fold(s), {scope['queries']} test queries, {scope['pairs']} pairs, seeds "
                  f"{scope['seeds']}; wall time {report['wall_s'] / 60:.0f} min")
     rule = report.get("rule_graded") or {}
