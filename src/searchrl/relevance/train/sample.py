@@ -8,8 +8,8 @@ the share of prompts whose samples are all right / mixed / all wrong, and the sa
 
 Pairs, as in TaoSR1 (DESIGN.md, Stage 2): a mixed prompt gives chosen = a right sample whose own steps imply its
 grade, rejected = a wrong one; a prompt with no such right sample gives chosen = the rule teacher's completion for
-the gold grade, rejected = a wrong sample; an all-right prompt gives no pair. Rows are in TRL's preference format (prompt, chosen, rejected) plus grade, ids and
-source ("sample" | "teacher").
+the gold grade, rejected = a wrong sample; an all-right prompt gives no pair. Rows are in TRL's preference format
+(prompt, chosen, rejected) plus grade, ids and source ("sample" | "teacher").
 
 Prompts are rebuilt exactly as the model was trained (the prompt settings and chat-template flag of its
 relevance_config.json); the stored prompt is the rendered string and a completion carries no EOS (the DPO encoder
