@@ -1,7 +1,8 @@
 """The default relevance model's written reasoning, measured on cross-validation folds: docs/results/reasoning.md.
 
     python -m experiments.reasoning_cv --data runs/quickstart/data [--folds 0,1]
-        [--variants default,token_intent,free_slugs,shared_head,adapters,copy] [--out runs/reasoning_cv] [--page-dir docs/results] [--json PATH]
+        [--variants default,token_intent,free_slugs,shared_head,adapters,copy] [--out runs/reasoning_cv]
+        [--page-dir docs/results] [--json PATH]
 
 Each variant trains on the folds of eval/crossval.py (`searchrl eval relevance --cv 5 --decode`, one process a
 fold, the variants side by side, one thread each) and decodes every test pair greedily under the completion

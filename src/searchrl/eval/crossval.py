@@ -170,8 +170,8 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
                                 "held_to": int(g), "rule_grade": j.grade}) + "\n")
     out = {"pred": written, "score": written.astype(float), "reasoning": reasoning_counts(parsed, rules, held_to, order),
            "reasoning_pairs": per_pair}
-    cache.write_text(json.dumps({"written": written.tolist(), "reasoning": out["reasoning"], "reasoning_pairs": per_pair,
-                                 "prompt": decoder}))
+    cache.write_text(json.dumps({"written": written.tolist(), "reasoning": out["reasoning"],
+                                 "reasoning_pairs": per_pair, "prompt": decoder}))
     return out
 
 

@@ -222,8 +222,9 @@ def trie_beam_search(forward, logits: torch.Tensor, starts: list[tuple]) -> list
                 best[i] = (prefix, score + logp[-1])
             grown[i] += [(score + lp, at, prefix + (t,)) for t, lp in zip(nxt, logp)]
         # a prefix only loses probability as it grows: one below its row's best whole sequence is done
-        live = [(i, prefix, score, at) for i, g in enumerate(grown)
-                for score, at, prefix in sorted((x for x in g if x[0] > best[i][1]), key=lambda x: -x[0])[:starts[i][3]]]
+        kept = [sorted((x for x in g if x[0] > best[i][1]), key=lambda x: -x[0])[:starts[i][3]]
+                for i, g in enumerate(grown)]
+        live = [(i, prefix, score, at) for i, g in enumerate(kept) for score, at, prefix in g]
         if live:
             current = forward([at for _, _, _, at in live], [prefix[-1] for _, prefix, _, _ in live])
             live = [(i, prefix, score, k) for k, (i, prefix, score, _) in enumerate(live)]
