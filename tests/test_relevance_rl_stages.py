@@ -34,6 +34,11 @@ def test_the_smoke_setting_trains_every_stage_on_its_share_and_tables_the_claims
     stuck = {r["system"]: r for r in report["stuck"]}
     n_stuck = sum(p["source"] == "teacher" for p in pairs)
     assert all(r["n"] == n_stuck for r in stuck.values())  # every system scored on the same stuck prompts
+    # how the DPO pairs lean, counted from the pairs file (the claims page's reason for a DPO verdict)
+    grade = {k: [int(p[k][2]) for p in pairs] for k in ("chosen", "rejected")}  # "<L3>" -> 3
+    down = sum(c <= 2 < r for c, r in zip(grade["chosen"], grade["rejected"]))
+    assert report["dpo_pairs"] == {"pairs": len(pairs), "toward_not_good": down,
+                                   "toward_good": sum(r <= 2 < c for c, r in zip(grade["chosen"], grade["rejected"]))}
     assert "hint_fraction: 0.1" in (d / "sft_share" / "sft" / "sft_config.yaml").read_text()
     # the systems really differ (each stage trained): not every prediction file is the same
     probs = [np.load(d / f"{s}.test_probs.npy") for s in ("sft", "dpo", "grpo")]
