@@ -1,7 +1,7 @@
 """The default relevance model's written reasoning, measured on cross-validation folds: docs/results/reasoning.md.
 
     python -m experiments.reasoning_cv --data runs/quickstart/data [--folds 0,1]
-        [--variants default,token_intent,free_slugs,shared_head,adapters,copy] [--out runs/reasoning_cv]
+        [--variants default,rules_slugs,token_intent,free_slugs] [--out runs/reasoning_cv]
         [--page-dir docs/results] [--json PATH]
 
 Each variant trains on the folds of eval/crossval.py (`searchrl eval relevance --cv 5 --decode`, one process a
@@ -20,16 +20,18 @@ discriminative-hallucination rate; relevance/scoring/reasoning.py), with interva
   copy term, the CoT on every example.
 - ``grade``, ``grade_copy``: grade conditioning (and the copy term) on the shared head, whose completion loss also
   trains the head that reads the grade; measured on fold 0 only (``--folds 0``), so not in the default list.
-- ``free_slugs``: the default's model decoded with free type slugs (``prompt.slugs=free``: any run of slug tokens)
-  instead of the rule knowledge base's ids; ``token_intent``: decoded with the intent chosen token by token through
-  the ids' trie (``prompt.intent_beam=1``) instead of whole. A fold changed only in what decoding reads resumes
-  the model it finds, so a copy of the default's fold directories makes these the same models.
+- ``rules_slugs``: the default's model decoded with the type steps naming any of the rule knowledge base's ids
+  (``prompt.slugs=rules``) instead of those the pair's text names (``linked``, the default); ``free_slugs``: any
+  run of slug tokens (``prompt.slugs=free``); ``token_intent``: the intent chosen token by token through the
+  linked ids' trie (``prompt.intent_beam=1``) instead of whole. A fold changed only in what decoding reads
+  resumes the model it finds, so a copy of the default's fold directories makes these the same models.
 - ``notes``: the default with notes of up to 40 characters (``prompt.max_note_chars=40``) instead of "-"; fold 0
   only.
 - ``synthetic``: the default plus 1,200 rule-graded pairs for 300 queries written from the catalogue that teach
   the chain of thought alone (``synthetic_cot_only``: no grade loss, no ranking pair); fold 0 only.
 
-Also reports d, the share of pairs whose first-token grade differs from the rule engine's grade: it bounds step
+Also reports, for the type steps, the share of pairs whose text links more than one id (where the model, not the
+linking, decides) and the agreement there; and d, the share of pairs whose first-token grade differs from the rule engine's grade: it bounds step
 agreement and self-consistency together (the page says how).
 
 Simplifies: one seed; finished folds (and their decoded completions) are reused, so a later call with more folds
@@ -57,6 +59,7 @@ VARIANTS = {"default": [],
             "grade": ["prefix.cot_layers=0", "prefix.cot_copy=false"],
             "grade_copy": ["prefix.cot_layers=0"],
             "free_slugs": ["prompt.slugs=free"],
+            "rules_slugs": ["prompt.slugs=rules"],
             "token_intent": ["prompt.intent_beam=1"],
             "notes": ["prompt.max_note_chars=40"],
             "synthetic": ["synthetic_queries=300", "synthetic_per_query=4", "synthetic_cot_only=true"]}
@@ -82,6 +85,27 @@ def grade_disagreement(run: Path) -> float | None:
     return sum(r["rule_grade"] != r["held_to"] for r in rows) / len(rows) if rows else None
 
 
+def choice_agreement(run: Path) -> dict:
+    """{step: (share of test pairs whose linked candidates leave a choice, agreement with the rules there)} for
+    the type steps, over the folds of ``run`` (each fold's test_completions.jsonl, in its test pairs' order)."""
+    from searchrl.data.schema import load_dataset, pair_products
+    from searchrl.relevance.format.parser import parse_completion
+    from searchrl.relevance.format.prompt import slug_of
+    from searchrl.relevance.rules.engine import RuleEngine
+    engine, counts = RuleEngine.from_yaml(), {s: [0, 0, 0] for s in ("query", "item")}  # pairs, with a choice, agree
+    for done in sorted(run.glob("fold*/seed*/test_completions.jsonl")):
+        pairs = load_dataset(done.parent / "data").split("test").pairs()
+        for line, q, p in zip(done.open(), pairs["text"], pair_products(pairs)):
+            parsed, linked, rules = parse_completion(json.loads(line)["completion"]), engine.linked_slugs(q, p), \
+                engine.judge(q, p).verdicts
+            for step, c in counts.items():
+                c[0] += 1
+                if len(linked[step]) > 1:
+                    c[1] += 1
+                    c[2] += parsed.verdicts.get(step) == slug_of(rules[step])
+    return {s: (c[1] / c[0], c[2] / c[1] if c[1] else None) for s, c in counts.items() if c[0]}
+
+
 def page(rows: list[dict], variants: list[str], folds: list[int], out: Path, command: str) -> ResultsPage:
     p = ResultsPage("reasoning", "The relevance model's reasoning on held-out queries", command)
     p.text("Every test pair of the folds is decoded greedily under the completion grammar "
@@ -100,23 +124,30 @@ def page(rows: list[dict], variants: list[str], folds: list[int], out: Path, com
     p.table(["variant", *[s for _, s in per_step]],
             [[v, *[f"{by_name[v][k]:.3f}" if by_name[v].get(k) is not None else "-" for k, _ in per_step]]
              for v in variants], caption="Step agreement with the rule engine, per step")
+    choice = choice_agreement(out / variants[0])
+    if choice:
+        p.table(["step", "pairs whose text links more than one id", f"{variants[0]}: agreement on those"],
+                [[s, f"{share:.3f}", "-" if agree is None else f"{agree:.3f}"] for s, (share, agree) in choice.items()],
+                caption="The type steps where the linked candidates leave the model a choice")
     p.text("The variants: " + "; ".join(f"`{v}`: {', '.join(VARIANTS[v]) or 'sft_chorus.yaml as it is'}"
                                          for v in variants) + ". The default writes its steps with completion "
            "adapters (an own head: the grade distribution is computed by parts the completion's loss never "
            "trains), a copy term and grade conditioning (every completion position reads a learned vector of "
-           "the grade token it follows). Grade conditioning is what makes the steps imply the grade; the "
-           "adapters and the copy term raise step agreement, most on the type steps; naming the type steps from "
-           "the rule knowledge base's ids (prompt.slugs: rules) instead of free slugs raises it again, the model "
-           "unchanged, and naming the intent whole (prompt.intent_beam: a beam over the ids' tokens, not token by "
-           "token) raises the intent step's once more. Finished folds are reused: "
-           "the wall time above is this call's; training and decoding took 10-25 min a fold and variant on one "
-           "thread.")
+           "the grade token it follows): grade conditioning is what makes the steps imply the grade. Its type "
+           "steps name one of the ids the rule knowledge base links to the pair's text (prompt.slugs: linked: the "
+           "types and brands the query and the product name, the query's own words; unknown where the text names "
+           "none) and choose among them; the same models naming any id of the knowledge base (rules_slugs) or "
+           "any run of slug tokens (free_slugs) agree less, and naming the intent whole (prompt.intent_beam: a "
+           "beam over the ids' tokens, not token by token) agrees more. Where the text links one id only, the "
+           "linking decides the type step; the table above it gives how often the model decides and how often it "
+           "then agrees. Finished folds are reused: the wall time above is this call's; training and decoding "
+           "took 10-12 min a fold on one thread, decoding again 3-5 min.")
     p.text("The last column, d, bounds the other two together: where the first-token grade differs from the "
            "rule engine's, the verdict step disagrees with the rules, and a self-consistent completion must also "
            "move its category or attribute verdict away from them. So at full self-consistency step agreement is "
-           "at most 1 - 0.4 d, and with every step as the rules have it self-consistency is at most 1 - d. d is "
-           "the grade path's disagreement with the rule engine, which training on human labels does not lower: "
-           "0.90 on both measures together needs d <= 0.25.")
+           "at most 1 - 0.4 d (0.90 needs d <= 0.25), and with every step as the rules have it self-consistency "
+           "is at most 1 - d. d is the grade path's disagreement with the rule engine, which training on human "
+           "labels does not lower.")
     p.table(["system", "per-query AUC [95% CI]", "macro-F1 [95% CI]", f"AUC: {variants[0]} - system"],
             [[r["system"], cell(r, "x_good_auc_per_query"), cell(r, "macro_f1"),
               format_difference(r["x_auc_diff_vs_ref"]) if "x_auc_diff_vs_ref" in r else "-"]
@@ -129,7 +160,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="runs/quickstart/data")
     ap.add_argument("--folds", default="0,1")
-    ap.add_argument("--variants", default="default,token_intent,free_slugs,shared_head,adapters,copy")
+    ap.add_argument("--variants", default="default,rules_slugs,token_intent,free_slugs")
     ap.add_argument("--out", default="runs/reasoning_cv")
     ap.add_argument("--page-dir", default="docs/results", help="write reasoning.md here ('' = no page)")
     ap.add_argument("--train-only", action="store_true", help="train and decode the folds; no page")

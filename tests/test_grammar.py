@@ -150,6 +150,30 @@ def test_type_steps_name_a_slug_of_the_vocabulary_and_nothing_else(tiny):
          build_completion(1, {**verdicts, "query": "screen"}))
 
 
+def test_a_grammar_bound_to_a_batch_gives_each_prompt_its_own_candidates(tiny):
+    """prompt.slugs: linked -- sampled at temperature 1 by a random model, each prompt's rows name only its own
+    candidates (unknown where it has none), though the grammar's vocabulary holds more; a prompt given no
+    candidates at all keeps the vocabulary."""
+    model, tok = tiny
+    vocab = {"query": ["laptop", "laptop_bag", "tv", "monitor"], "item": ["coffee_maker", "tv", "laptop", "unknown"]}
+    grammar = grammar_for(tok, PromptConfig(max_note_chars=0, slugs="linked"), vocab)
+    linked = [{"query": ["laptop_bag"], "item": []}, {"query": ["tv", "cheap_tv_words"]}, None]
+    prompts = [encode_prompt(tok, build_prompt(q, p, PromptConfig())) for q, p, _ in PAIRS[:3]]
+    ro = sample_groups(model, tok, prompts, 6, 200, temperature=1.0, generator=torch.Generator().manual_seed(0),
+                       grammar=grammar.bind(linked))
+    parsed = [parse_completion(t) for t in ro.texts(tok)]
+    assert all(p.ok for p in parsed)
+    first, second, third = parsed[:6], parsed[6:12], parsed[12:]
+    assert {p.verdicts["query"] for p in first} == {"laptop_bag"}
+    assert {p.verdicts["item"] for p in first} == {"unknown"}  # a text that links nothing
+    assert {p.verdicts["query"] for p in second} == {"tv", "cheap_tv_words"}  # words outside the vocabulary
+    assert {p.verdicts["item"] for p in second + third} <= set(vocab["item"])
+    assert len({p.verdicts["query"] for p in second + third} - {"laptop_bag", "unknown"}) >= 2  # not held to one
+    assert grammar.bind(None) is grammar and grammar.bind([None, None]) is grammar
+    with pytest.raises(ValueError, match="rows for 3 prompts"):
+        grammar.bind(linked).start(7, len(tok))
+
+
 def test_the_rules_slug_vocabulary_is_the_knowledge_bases_and_must_be_given(tiny):
     _, tok = tiny
     slugs = RuleEngine.from_yaml().step_slugs()

@@ -186,6 +186,29 @@ def test_category_path_uses_the_finest_level(engine):
     assert engine.judge("mouse", P("Gizmo 3000", category="Electronics > Computers > Mice")).verdicts["item"] == "mouse"
 
 
+@pytest.mark.parametrize("query, product", [
+    ("iphone case", P("Spigen case for Galaxy S10", "Spigen")),
+    ("laptop bag", P("Krups coffee maker 1.2 l", "Krups", "Kitchen > Coffee")),
+    ("hp laptop 17 inch", PAVILION),
+    ("usb c hub without hdmi", P("Anker 7-in-1 USB C hub with HDMI", "Anker", "Hubs")),
+    ("logitech", P("Logitech MX Master 3 wireless mouse", "Logitech")),
+    ("zq-91 spare part", P("Generic spare part zq-91", "")),
+])
+def test_the_linked_slugs_hold_the_rules_values_among_other_candidates(engine, query, product):
+    """prompt.slugs: linked -- a pair's candidates for each type step include the value the rules write (so a
+    model restricted to them can agree) and are the ids named in the text, not that value alone; unknown is one
+    only where the text links nothing (what the rules write then)."""
+    from searchrl.relevance.format.prompt import slug_of
+    j, linked = engine.judge(query, product), engine.linked_slugs(query, product)
+    for step in ("query", "item"):
+        assert slug_of(j.verdicts[step]) in linked[step]
+        assert "unknown" not in linked[step] or linked[step] == ["unknown"]  # unknown: the text links nothing
+    assert set(linked["item"]) <= set(engine.step_slugs()["item"])
+    named = {"iphone case": {"phone_case", "bag", "smartphone"}, "laptop bag": {"laptop_bag"},
+             "hp laptop 17 inch": {"laptop", "hp"}}.get(query, set())
+    assert named <= set(linked["query"])
+
+
 def test_custom_rule_file_and_validation(tmp_path):
     kb = {"types": [{"id": "gizmo", "names": ["gizmo", "widget"]},
                     {"id": "gizmo_case", "names": ["gizmo case"], "kind": "accessory", "for": ["gizmo"]}]}

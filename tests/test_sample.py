@@ -164,6 +164,32 @@ def test_sample_cli_writes_trl_pairs_and_table(tiny_model_dir, tiny_data, tmp_pa
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()
 
 
+def test_pass_at_n_samples_name_only_the_ids_each_pairs_text_links(tiny_model_dir, tiny_data, monkeypatch):
+    """prompt.slugs: linked (the default): a random model's samples, at temperature 1, name in their type steps
+    only the candidates the knowledge base links to their own pair -- each prompt bound to its own."""
+    from searchrl.data.schema import pair_products
+    from searchrl.relevance.train import sample as sample_module
+    texts = []
+    real = sample_module.sample_groups
+
+    def recording(*args, **kwargs):
+        ro = real(*args, **kwargs)
+        texts.extend(ro.texts(args[1]))
+        return ro
+    monkeypatch.setattr(sample_module, "sample_groups", recording)
+    ds = load_dataset(tiny_data)
+    sample_preferences(tiny_model_dir, ds, 3, max_new_tokens=200, prompts_per_batch=4, progress=False)
+    pairs = ds.split("train").pairs()
+    engine = RuleEngine.from_yaml()
+    linked = [engine.linked_slugs(q, p) for q, p in zip(pairs["text"], pair_products(pairs))]
+    parsed = [parse_completion(t) for t in texts]
+    assert len(parsed) == 3 * len(linked) and sum("item" in p.verdicts for p in parsed) > len(parsed) / 2
+    for k, p in enumerate(parsed):  # (a random model's free-text notes may leave a line unreadable)
+        for step in set(p.verdicts) & {"query", "item"}:
+            assert p.verdicts[step] in linked[k // 3][step]
+    assert len({p.verdicts.get("item") for p in parsed} - {None}) > 1  # rows are not all held to one vocabulary
+
+
 def test_read_preference_pairs_names_the_bad_line(tmp_path):
     from searchrl.relevance.train.sample import read_preference_pairs
     good = '{"prompt": "p", "chosen": "<L4>", "rejected": "<L1>"}'

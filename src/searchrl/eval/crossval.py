@@ -137,7 +137,7 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
     same per pair (reasoning.reasoning_per_pair)."""
     from searchrl.relevance.format.parser import parse_completion
     from searchrl.relevance.model.scorer_config import load_scorer_config
-    from searchrl.relevance.rules.engine import RuleEngine
+    from searchrl.relevance.rules.engine import RuleEngine, pair_slugs
     from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.reasoning import reasoning_counts, reasoning_per_pair
@@ -155,7 +155,8 @@ def _decoded(final: Path, ds: Dataset, fold_dir: Path, eval_cfg, grades=None) ->
     products = pair_products(pairs)
     prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], products)]
     texts = decode_completions(scorer.model, scorer.tokenizer, prompts, eval_cfg.max_new_tokens, eval_cfg.batch_size,
-                               grammar=completion_grammar(scorer.tokenizer, scorer.config.prompt))
+                               grammar=completion_grammar(scorer.tokenizer, scorer.config.prompt),
+                               linked=pair_slugs(scorer.config.prompt, pairs["text"], products))
     parsed = [parse_completion(t, order) for t in texts]
     written = np.array([p.grade or 1 for p in parsed])
     engine = RuleEngine.from_yaml()

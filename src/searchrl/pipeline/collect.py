@@ -126,6 +126,7 @@ def _examples(ctx: Context, final: str | None) -> list[dict] | None:
     """A few pairs per gold grade of the evaluation split, graded and decoded by the final model."""
     if not final:
         return None
+    from searchrl.relevance.rules.engine import pair_slugs
     from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.scorer import RelevanceScorer
@@ -147,7 +148,8 @@ def _examples(ctx: Context, final: str | None) -> list[dict] | None:
     cots = decode_completions(scorer.model, scorer.tokenizer, [scorer.prompt(q, p) for q, p in zip(sub["text"], products)],
                               ctx.cfg.report.max_new_tokens, progress=False,
                               grammar=completion_grammar(scorer.tokenizer, scorer.config.prompt,
-                                                         ctx.cfg.sft.rules or None))
+                                                         ctx.cfg.sft.rules or None),
+                              linked=pair_slugs(scorer.config.prompt, sub["text"], products, ctx.cfg.sft.rules or None))
     return [{"query": str(q), "title": p["title"], "gold": int(g), "pred": r["tier"], "p_good": r["p_good"],
              "cot": c, "system": final} for q, p, g, r, c in zip(sub["text"], products, sub["grade"], results, cots)]
 

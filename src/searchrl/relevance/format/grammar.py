@@ -32,9 +32,13 @@ rows about to name one (:meth:`GrammarState.slug_starts`), the decode loop's bea
 (rl.rollout.trie_beam_search) picks the id most probable as a whole, and the row then writes it
 (:meth:`GrammarState.commit`).
 
-Simplifies: one grammar per order; one slug vocabulary per step, the same for every row (the rule engine's
-fallback intent, the query's own words when it names no type or brand, is not in it); RL treats forced
-tokens as the model's own samples (their log-probabilities enter the GRPO ratio like any other token's).
+A grammar bound to a batch of prompts (:meth:`CompletionGrammar.bind`, ``prompt.slugs: linked``) gives each row
+a vocabulary of its own: the ids the knowledge base links to that pair's text (relevance.rules.engine's
+``linked_slugs``: the types and brands its query and its product name, the query's own words; unknown where its
+text names none), the way an entity linker hands a tagger its candidates. The model still chooses among them.
+
+Simplifies: one grammar per order; RL treats forced tokens as the model's own samples (their log-probabilities
+enter the GRPO ratio like any other token's).
 """
 
 from __future__ import annotations
@@ -99,15 +103,17 @@ def _vocab_classes(tokenizer, size: int) -> _Vocab:
 def grammar_for(tokenizer, prompt_cfg, slugs: dict | None = None) -> "CompletionGrammar | None":
     """The grammar a model with this prompt config decodes under (None when ``prompt_cfg.constrained`` is off):
     notes are free text up to about ``max_note_chars`` when the format has notes, else the fixed "-";
-    ``slugs``: {"query": ids, "item": ids}, the values each type step may name (required for
-    ``prompt_cfg.slugs == "rules"``; relevance.rules.kb.completion_grammar passes the knowledge base's)."""
+    ``slugs``: {"query": ids, "item": ids}, the values each type step may name (required unless
+    ``prompt_cfg.slugs == "free"``; relevance.rules.kb.completion_grammar passes the knowledge base's; "linked"
+    narrows them per pair when a batch binds the grammar)."""
     if not prompt_cfg.constrained:
         return None
-    if prompt_cfg.slugs == "rules" and slugs is None:
-        raise ValueError('prompt.slugs is "rules": pass the slug vocabulary (relevance.rules.kb.completion_grammar)')
+    if prompt_cfg.slugs != "free" and slugs is None:
+        raise ValueError(f'prompt.slugs is "{prompt_cfg.slugs}": pass the slug vocabulary '
+                         '(relevance.rules.kb.completion_grammar)')
     return CompletionGrammar(tokenizer, prompt_cfg.order, free_notes=prompt_cfg.max_note_chars > 0,
                              max_note_tokens=max(4, prompt_cfg.max_note_chars // 2),  # digits tokenize one by one
-                             slugs=slugs if prompt_cfg.slugs == "rules" else None,
+                             slugs=slugs if prompt_cfg.slugs != "free" else None,
                              beams={"query": prompt_cfg.intent_beam})
 
 
@@ -152,6 +158,24 @@ class CompletionGrammar:
         self.underscore = (self._piece(" _") or (None,))[0]
         # step -> its slug trie, or None: free slugs
         self.tries = {step: _slug_trie(self, (slugs or {}).get(step) or ()) for step in ("query", "item")}
+        self._linked: dict[tuple, _SlugTrie | None] = {}  # a row's own candidates -> their trie
+
+    def bind(self, linked: list[dict | None] | None) -> "CompletionGrammar | _BoundGrammar":
+        """This grammar for one batch of prompts where prompt i's type steps name only ``linked[i][step]`` (its
+        candidates; a step or a prompt left out keeps the grammar's vocabulary); the decode's rows repeat each
+        prompt ``rows // len(linked)`` times, as rl.rollout.sample_groups lays them out."""
+        if not linked or all(c is None for c in linked):
+            return self
+        rows = []
+        for candidates in linked:
+            own = {}
+            for step, slugs in (candidates or {}).items():
+                key = tuple(sorted(set(slugs))) or ("unknown",)
+                if key not in self._linked:  # none the tokenizer can write: unknown, never free slugs
+                    self._linked[key] = _slug_trie(self, key) or _slug_trie(self, ("unknown",))
+                own[step] = self._linked[key]
+            rows.append(own)
+        return _BoundGrammar(self, rows)
 
     def _piece(self, text: str) -> tuple[int, ...]:
         """``text``'s token ids, tokenized alone (at a whitespace boundary: as inside a whole completion)."""
@@ -169,7 +193,7 @@ class CompletionGrammar:
             segments.append(("note",) if self.free_notes else ("force", self._piece(" -")))
             segments.append(("force", self._piece(f" => {VERDICT_KEYS[step]}:")))
             if step in ("query", "item"):
-                segments.append(("slug", self.tries[step], self.beams.get(step, 1)))
+                segments.append(("slug", self.tries[step], self.beams.get(step, 1), step))
             elif step == "verdict" and self.order == "label_first":
                 segments.append(("restate",))  # " L<grade>", the grade token's value
             else:  # cot_first's verdict value is the grade decision itself: the token after the lines restates it
@@ -182,11 +206,28 @@ class CompletionGrammar:
         return GrammarState(self, rows, _vocab_classes(self.tok, vocab_size))
 
 
+class _BoundGrammar:
+    """A CompletionGrammar with each prompt's own slug tries (:meth:`CompletionGrammar.bind`)."""
+
+    def __init__(self, grammar: CompletionGrammar, tries: list[dict]):
+        self.grammar, self.tries = grammar, tries
+
+    def start(self, rows: int, vocab_size: int) -> "GrammarState":
+        if rows % len(self.tries):
+            raise ValueError(f"{rows} rows for {len(self.tries)} prompts: bind the grammar to the decoded batch")
+        repeat = rows // len(self.tries)
+        return GrammarState(self.grammar, rows, _vocab_classes(self.grammar.tok, vocab_size),
+                            [self.tries[r // repeat] for r in range(rows)])
+
+
 class _Cursor:
     """One row's position in the program: segment index, tokens into it, and what it has chosen so far."""
 
-    def __init__(self, program: list[tuple]):
-        self.program, self.seg, self.pos, self.grade = program, 0, 0, None
+    def __init__(self, program: list[tuple], tries: dict | None = None):
+        # a type step's slug segment with this row's own trie (a bound grammar), else the program's
+        self.program = [seg[:1] + (tries[seg[3]],) + seg[2:] if seg[0] == "slug" and seg[3] in (tries or {})
+                        else seg for seg in program]
+        self.seg, self.pos, self.grade = 0, 0, None
         self.value: tuple = ()  # tokens of the current value/slug so far
         self.commit: tuple = ()  # the whole slug a search chose for the current segment, if any
         self.finished = False
@@ -209,10 +250,10 @@ def _min_tokens(segment: tuple, grammar: CompletionGrammar) -> int:
 class GrammarState:
     """The grammar state of a batch of rows being decoded: ``mask`` the logits, then ``advance`` with the choice."""
 
-    def __init__(self, grammar: CompletionGrammar, rows: int, vocab: _Vocab):
+    def __init__(self, grammar: CompletionGrammar, rows: int, vocab: _Vocab, tries: list[dict] | None = None):
         self.g, self.vocab = grammar, vocab
         program = grammar.program()
-        self.rows = [_Cursor(program) for _ in range(rows)]
+        self.rows = [_Cursor(program, tries[r] if tries else None) for r in range(rows)]
         # after[i]: the fewest tokens the segments after i take; a note or slug closes early when the token
         # budget left is only enough for them (a completion cut short would not parse)
         sizes = [_min_tokens(s, grammar) for s in program]

@@ -42,7 +42,7 @@ ALLOWED_VALUES = {"category": CATEGORY_VALUES, "attribute": ATTRIBUTE_VALUES, "v
 SLUG = re.compile(r"[a-z0-9_]+")
 ORDERS = ("label_first", "cot_first")
 LAYOUTS = ("lines", "segments")
-SLUG_SOURCES = ("rules", "free")
+SLUG_SOURCES = ("rules", "linked", "free")
 MARKER, SEGMENT_START = "[SEP]", "[CLS]"  # the segments layout's boundaries (MiniLM's own special tokens)
 
 GRADE_GUIDE = (
@@ -84,8 +84,10 @@ class PromptConfig:
     #   the product as two [SEP]-delimited texts, for the minilm-prefix model (prefix_lm.py; no instruction)
     constrained: bool = True  # decoding and sampling keep to the completion grammar (grammar.py): the model chooses
     #   the grade, the notes and the step values, never the skeleton; false: free decoding, as a plain LM
-    slugs: str = "rules"  # the values a type step may name when decoding: "rules", the rule knowledge base's ids
-    #   (intent: a type, a brand or unknown; type: a type or unknown); "free": any run of slug tokens
+    slugs: str = "linked"  # the values a type step may name when decoding: "linked", the rule knowledge base's ids
+    #   that the pair's own text names, the query's own words, unknown where it names none
+    #   (relevance.rules.engine's linked_slugs; a caller without the pair, "rules"); "rules", any of the knowledge
+    #   base's ids (intent: a type, a brand or unknown; type: a type or unknown); "free": any run of slug tokens
     intent_beam: int = when_set(4)  # greedy decoding names the intent from those ids by a beam of this many prefixes
     #   over their tokens: the id most probable as a whole ("flat screen tv" is not led by "screen" into
     #   screen_protector); 1 = token by token, as the item's type always is (a beam there agreed less with the

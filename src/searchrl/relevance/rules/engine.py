@@ -240,12 +240,36 @@ class RuleEngine(KnowledgeBase):
                 out.append((f"word.{w}", status, f"word {w!r}"))
         return out
 
-    def judge(self, query: str, product) -> RuleJudgment:
+    def _query_for(self, query: str, item: dict) -> _Query:
+        """The query as read for this item: a brand the rule file may not list counts when the item has it."""
         q = self.read_query(field_text({"q": query}, "q"))
-        item = self._read_item(product)
         if item["brand_n"] and q.brand is None and f" {item['brand_n']} " in f" {' '.join(q.tokens)} ":
-            brand_words = {stem(t) for t in item["brand_n"].split()}  # a brand the rule file may not list
+            brand_words = {stem(t) for t in item["brand_n"].split()}
             q = _replace(q, brand=item["brand"], words=[w for w in q.words if w not in brand_words])
+        return q
+
+    def linked_slugs(self, query: str, product) -> dict[str, list[str]]:
+        """The ids this knowledge base links to the pair's text, per type step: the values a model decoding with
+        ``prompt.slugs: linked`` may name there. Query: each type named in the query, each type one of them
+        specialises to for another ("iphone case": phone_case), the brand it names, its remaining words as one
+        slug. Item: each type named in its category, title or description. A step whose text links none of these
+        has one candidate, unknown (what the rules write then). These are the candidates, not the choice: which
+        one the rules take (the head noun, the category before the title, the highest-ranked kind) is the
+        model's to learn."""
+        item = self._read_item(product)
+        q = self._query_for(query, item)
+        named = [m["type"] for m in self.mentions(q.tokens)]
+        intents = set(named) | {self.specialise(h, [t]) for h in named for t in named if t != h}
+        intents |= {b for b in (q.brand, *(b for _, _, b in self.brand_vocab.find(q.tokens))) if b}
+        intents |= {"_".join(q.words + q.features)} - {""}
+        texts = [norm(s).split() for s in re.split(r"[>|/]", field_text(product, "category"))]
+        texts += [norm(field_text(product, "title")).split(), norm(product.get("description"))[:400].split()]
+        types = {m["type"] for t in texts for m in self.mentions(t)}
+        return {"query": sorted(intents) or ["unknown"], "item": sorted(types) or ["unknown"]}
+
+    def judge(self, query: str, product) -> RuleJudgment:
+        item = self._read_item(product)
+        q = self._query_for(query, item)
         fired, notes = [], {}
         intent = q.type or q.brand or "_".join(q.words + q.features) or "unknown"
         wants = [_a(q.type) if q.type else "no product type"] + ([f"brand {q.brand}"] if q.brand else [])
@@ -306,6 +330,30 @@ class RuleEngine(KnowledgeBase):
         verdicts["verdict"] = f"L{grade}"
         notes["verdict"] = f"category {category}, attributes {attribute} -> L{grade}"
         return RuleJudgment(grade=grade, verdicts=verdicts, notes=notes, fired=fired)
+
+
+@lru_cache(maxsize=4)
+def _engine(rules: str | None) -> RuleEngine:
+    return RuleEngine.from_yaml(rules)
+
+
+def pair_slugs(prompt_cfg, queries, products, rules=None) -> list[dict] | None:
+    """Each (query, product)'s :meth:`RuleEngine.linked_slugs` when ``prompt_cfg.slugs`` is "linked" -- what a
+    batch's completion grammar is bound to (format.grammar.CompletionGrammar.bind) -- else None."""
+    if prompt_cfg.slugs != "linked":
+        return None
+    engine = _engine(str(rules) if rules else None)
+    return [engine.linked_slugs(q, p) for q, p in zip(queries, products)]
+
+
+def link_examples(prompt_cfg, examples: list[dict], rules=None) -> list[dict]:
+    """``examples`` (train.examples' dicts) with each one's pair_slugs under "linked_slugs" where it carries its
+    "query" and "product": what the samplers bind their grammar to (the same dicts, changed in place)."""
+    known = [ex for ex in examples if "query" in ex and "product" in ex]
+    for ex, slugs in zip(known, pair_slugs(prompt_cfg, [ex["query"] for ex in known],
+                                           [ex["product"] for ex in known], rules) or []):
+        ex["linked_slugs"] = slugs
+    return examples
 
 
 def _a(type_id: str | None) -> str:

@@ -172,8 +172,9 @@ def _step_slugs(path: str | None) -> dict[str, list[str]]:
 
 
 def completion_grammar(tokenizer, prompt_cfg, rules: str | Path | None = None):
-    """grammar_for with the slug vocabulary ``prompt_cfg.slugs`` asks for: "rules", this knowledge base's
-    (``rules``: a rules.yaml, default the packaged one); "free", none. None when decoding is unconstrained."""
+    """grammar_for with the slug vocabulary ``prompt_cfg.slugs`` asks for: "rules" (and "linked", until it is
+    a batch binds it to its pairs' engine.pair_slugs), this knowledge base's (``rules``: a rules.yaml, default the
+    packaged one); "free", none. None when decoding is unconstrained."""
     from searchrl.relevance.format.grammar import grammar_for  # torch, which the rules themselves never need
-    slugs = _step_slugs(str(rules) if rules else None) if prompt_cfg.slugs == "rules" else None
+    slugs = _step_slugs(str(rules) if rules else None) if prompt_cfg.slugs != "free" else None
     return grammar_for(tokenizer, prompt_cfg, slugs)

@@ -36,7 +36,7 @@ from searchrl.relevance.format.parser import is_consistent, parse_completion
 from searchrl.relevance.model.load import grade_probs
 from searchrl.relevance.model.scorer_config import update_scorer_config
 from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
-from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.engine import RuleEngine, pair_slugs
 from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.scoring.reasoning import reasoning_measures
 from searchrl.relevance.scoring.tiering import (
@@ -66,15 +66,17 @@ def rule_agreement(ds: Dataset, engine: RuleEngine | None = None, splits=SPLITS)
 
 def decode_completions(model, tokenizer, prompts: list[str], max_new_tokens: int = 160,
                        batch_size: int = 16, progress: bool = True, min_new_tokens: int = 0,
-                       grammar=None) -> list[str]:
+                       grammar=None, linked: list[dict] | None = None) -> list[str]:
     """Greedy completions of rendered prompts (text after the prompt, special grade tokens kept): the rollout
     sampler at temperature 0 (one prefill per prompt, KV-cached steps), the one decode loop of searchrl;
-    ``grammar`` (format.grammar.CompletionGrammar) keeps them to the completion grammar."""
+    ``grammar`` (format.grammar.CompletionGrammar) keeps them to the completion grammar, and ``linked`` (one
+    per prompt: rules.engine.pair_slugs) to each pair's own type-step candidates."""
     out = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="decode", leave=False, disable=not progress):
         encoded = [encode_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
+        bound = grammar.bind(linked[start:start + batch_size]) if grammar is not None and linked else grammar
         out += sample_groups(model, tokenizer, encoded, 1, max_new_tokens, temperature=0.0,
-                             min_new_tokens=min_new_tokens, grammar=grammar).texts(tokenizer)
+                             min_new_tokens=min_new_tokens, grammar=bound).texts(tokenizer)
     return out
 
 
@@ -152,8 +154,10 @@ def evaluate_model(model_dir: str | Path, ds: Dataset, split: str = "test", deco
     cot_first = cfg.prompt.order == "cot_first"
     parsed = []
     if decode or cot_first:  # a cot-first model's grade exists only after its reasoning: decode it
+        pairs = ds.split(split).pairs()
         texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, batch_size,
-                                   grammar=completion_grammar(scorer.tokenizer, cfg.prompt, rules))
+                                   grammar=completion_grammar(scorer.tokenizer, cfg.prompt, rules),
+                                   linked=pair_slugs(cfg.prompt, pairs["text"], pair_products(pairs), rules))
         parsed = [parse_completion(t, cfg.prompt.order) for t in texts]
     if cot_first:  # no readable grade counts as L1 (the most common grade), i.e. as a miss for the rest
         rows = [{"system": name, **classification_metrics(gold, [p.grade or 1 for p in parsed])}]

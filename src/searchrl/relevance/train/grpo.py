@@ -55,6 +55,7 @@ from searchrl.relevance.model.load import DTYPES, load_relevance_model, load_tra
 from searchrl.relevance.model.lora import LoraSettings, frozen_reference
 from searchrl.relevance.model.scorer_config import save_relevance_model, scorer_config_or_default
 from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
+from searchrl.relevance.rules.engine import link_examples
 from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.scoring.evaluate import evaluate_examples
 from searchrl.relevance.train.examples import split_examples, subset
@@ -279,6 +280,7 @@ def train_grpo(cfg: GRPOConfig, prompts: list[dict] | None = None, eval_examples
         raise ConfigError(f"rollout.prompts_per_step={ro_cfg.prompts_per_step} does not split over {loop.world} "
                           "processes")
     prompts, evals = _prompts(cfg, prompts, eval_examples)
+    link_examples(cfg.prompt, prompts, cfg.rules or None)  # prompt.slugs: linked -- each pair's own type candidates
     reward_fn = reward_fn or build_reward(cfg.reward, cfg.prompt.order, ro_cfg.group_size, cfg.rules)
     model, tok, reference = _policy_and_reference(cfg, loop)
     encoded = [encode_prompt(tok, render_prompt(tok, p["prompt"], cfg.chat_template)) for p in prompts]

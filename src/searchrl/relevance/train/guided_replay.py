@@ -196,8 +196,9 @@ class GuidedReplay:
         low = (acc < cfg.accuracy_threshold).nonzero().squeeze(1).tolist()
         if not low:
             return [(ro, scored)]
+        grammar = self.grammar and self.grammar.bind([self.prompts[idx[b]].get("linked_slugs") for b in low])
         gro = sample_groups(model, self.tok, [self._hinted(idx[b]) for b in low], m, rollout.max_new_tokens,
-                            rollout.temperature, rollout.top_p, generator, grammar=self.grammar)  # [L*M] rows under the hinted prompts
+                            rollout.temperature, rollout.top_p, generator, grammar=grammar)  # [L*M] rows under the hinted prompts
         ginfos = [infos[b * g] for b in low for _ in range(m)]
         gtexts = gro.texts(self.tok)
         gscored = reward_fn(gtexts, ginfos)

@@ -134,8 +134,9 @@ def collect_groups(model, tok, encoded: list[list[int]], prompts: list[dict], sa
             break
         n = math.ceil(need * cfg.oversample) if cfg.dynamic_sampling else need
         idx = replay.draw(sampler, n) if replay else sampler.draw(n)
+        bound = grammar and grammar.bind([prompts[i].get("linked_slugs") for i in idx])  # rules.engine.link_examples
         ro = sample_groups(model, tok, [encoded[i] for i in idx], g, cfg.max_new_tokens, cfg.temperature,
-                           cfg.top_p, generator, grammar=grammar)
+                           cfg.top_p, generator, grammar=bound)
         texts = ro.texts(tok)
         infos = [prompts[i] for i in idx for _ in range(g)]
         scored = reward_fn(texts, infos)

@@ -39,7 +39,7 @@ from searchrl.relevance.format.parser import grade_implied_by_verdicts, parse_co
 from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.model.scorer_config import load_scorer_config
 from searchrl.relevance.model.tokenizer import encode_prompt, render_prompt
-from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.engine import RuleEngine, link_examples
 from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.rules.teacher import RuleTeacher
 from searchrl.relevance.train.examples import build_examples
@@ -106,6 +106,7 @@ def sample_preferences(model_dir: str | Path, ds, n: int, split: str = "train", 
         pairs_df = pairs_df.iloc[np.sort(np.random.default_rng(seed).permutation(len(pairs_df))[:max_prompts])]
     teacher = RuleTeacher(RuleEngine.from_yaml(rules), scorer.prompt, "condition")  # "condition" never drops
     examples, _ = build_examples(pairs_df, teacher, scorer.prompt)
+    link_examples(scorer.prompt, examples, rules)
     prompts = [render_prompt(tok, ex["prompt"], scorer.chat_template) for ex in examples]
 
     generator = torch.Generator().manual_seed(seed)
@@ -115,8 +116,9 @@ def sample_preferences(model_dir: str | Path, ds, n: int, split: str = "train", 
     bar = tqdm(total=len(prompts), disable=not progress, desc=f"sample x{n}")
     for start in range(0, len(prompts), prompts_per_batch):
         batch = prompts[start:start + prompts_per_batch]
+        linked = [ex.get("linked_slugs") for ex in examples[start:start + len(batch)]]
         rollout = sample_groups(model, tok, [encode_prompt(tok, p) for p in batch], n, max_new_tokens,
-                                temperature, top_p, generator, grammar=grammar)
+                                temperature, top_p, generator, grammar=grammar and grammar.bind(linked))
         texts = rollout.texts(tok)  # [len(batch) * n], the n samples of a prompt in consecutive rows
         for j, (prompt, ex) in enumerate(zip(batch, examples[start:start + len(batch)])):
             samples = texts[j * n:(j + 1) * n]
