@@ -160,7 +160,7 @@ class CompletionGrammar:
         self.tries = {step: _slug_trie(self, (slugs or {}).get(step) or ()) for step in ("query", "item")}
         self._linked: dict[tuple, _SlugTrie | None] = {}  # a row's own candidates -> their trie
 
-    def bind(self, linked: list[dict | None] | None) -> "CompletionGrammar | _BoundGrammar":
+    def bind(self, linked: list[dict | None] | None) -> CompletionGrammar | _BoundGrammar:
         """This grammar for one batch of prompts where prompt i's type steps name only ``linked[i][step]`` (its
         candidates; a step or a prompt left out keeps the grammar's vocabulary); the decode's rows repeat each
         prompt ``rows // len(linked)`` times, as rl.rollout.sample_groups lays them out."""
@@ -212,7 +212,7 @@ class _BoundGrammar:
     def __init__(self, grammar: CompletionGrammar, tries: list[dict]):
         self.grammar, self.tries = grammar, tries
 
-    def start(self, rows: int, vocab_size: int) -> "GrammarState":
+    def start(self, rows: int, vocab_size: int) -> GrammarState:
         if rows % len(self.tries):
             raise ValueError(f"{rows} rows for {len(self.tries)} prompts: bind the grammar to the decoded batch")
         repeat = rows // len(self.tries)

@@ -91,7 +91,7 @@ class PromptConfig:
     intent_beam: int = when_set(4)  # greedy decoding names the intent from those ids by a beam of this many prefixes
     #   over their tokens: the id most probable as a whole ("flat screen tv" is not led by "screen" into
     #   screen_protector); 1 = token by token, as the item's type always is (a beam there agreed less with the
-    #   rules on CV folds: docs/results/reasoning.md). Sampling (pass@N, GRPO) goes token by token
+    #   rules: docs/relevance-model.md). Sampling (pass@N, GRPO) goes token by token
 
     def __post_init__(self):
         if self.order not in ORDERS:
