@@ -47,7 +47,7 @@ from searchrl.relevance.model.builds import MINILM_QWEN2
 from searchrl.relevance.model.load import load_relevance_model
 from searchrl.relevance.model.scorer_config import ScorerConfig, load_scorer_config, save_scorer_config
 from searchrl.relevance.model.tokenizer import encode_prompt
-from searchrl.relevance.rules.engine import RuleEngine
+from searchrl.relevance.rules.engine import RuleEngine, pair_slugs
 from searchrl.relevance.rules.kb import completion_grammar
 from searchrl.relevance.rules.teacher import RuleTeacher
 from searchrl.relevance.scoring.evaluate import decode_completions
@@ -108,12 +108,14 @@ def decode_pairs_per_s(scorer: RelevanceScorer, pairs_df, n: int) -> tuple[float
     examples, _ = build_examples(pairs_df.head(n), RuleTeacher(RuleEngine.from_yaml(), cfg), cfg)
     tok = scorer.tokenizer
     cap = 2 * max(len(tok(e["completion"], add_special_tokens=False)["input_ids"]) + 1 for e in examples)
-    prompts = [scorer.prompt(str(q), p) for q, p in zip(pairs_df.head(n)["text"], pair_products(pairs_df.head(n)))]
+    queries, products = [str(q) for q in pairs_df.head(n)["text"]], pair_products(pairs_df.head(n))
+    prompts = [scorer.prompt(q, p) for q, p in zip(queries, products)]
     grammar, new_tokens = completion_grammar(tok, cfg), []
     t0 = time.perf_counter()
     for start in range(0, n, scorer.batch_size):
-        texts = decode_completions(scorer.model, tok, prompts[start:start + scorer.batch_size], cap,
-                                   scorer.batch_size, progress=False, grammar=grammar)
+        end = start + scorer.batch_size  # linking each pair's type-step candidates is part of decoding's cost
+        texts = decode_completions(scorer.model, tok, prompts[start:end], cap, scorer.batch_size, progress=False,
+                                   grammar=grammar, linked=pair_slugs(cfg, queries[start:end], products[start:end]))
         [parse_completion(t, cfg.order) for t in texts]
         new_tokens += [len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
     return n / (time.perf_counter() - t0), float(np.mean(new_tokens))

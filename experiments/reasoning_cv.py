@@ -76,16 +76,22 @@ def cell(row: dict, key: str) -> str:
     return format_interval([row[key], *ci]) if ci else f"{row[key]:.3f}"
 
 
-def grade_disagreement(run: Path) -> float | None:
+def fold_files(run: Path, name: str, folds: list[int] | None) -> list[Path]:
+    """``run``'s fold*/seed*/``name`` files, of ``folds`` only when given."""
+    return sorted(f for f in run.glob(f"fold*/seed*/{name}") if folds is None or
+                  int(f.parent.parent.name.removeprefix("fold")) in folds)
+
+
+def grade_disagreement(run: Path, folds: list[int] | None = None) -> float | None:
     """Share of decoded test pairs whose first-token grade differs from the rule engine's grade (crossval's
     test_completions.jsonl): where they differ, a completion cannot both repeat the rules' steps and imply its
     own grade (its verdict step, at least, differs from the rules')."""
-    rows = [json.loads(x) for f in sorted(run.glob("fold*/seed*/test_completions.jsonl")) for x in f.open()]
+    rows = [json.loads(x) for f in fold_files(run, "test_completions.jsonl", folds) for x in f.open()]
     rows = [r for r in rows if "rule_grade" in r]
     return sum(r["rule_grade"] != r["held_to"] for r in rows) / len(rows) if rows else None
 
 
-def choice_agreement(run: Path) -> dict:
+def choice_agreement(run: Path, folds: list[int] | None = None) -> dict:
     """{step: (share of test pairs whose linked candidates leave a choice, agreement with the rules there)} for
     the type steps, over the folds of ``run`` (each fold's test_completions.jsonl, in its test pairs' order)."""
     from searchrl.data.schema import load_dataset, pair_products
@@ -93,7 +99,7 @@ def choice_agreement(run: Path) -> dict:
     from searchrl.relevance.format.prompt import slug_of
     from searchrl.relevance.rules.engine import RuleEngine
     engine, counts = RuleEngine.from_yaml(), {s: [0, 0, 0] for s in ("query", "item")}  # pairs, with a choice, agree
-    for done in sorted(run.glob("fold*/seed*/test_completions.jsonl")):
+    for done in fold_files(run, "test_completions.jsonl", folds):
         pairs = load_dataset(done.parent / "data").split("test").pairs()
         for line, q, p in zip(done.open(), pairs["text"], pair_products(pairs)):
             parsed, linked, rules = parse_completion(json.loads(line)["completion"]), engine.linked_slugs(q, p), \
@@ -118,13 +124,13 @@ def page(rows: list[dict], variants: list[str], folds: list[int], out: Path, com
              "d: first-token grade differs from the rules'"],
             [[v, cell(by_name[v], "x_good_auc_per_query"), cell(by_name[v], "macro_f1"),
               *[cell(by_name[v], k) for k, _ in MEASURES],
-              f"{d:.3f}" if (d := grade_disagreement(out / v)) is not None else "-"] for v in variants],
+              f"{d:.3f}" if (d := grade_disagreement(out / v, folds)) is not None else "-"] for v in variants],
             caption=f"5-fold CV, fold(s) {folds}: {rows[0]['x_queries']} test queries, {rows[0]['n']} pairs, seed 0")
     per_step = [(f"x_step_agreement_{s}", s) for s in ("query", "item", "category", "attribute", "verdict")]
     p.table(["variant", *[s for _, s in per_step]],
             [[v, *[f"{by_name[v][k]:.3f}" if by_name[v].get(k) is not None else "-" for k, _ in per_step]]
              for v in variants], caption="Step agreement with the rule engine, per step")
-    choice = choice_agreement(out / variants[0])
+    choice = choice_agreement(out / variants[0], folds)
     if choice:
         p.table(["step", "pairs whose text links more than one id", f"{variants[0]}: agreement on those"],
                 [[s, f"{share:.3f}", "-" if agree is None else f"{agree:.3f}"] for s, (share, agree) in choice.items()],
