@@ -183,16 +183,17 @@ def main(argv=None) -> Path:
     if unknown := sorted(set(only) - set(NAMES)):
         ap.error(f"--only: no experiment named {', '.join(unknown)} (one of {', '.join(NAMES)})")
     started, out = time.time(), Path(a.out)
-    doc = json.loads(LAST_RUN.read_text())
     how = ("Every comparison is a paired bootstrap over queries (and seeds where there are several); a verdict "
            "says \"holds\" or \"better\" only when the 95% interval excludes 0. Each section names the command "
            "that measures it and the run its figures come from.")
     if a.from_last_run:
+        doc = json.loads(LAST_RUN.read_text())
         note = how + " The date, machine and wall time above are this rendering's."
         written = page(doc["sections"], "python -m experiments.claims --from-last-run", note).write(a.results, 0.0)
     else:
         if not a.from_json:
             run_experiments(a, out, only)
+        doc = json.loads(LAST_RUN.read_text())  # read after the run: another claims run may have written it since
         command = " ".join(["python -m experiments.claims", shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
         found = [s for s in sections_from_json(out) if not only or s["name"] in only]
         run = a.run or f"`{command}` ({time.strftime('%Y-%m-%d')}, {(time.time() - started) / 60:.0f} min)"

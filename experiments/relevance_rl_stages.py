@@ -180,7 +180,9 @@ def stability(run_dir: Path) -> dict:
     rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
     return {"reward_var": float(np.var(rewards)) if rewards else float("nan"),
             "train_acc": float(np.mean([r["accuracy"] for r in rows if "reward_mean" in r] or [np.nan])),
-            "guided_acc": float(np.mean([r["guided_accuracy"] for r in rows if "guided_accuracy" in r] or [np.nan]))}
+            "guided_acc": float(np.mean([r["guided_accuracy"] for r in rows if "guided_accuracy" in r] or [np.nan])),
+            "guided_groups_acc": float(np.mean([r["guided_groups_accuracy"] for r in rows
+                                                if "guided_groups_accuracy" in r] or [np.nan]))}
 
 
 def stuck_predictions(model: Path, d: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

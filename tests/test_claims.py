@@ -53,7 +53,8 @@ def rl_stages_report() -> dict:
               "stuck": {"grpo": {"query_id": qids[:16], "right": [1] * 16},
                         "grpo_replay": {"query_id": qids[:16], "right": [0] * 16}}}
     return {"rows": summarize(result, "sft", n_boot=100), "claims": contrasts(result, n_boot=100),
-            "stability": {"grpo_replay": [{"reward_var": 0.01, "train_acc": 0.5, "guided_acc": 0.1}]},
+            "stability": {"grpo_replay": [{"reward_var": 0.01, "train_acc": 0.5, "guided_acc": 0.1,
+                                            "guided_groups_acc": 0.02}]},
             "stuck": stuck_rows(result, n_boot=100), "rule_graded": {"rows": [], "claims": []},
             "scope": {"folds": [0], "seeds": [0], "queries": 10, "pairs": 80, "rule_queries": 0, "rule_pairs": 0},
             "wall_s": 60.0}
@@ -104,7 +105,8 @@ def test_the_page_from_the_experiments_json_carries_each_ones_tables_and_verdict
     assert "| shaping raises rule adherence (grpo_shaping - sft) | adherence -0.200 [-0.360, -0.020] |" in glance
     for title in ("Retrieval-GRPO", "Relevance RL with room to improve", "Label-first vs CoT-first", "Rule-aware"):
         assert f"## {title}" in page
-    assert "guided replay: guided-rollout accuracy 0.100" in page
+    assert "guided rollouts are right 0.100 of the time under the hint" in page  # against the same groups' own
+    assert "(those groups' own rollouts 0.020); every unguided rollout 0.500" in page
     gain = sampled["pass@4"] - sampled["pass@1"]
     assert f"| pass@N finds right grades one sample misses (default) | pass@4 - pass@1 {gain:+.3f}" in glance
     assert "DPO pairs 4 from samples, 2 from the teacher" in glance and "Left out: llm (L: no relevance" in page

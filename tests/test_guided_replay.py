@@ -140,7 +140,8 @@ def test_replace_swaps_the_lowest_rewards_and_join_grows_the_group():
     assert scored.rewards == [0.2, 0.3, 1.0, 1.0, 1, 1, 1, 1] and scored.components["grade"][2:4] == [1.0, 1.0]
     assert ro.extras["guided"].tolist() == [False, False, True, True] + [False] * 4
     assert ro.prompt_ids[2].tolist() == [9, 9]  # hinted mode: trained under the hinted prompt
-    assert gr.stats == {"guided_groups": 1, "guided_rollouts": 2, "guided_correct": 2, "buffer_draws": 0}
+    assert gr.stats == {"guided_groups": 1, "guided_rollouts": 2, "guided_correct": 2, "unguided_rollouts": 4,
+                        "unguided_correct": 0, "buffer_draws": 0}
     assert list(gr.buffer.items) == [0]
     _, parts = _guide("join")
     (joined, js), (rest, _) = parts
@@ -195,6 +196,8 @@ def test_stuck_class_recovers_with_guided_replay_and_not_without(stuck_model, tm
     assert plain < 0.05  # no rollout for black is ever right: no signal, no recovery
     assert guided > 0.5  # the guided rollouts pull the un-hinted policy to the right answer
     assert sum(r["guided_groups"] for r in rows) > 0 and rows[0]["guided_accuracy"] > 0.8  # the hint is followed
+    # against the same groups' own unhinted rollouts (below the threshold by selection: here none is right)
+    assert rows[0]["guided_groups_accuracy"] < 0.25 < rows[0]["guided_accuracy"]
     assert all(k in rows[-1] for k in ("buffer_size", "buffer_draws", "buffer_left"))
 
 

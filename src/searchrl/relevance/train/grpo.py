@@ -228,9 +228,11 @@ def grpo_metrics(loop: RunLoop, batch: Groups, sums: dict, replay: GuidedReplay 
            "tokens_per_s": tot["ctok"] / max(seconds, 1e-9), "step_seconds": seconds, "lr": sums["lr"]}
     if with_kl:
         row["kl"] = tot["kl"] / n_tok
-    if replay is not None:  # accuracy above is the unguided rollouts'; guided_accuracy is under the hint
+    if replay is not None:  # accuracy above is every unguided rollout's; guided_accuracy is under the hint, on the
+        # guided groups alone, and guided_groups_accuracy is those groups' own unguided rollouts' (its baseline)
         row.update(guided_groups=int(tot["g_guided_groups"]), guided_rollouts=int(tot["g_guided_rollouts"]),
                    guided_accuracy=tot["g_guided_correct"] / max(tot["g_guided_rollouts"], 1),
+                   guided_groups_accuracy=tot["g_unguided_correct"] / max(tot["g_unguided_rollouts"], 1),
                    buffer_size=int(tot["g_buffer"]), buffer_draws=int(tot["g_buffer_draws"]),
                    buffer_left=int(tot["g_left"]))
     return row

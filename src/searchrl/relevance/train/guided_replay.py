@@ -163,7 +163,10 @@ class GuidedReplay:
         self.grammar = grammar  # the completion grammar that hinted rollouts keep to, as unhinted ones do
         self.buffer = HardPromptBuffer(cfg.buffer_capacity, cfg.revisit_prob, seed)
         self.encoded: dict[int, list[int]] = {}  # prompt index -> hinted prompt ids (cached)
-        self.stats = {"guided_groups": 0, "guided_rollouts": 0, "guided_correct": 0, "buffer_draws": 0}
+        # guided_correct counts the hinted rollouts that are right; unguided_correct the same groups' own rollouts
+        # that are right (below accuracy_threshold by selection): the fair baseline for the hint's effect
+        self.stats = {"guided_groups": 0, "guided_rollouts": 0, "guided_correct": 0, "unguided_rollouts": 0,
+                      "unguided_correct": 0, "buffer_draws": 0}
 
     def reset_stats(self) -> None:
         self.stats = {k: 0 for k in self.stats}
@@ -203,6 +206,8 @@ class GuidedReplay:
         gtexts = gro.texts(self.tok)
         gscored = reward_fn(gtexts, ginfos)
         self.stats["guided_groups"] += len(low)
+        self.stats["unguided_rollouts"] += len(low) * g
+        self.stats["unguided_correct"] += sum(sum(correct[b * g:(b + 1) * g]) for b in low)
         self.stats["guided_rollouts"] += len(gtexts)
         self.stats["guided_correct"] += sum(parse_completion(t, order).grade == int(i["grade"])
                                             for t, i in zip(gtexts, ginfos))
