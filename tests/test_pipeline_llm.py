@@ -56,3 +56,24 @@ def test_every_stage_of_the_llm_config_runs_with_a_tiny_decoder(tiny_data, tmp_p
     sampled = json.loads((out / "sample" / "stage.json").read_text())["summary"]
     assert sampled["format_error_rate"] == 0.0, sampled
     assert (out / "report.html").exists()
+
+
+def test_the_plan_estimates_a_decoder_by_its_own_measured_rates(tmp_path):
+    """--dry-run's estimate for the llm config is its measured size (about 50 minutes: docs/results/llm/timing.md),
+    not the default model's, and grows with the work the config asks for."""
+    from searchrl.pipeline import load_pipeline_config
+    from searchrl.pipeline.context import Context
+    from searchrl.pipeline.runner import describe_plan, plan_stages
+
+    def plan(cfg):
+        return {r["stage"]: r["estimate_s"] for r in describe_plan(Context(cfg, tmp_path, plan_stages(cfg)))}
+
+    llm = load_pipeline_config("llm")
+    est = plan(llm)
+    assert 40 * 60 < sum(est.values()) < 70 * 60, est
+    quick = plan(load_pipeline_config("quickstart"))
+    assert est["sft"] > 2 * quick["sft"] and est["evaluate"] > 2 * quick["evaluate"]
+    llm.sft.max_train_examples *= 2
+    llm.grpo.optim.max_steps *= 2
+    doubled = plan(llm)
+    assert doubled["sft"] == 2 * est["sft"] and doubled["grpo"] == 2 * est["grpo"]

@@ -35,6 +35,7 @@ from searchrl.errors import UserError
 from searchrl.pipeline.config import STAGES, PipelineConfig
 from searchrl.pipeline.context import Context, SkipStage
 from searchrl.pipeline.stages import RUNNERS
+from searchrl.relevance.model.builds import TINY
 from searchrl.stage_records import fingerprint as stage_fingerprint
 from searchrl.stage_records import read_record, write_record
 
@@ -103,12 +104,39 @@ def config_diff(stage: str, cfg: PipelineConfig) -> list[dict]:
     return [{"key": k, "default": default.get(k), "value": v} for k, v in used.items() if default.get(k) != v]
 
 
+# Seconds per unit of work for a pretrained decoder LLM on 2 CPU cores, one thread beside another run: SmolLM2-135M
+# with LoRA, ~200-token examples, measured by the llm config (docs/results/llm/timing.md); a larger model takes longer
+DECODER_SECONDS = {"sft_example": 2.8, "score_pair": 0.26, "sample": 1.15, "dpo_pair": 7.6, "grpo_rollout": 7.2,
+                   "decode_pair": 3.0}
+PAIRS = {"train": 2200, "valid": 660, "test": 800}  # a split's judged pairs when the plan cannot know (Chorus's)
+
+
+def _decoder_estimate(c: PipelineConfig, stage: str) -> float | None:
+    """Rough seconds of a stage whose relevance model is a pretrained decoder LLM, from DECODER_SECONDS; None for a
+    stage it does not change."""
+    u, s = DECODER_SECONDS, c.sft
+    examples = (s.optim.max_steps * s.batch_size * s.grad_accum if s.optim.max_steps else
+                (s.max_train_examples or PAIRS["train"]) * s.optim.epochs)
+    models = len([x for x in ("sft", "dpo", "grpo") if x in c.stages])
+    decoded = min(c.evaluate.max_decode or PAIRS[c.evaluate.split], PAIRS[c.evaluate.split]) if c.evaluate.decode else 0
+    return {"sft": u["sft_example"] * examples, "tiering": u["score_pair"] * PAIRS[c.tiering.split],
+            "sample": u["sample"] * c.sample.n * (c.sample.max_prompts or PAIRS[c.sample.split]),
+            "dpo": u["dpo_pair"] * (c.dpo.optim.max_steps or 60) * c.dpo.batch_size * c.dpo.grad_accum,
+            "grpo": u["grpo_rollout"] * c.grpo.optim.max_steps * c.grpo.rollout.prompts_per_step
+            * c.grpo.rollout.group_size,
+            "evaluate": models * (u["score_pair"] * PAIRS[c.evaluate.split] + u["decode_pair"] * decoded),
+            }.get(stage)
+
+
 def estimate(ctx: Context, stage: str) -> float:
-    """Seconds a stage will take: a previous run's, else a rough figure for 2 CPU cores from the config."""
+    """Seconds a stage will take: a previous run's, else a rough figure for 2 CPU cores from the config (the default
+    relevance model's, or a pretrained decoder's)."""
     previous = record(ctx, stage).get("seconds")
     if previous:
         return float(previous)
     c = ctx.cfg
+    if c.sft.model not in ("minilm-prefix", TINY) and (decoder := _decoder_estimate(c, stage)) is not None:
+        return decoder
     rough = {"data": 10, "baselines": 40, "tiering": 20, "export": 10, "evaluate": 90, "report": 20,
              "sft": 240 * c.sft.optim.epochs if not c.sft.optim.max_steps else 1.5 * c.sft.optim.max_steps,
              "sample": 0.05 * c.sample.n * (c.sample.max_prompts or 2000),
