@@ -107,16 +107,18 @@ def parsed_row(text: str, rule_verdicts: dict, order: str = "label_first") -> di
 
 def decoded(model: Path, pairs, cache: Path, max_new_tokens: int) -> list[dict]:
     """Each test pair's greedy completion, parsed (parsed_row), cached as jsonl beside the run (a cache older than
-    the model's files is decoded again: the stage that wrote it was rerun)."""
+    the model's files, or decoded under another ``prompt.slugs``, is decoded again)."""
+    from searchrl.relevance.model.scorer_config import load_scorer_config
+    slugs = load_scorer_config(model).prompt.slugs
     newest = max((f.stat().st_mtime for f in Path(model).rglob("*") if f.is_file()), default=0.0)
     fresh = cache.exists() and cache.stat().st_mtime >= newest  # decoded after the model was (re)trained
     rows = [json.loads(x) for x in cache.read_text().splitlines() if x.strip()] if fresh else []
-    if rows and all("step_agreement" in r for r in rows):  # (rows without it: an older run's, decoded again)
+    if rows and all("step_agreement" in r and r.get("slugs") == slugs for r in rows):  # else an older decode's
         if len(rows) != len(pairs):  # another --smoke / full run wrote this --out: its rows are other pairs
             raise SystemExit(f"error: {cache}: {len(rows)} cached completions for {len(pairs)} test pairs; "
                              "remove it or use another --out")
         return rows
-    from searchrl.relevance.rules.engine import RuleEngine
+    from searchrl.relevance.rules.engine import RuleEngine, pair_slugs
     from searchrl.relevance.rules.kb import completion_grammar
     from searchrl.relevance.scoring.evaluate import decode_completions
     from searchrl.relevance.scoring.scorer import RelevanceScorer
@@ -124,10 +126,11 @@ def decoded(model: Path, pairs, cache: Path, max_new_tokens: int) -> list[dict]:
     products = pair_products(pairs)
     prompts = [scorer.prompt(q, p) for q, p in zip(pairs["text"], products)]
     texts = decode_completions(scorer.model, scorer.tokenizer, prompts, max_new_tokens, 16,
-                               grammar=completion_grammar(scorer.tokenizer, scorer.config.prompt))
+                               grammar=completion_grammar(scorer.tokenizer, scorer.config.prompt),
+                               linked=pair_slugs(scorer.config.prompt, pairs["text"], products))
     engine = RuleEngine.from_yaml()
     rules = [engine.judge(q, p).verdicts for q, p in zip(pairs["text"], products)]
-    rows = [parsed_row(t, r, scorer.config.prompt.order) for t, r in zip(texts, rules)]
+    rows = [{**parsed_row(t, r, scorer.config.prompt.order), "slugs": slugs} for t, r in zip(texts, rules)]
     cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 

@@ -34,15 +34,19 @@ def test_the_table_reads_adherence_from_each_systems_own_verdicts(tmp_path):
                           "grade": [4, 1, 3, 2] * n_q})
     # L4 with category "mismatch" breaks the rule table (it caps the grade at L2); L4 with match/match follows it
     follows, breaks = completion(4, "match", "match"), completion(4, "mismatch", "match")
+    from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
+    model = tmp_path / "never_loaded"  # its scorer config alone (written before the caches): no model is loaded
+    model.mkdir()
+    save_scorer_config(model, ScorerConfig())
     texts = {"sft": [breaks] * len(pairs), "grpo_outcome": [follows, breaks] * (len(pairs) // 2),
              "grpo_shaping": [follows] * (len(pairs) - 4) + ["<L4>\nquery: - => intent"] * 4}
     for name, t in texts.items():
         d = tmp_path / ("sft" if name == "sft" else "seed0")
         d.mkdir(exist_ok=True)
-        rows = [shaping.parsed_row(x, RULES) for x in t]
+        rows = [{**shaping.parsed_row(x, RULES), "slugs": "linked"} for x in t]
         (d / f"{name}.test_completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = type("A", (), {"seeds": [0], "n_boot": 200, "max_new_tokens": 64})
-    models = {(s, 0): tmp_path / "never_loaded" for s in texts}  # the caches exist: no model is loaded
+    models = {(s, 0): model for s in texts}  # the caches exist and are newer
     result = shaping.measure(args, models, pairs, tmp_path)
     rows = {r["system"]: r for r in result["rows"]}
     assert rows["sft"]["adherence"][0] == 0.0 and rows["grpo_shaping"]["adherence"][0] == 1.0
@@ -79,6 +83,7 @@ def test_the_smoke_setting_trains_both_rewards_from_one_sft_and_decodes_test(cho
         for r in rows:  # every cached verdict is the parser's reading of the cached text
             p = parse_completion(r["completion"])
             assert r["format_error"] == float(not (p.grade is not None and len(p.verdicts) == 5))
+        assert {r["slugs"] for r in rows} == {"linked"}  # decoded as the pipeline decodes: each pair's own candidates
     assert "cot_fraction: 1.0" in (out / "sft" / "sft_config.yaml").read_text()
     again = shaping.main(args)  # a re-run reuses every stage and every decoded completion
     assert json.dumps(again["rows"]) == json.dumps(result["rows"])  # NaN (nothing parsed at this size) == NaN
@@ -88,15 +93,24 @@ def test_decoded_completions_older_than_their_model_are_decoded_again(tmp_path):
     """A rerun stage writes a new model under the same path: its cached completions are the old model's."""
     import os
     from unittest import mock
-    rows = [shaping.parsed_row(completion(4, "match", "match"), RULES)] * 2
+    from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
+    rows = [{**shaping.parsed_row(completion(4, "match", "match"), RULES), "slugs": "linked"}] * 2
     pairs = pd.DataFrame({"query_id": ["q0", "q0"], "text": ["camera bag", "camera bag"], "grade": [4, 4]})
     cache, model = tmp_path / "sft.test_completions.jsonl", tmp_path / "final"
     cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model.mkdir()
     (model / "model.safetensors").write_text("weights")
-    os.utime(model / "model.safetensors", (1, 1))  # trained before the cache was written: reused
+    save_scorer_config(model, ScorerConfig())  # prompt.slugs: linked, the default
+    for f in model.iterdir():
+        os.utime(f, (1, 1))  # trained before the cache was written: reused
     assert shaping.decoded(model, pairs, cache, 64) == rows
+
+    def decoded_again():
+        with mock.patch("searchrl.relevance.scoring.scorer.RelevanceScorer.load", side_effect=RuntimeError("loaded")), \
+                pytest.raises(RuntimeError, match="loaded"):
+            shaping.decoded(model, pairs, cache, 64)
+    cache.write_text("".join(json.dumps({**r, "slugs": "rules"}) + "\n" for r in rows))
+    decoded_again()  # decoded under another slug source: its type steps are not what this model's decode names
+    cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.utime(cache, (0, 0))  # the model is newer: decoded again
-    with mock.patch("searchrl.relevance.scoring.scorer.RelevanceScorer.load", side_effect=RuntimeError("loaded")), \
-            pytest.raises(RuntimeError, match="loaded"):
-        shaping.decoded(model, pairs, cache, 64)
+    decoded_again()

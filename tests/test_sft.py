@@ -240,3 +240,25 @@ def test_cot_only_examples_train_their_chain_of_thought_and_never_the_grade(tmp_
     batch = collate([r for r in rows if r["group"] < 0], tok.pad_token_id)
     logits = torch.randn(len(batch["grade"]), 4)
     assert float(rank_loss(logits, batch["grade"], batch["group"])) == 0.0  # grades differ, yet no pair
+
+
+def test_a_cot_first_eval_decodes_each_pair_under_its_own_linked_type_candidates(tiny_model_dir):
+    """The trainer's eval of a CoT-first model reads its grade off a decode: the type steps keep to the ids the
+    pair's text links (rules.engine.pair_slugs), as every other decode does, never the whole vocabulary."""
+    from unittest import mock
+
+    from searchrl.config import EvalConfig
+    from searchrl.relevance.rules.engine import pair_slugs
+    from searchrl.relevance.scoring import evaluate
+    model, tok = load_relevance_model(str(tiny_model_dir))
+    cfg = PromptConfig(instruction="Grade the product.", order="cot_first")
+    pairs = [("usb c cable", {"title": "anker usb c cable 1m"}), ("laptop bag", {"title": "targus laptop sleeve 15"})]
+    examples = [{"prompt": build_prompt(q, p, cfg), "grade": 4, "query": q, "product": p} for q, p in pairs]
+    with mock.patch.object(evaluate, "decode_completions", return_value=["<L4>", "<L2>"]) as decode:
+        out = evaluate.evaluate_examples(model, tok, examples, EvalConfig(split="valid"), cfg, False)
+    assert decode.call_args.kwargs["linked"] == pair_slugs(cfg, [q for q, _ in pairs], [p for _, p in pairs])
+    assert out["valid_accuracy"] == 0.5  # the decoded grades are the ones read
+    with mock.patch.object(evaluate, "decode_completions", return_value=["<L4>"] * 2) as decode:
+        evaluate.evaluate_examples(model, tok, [{k: ex[k] for k in ("prompt", "grade")} for ex in examples],
+                                   EvalConfig(split="valid"), cfg, False)
+    assert decode.call_args.kwargs["linked"] is None  # prompts alone: no pair to link, the whole vocabulary

@@ -81,13 +81,14 @@ def decode_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
 
 
 def predict_grades(model, tokenizer, prompts: list[str], prompt_cfg, batch_size: int = 16,
-                   max_new_tokens: int = 160) -> np.ndarray:
+                   max_new_tokens: int = 160, linked: list[dict] | None = None) -> np.ndarray:
     """Grades 1..4 of rendered prompts: argmax of the grade probabilities (label_first), or the last grade
-    token greedy decoding under the model's completion grammar writes (cot_first; 1 when it writes none)."""
+    token greedy decoding under the model's completion grammar writes (cot_first; 1 when it writes none), its
+    type steps bound to each pair's ``linked`` candidates where given (rules.engine.pair_slugs)."""
     if prompt_cfg.order == "label_first":
         return grade_probs(model, tokenizer, prompts, batch_size).argmax(1) + 1
     texts = decode_completions(model, tokenizer, prompts, max_new_tokens, batch_size, progress=False,
-                               grammar=completion_grammar(tokenizer, prompt_cfg))
+                               grammar=completion_grammar(tokenizer, prompt_cfg), linked=linked)
     return np.array([int(found[-1]) if (found := re.findall(r"<L([1-4])>", t)) else 1 for t in texts])
 
 
@@ -105,7 +106,10 @@ def evaluate_examples(model, tokenizer, examples: list[dict], cfg, prompt_cfg, c
         if None not in qids and "x_good_auc_per_query" in (auc := good_auc(gold, probs[:, 2:].sum(1), qids)):
             out[f"{cfg.split}_good_auc"] = auc["x_good_auc_per_query"]
     else:
-        pred = predict_grades(model, tokenizer, prompts, prompt_cfg, cfg.batch_size, cfg.max_new_tokens)
+        paired = all("query" in ex and "product" in ex for ex in examples)  # train.examples' dicts carry the pair
+        linked = pair_slugs(prompt_cfg, [ex["query"] for ex in examples], [ex["product"] for ex in examples]) \
+            if paired else None
+        pred = predict_grades(model, tokenizer, prompts, prompt_cfg, cfg.batch_size, cfg.max_new_tokens, linked)
     m = classification_metrics(gold, pred.tolist())
     return {**{f"{cfg.split}_{k}": m[k] for k in ("macro_f1", "accuracy", "good_f1")}, **out}
 
