@@ -106,7 +106,7 @@ def tables(report: dict) -> tuple[list[dict], list[str]]:
     if replay:
         own = [x["guided_groups_acc"] for x in replay if "guided_groups_acc" in x]
         baseline = (f"those groups' own rollouts {np.nanmean(own):.3f}" if own and not np.isnan(own).all() else
-                    "those groups' own rollouts below 0.25 by selection (not logged by this run)")
+                    "those groups' own rollouts: below 0.25 by selection, not logged by this run")
         notes.append(f"guided replay: guided rollouts are right {np.nanmean([x['guided_acc'] for x in replay]):.3f} "
                      f"of the time under the hint, on the groups that were below 0.25 without it ({baseline}); "
                      f"every unguided rollout {np.nanmean([x['train_acc'] for x in replay]):.3f}")
