@@ -202,6 +202,7 @@ def main() -> None:
     ap.add_argument("--model", help="trained model directory (default: the quickstart architecture, random weights)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--no-server", action="store_true", help="scorer figures only (e.g. for a --model too slow to serve)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     n_queries, repeats, n_decode = (8, 1, 2 * a.batch_size) if a.quick else (40, 2, 4 * a.batch_size)
@@ -243,11 +244,12 @@ def main() -> None:
         "small": ([_body(q, prods[i:i + 4]) for q, prods in requests for i in range(0, len(prods), 4)], 64)}
     if not a.quick:  # whole candidate lists (~27 per request): one request already fills a forward pass
         shapes["query"] = ([_body(q, p) for q, p in requests], 96)
-    with tempfile.TemporaryDirectory() as d:
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-        save_scorer_config(d, ScorerConfig(prompt=prompt))  # the server runs the deployed model's prompt
-        f.update(server_figures(Path(d), shapes, (1, 8, 32), a.threads))
+    if not a.no_server:
+        with tempfile.TemporaryDirectory() as d:
+            model.save_pretrained(d)
+            tok.save_pretrained(d)
+            save_scorer_config(d, ScorerConfig(prompt=prompt))  # the server runs the deployed model's prompt
+            f.update(server_figures(Path(d), shapes, (1, 8, 32), a.threads))
 
     report(f"Relevance scoring, Chorus test: {n_pairs} pairs, {len(requests)} queries, "
            f"{f['mean_prompt_tokens']:.0f} prompt tokens/pair, {a.threads} threads", f, a.json)

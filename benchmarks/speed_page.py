@@ -24,7 +24,12 @@ sys.path.insert(0, str(ROOT / "src"))  # the page writer, when run without an in
 
 from searchrl.eval.results_page import ResultsPage  # noqa: E402
 
-BENCHES = ["scoring", "server", "grpo", "retriever", "pretrained"]
+BENCHES = ["scoring", "server", "grpo", "retriever", "pretrained", "scoring_llm"]
+# entries that run another entry's script with arguments of their own; scoring_llm: the scoring figures for
+# SmolLM2-135M as `searchrl pipeline --config llm` trained it (skipped where runs/llm/export/model is absent), at
+# --quick size on one thread (its decode runs at under one pair/s), without the server
+LLM_MODEL = "runs/llm/export/model"
+VARIANTS = {"scoring_llm": ("scoring", ["--model", LLM_MODEL, "--no-server", "--quick", "--threads", "1"], LLM_MODEL)}
 
 
 def first_line(path: Path) -> str:
@@ -33,9 +38,19 @@ def first_line(path: Path) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else path.stem
 
 
+def bench_command(name: str) -> list[str]:
+    """The script and arguments that write results_NAME.json, relative to the repository root."""
+    script, args, _ = VARIANTS.get(name, (name, [], None))
+    return [f"benchmarks/bench_{script}.py", *args, "--json", f"benchmarks/results_{name}.json"]
+
+
 def run_bench(name: str, quick: bool) -> float:
-    cmd = [sys.executable, str(HERE / f"bench_{name}.py"), "--json", str(HERE / f"results_{name}.json")]
-    if quick and name != "pretrained":  # bench_pretrained has no --quick: it is small already
+    cmd = [sys.executable, *bench_command(name)]
+    needs = VARIANTS.get(name, (None, None, None))[2]
+    if needs and not (ROOT / needs).exists():
+        print(f"[speed] {name}: skipped, {needs} is not there")
+        return 0.0
+    if quick and name != "pretrained" and "--quick" not in cmd:  # bench_pretrained has no --quick: small already
         cmd.append("--quick")
     started = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -61,8 +76,9 @@ def main(argv: list[str] | None = None) -> Path:
             continue
         figures = json.loads(path.read_text())["figures"]
         wall = f"; wall time {seconds[name] / 60:.1f} min" if name in seconds else ""
-        page.section(f"bench_{name}", f"{first_line(HERE / f'bench_{name}.py')} "
-                     f"(`python benchmarks/bench_{name}.py --json benchmarks/results_{name}.json`{wall})")
+        script = VARIANTS.get(name, (name,))[0]
+        page.section(f"bench_{name}", f"{first_line(HERE / f'bench_{script}.py')} "
+                     f"(`python {' '.join(bench_command(name))}`{wall})")
         page.table(["figure", "value"], [[k, v] for k, v in figures.items() if not isinstance(v, (dict, list))])
     out = page.write(a.out, sum(seconds.values()) if seconds else 0.0)
     print(f"wrote {out}")

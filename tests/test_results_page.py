@@ -51,3 +51,7 @@ def test_the_speed_page_renders_every_benchmarks_figures(tmp_path):
         figures = json.loads(path.read_text())["figures"]
         assert f"## bench_{path.stem.removeprefix('results_')}" in text
         assert all(f"| {k} |" in text for k, v in figures.items() if not isinstance(v, (dict, list)))
+    if (bench / "results_scoring_llm.json").exists():  # a variant names the arguments that made it
+        assert "`python benchmarks/bench_scoring.py --model runs/llm/export/model --no-server --quick" in text
+    module.ROOT = tmp_path  # no runs/llm here: the variant is skipped, not run on the default model
+    assert module.run_bench("scoring_llm", quick=False) == 0.0
