@@ -89,10 +89,12 @@ def test_the_smoke_setting_trains_both_rewards_from_one_sft_and_decodes_test(cho
     assert json.dumps(again["rows"]) == json.dumps(result["rows"])  # NaN (nothing parsed at this size) == NaN
 
 
-def test_decoded_completions_older_than_their_model_are_decoded_again(tmp_path):
-    """A rerun stage writes a new model under the same path: its cached completions are the old model's."""
+def test_decoded_completions_older_than_their_model_or_under_other_slugs_are_decoded_again(tmp_path):
+    """A rerun stage writes a new model under the same path: its cached completions are the old model's; and a
+    decode under another prompt.slugs named other type-step candidates than this model's decode does."""
     import os
     from unittest import mock
+
     from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
     rows = [{**shaping.parsed_row(completion(4, "match", "match"), RULES), "slugs": "linked"}] * 2
     pairs = pd.DataFrame({"query_id": ["q0", "q0"], "text": ["camera bag", "camera bag"], "grade": [4, 4]})
