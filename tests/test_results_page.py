@@ -36,10 +36,12 @@ def test_the_pipeline_writes_its_relevance_retrieval_and_timing_pages(tmp_path):
     timing = (tmp_path / "timing.md").read_text()
     assert "| relevance_sft | ran | 23.5 min |" in timing
     assert doc["run"]["command"] in timing
-    doc["stages"].append({"name": "report", "status": "running", "wall_seconds": None})
+    doc["stages"].append({"name": "report", "status": "running", "message": "writing this report",
+                          "wall_seconds": None})  # as collect._stages gives the stage rendering the page
     write_results_pages(doc, tmp_path)
-    timing = (tmp_path / "timing.md").read_text()  # any config's page; the report is the stage writing it
-    assert timing.startswith("# Timing of the pipeline's stages") and "| report | writing this page |  |" in timing
+    timing = (tmp_path / "timing.md").read_text()  # any config's page, each status with its record's message
+    assert timing.startswith("# Timing of the pipeline's stages")
+    assert "| report | running (writing this report) |  |" in timing
 
 
 def test_the_speed_page_renders_every_benchmarks_figures(tmp_path):

@@ -72,8 +72,8 @@ def _timing_page(doc: dict, command: str) -> ResultsPage:
     page = ResultsPage("timing", "Timing of the pipeline's stages", command)
     stages = doc.get("stages") or []
 
-    def status(s):  # the report stage writes this page while it runs
-        return "writing this page" if s["name"] == "report" and s["status"] == "running" else s["status"]
+    def status(s):  # with the record's message: why a stage was skipped, failed or is running (the report)
+        return f"{s['status']} ({s['message']})" if s.get("message") else s["status"]
     page.table(["stage", "status", "wall time"],
                [[s["name"], status(s), "" if s.get("wall_seconds") is None else f"{s['wall_seconds'] / 60:.1f} min"]
                 for s in stages])
