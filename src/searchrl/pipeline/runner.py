@@ -35,7 +35,7 @@ from searchrl.errors import UserError
 from searchrl.pipeline.config import STAGES, PipelineConfig
 from searchrl.pipeline.context import Context, SkipStage
 from searchrl.pipeline.stages import RUNNERS
-from searchrl.relevance.model.builds import TINY
+from searchrl.relevance.model.load import MINILM_BUILDS
 from searchrl.stage_records import fingerprint as stage_fingerprint
 from searchrl.stage_records import read_record, write_record
 
@@ -135,7 +135,7 @@ def estimate(ctx: Context, stage: str) -> float:
     if previous:
         return float(previous)
     c = ctx.cfg
-    if c.sft.model not in ("minilm-prefix", TINY) and (decoder := _decoder_estimate(c, stage)) is not None:
+    if c.sft.model not in MINILM_BUILDS and (decoder := _decoder_estimate(c, stage)) is not None:
         return decoder
     rough = {"data": 10, "baselines": 40, "tiering": 20, "export": 10, "evaluate": 90, "report": 20,
              "sft": 240 * c.sft.optim.epochs if not c.sft.optim.max_steps else 1.5 * c.sft.optim.max_steps,
