@@ -130,3 +130,28 @@ def test_the_claims_command_runs_each_experiment_at_its_documented_size(tmp_path
     assert "--folds 0" in order
     assert "--steps 10 --grpo-set rollout.max_refill_rounds=1" in shaping and plan["rule_shaping"][1] == 2
     assert all(f"--json {tmp_path / name}.json" in " ".join(args) for name, (args, _) in plan.items())
+
+
+def test_a_section_another_run_writes_meanwhile_is_kept(tmp_path, monkeypatch):
+    """Two `--only` runs side by side: the record is read after this run's experiments, so the section the other
+    run wrote in the meantime stays in it."""
+    out, record = tmp_path / "run", tmp_path / "last_run_claims.json"
+    out.mkdir()
+    record.write_text(claims.LAST_RUN.read_text())
+    monkeypatch.setattr(claims, "LAST_RUN", record)
+
+    def other_run_writes_meanwhile(*a):
+        doc = json.loads(record.read_text())
+        doc["sections"] = [{**s, "run": "the other run"} if s["name"] == "pass_at_n" else s for s in doc["sections"]]
+        record.write_text(json.dumps(doc))
+        (out / "rule_shaping.json").write_text(json.dumps({
+            "queries": 27, "pairs": 802, "seeds": [0],
+            "rows": [{"system": "sft", "adherence": [0.6, 0.5, 0.7], "format_error": [0.0, 0.0, 0.0],
+                      "accuracy": [0.7, 0.6, 0.8], "macro_f1": [0.4, 0.3, 0.5]}],
+            "claims": [{"contrast": c, "adherence": [-0.2, -0.36, -0.02], "format_error": [0.0, 0.0, 0.0],
+                        "macro_f1": [0.03, 0.0, 0.05], "verdict": "lower"}
+                       for c in ("grpo_shaping - grpo_outcome", "grpo_shaping - sft")]}))
+    monkeypatch.setattr(claims, "run_experiments", other_run_writes_meanwhile)
+    claims.main(["--only", "rule_shaping", "--out", str(out), "--results", str(tmp_path / "results")])
+    runs = {s["name"]: s["run"] for s in json.loads(record.read_text())["sections"]}
+    assert runs["pass_at_n"] == "the other run" and runs["rule_shaping"].startswith("`python -m experiments.claims")

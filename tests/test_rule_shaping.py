@@ -116,3 +116,27 @@ def test_decoded_completions_older_than_their_model_or_under_other_slugs_are_dec
     cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.utime(cache, (0, 0))  # the model is newer: decoded again
     decoded_again()
+
+
+def test_each_test_pair_is_decoded_under_its_own_linked_type_candidates(tmp_path):
+    """The experiment's decode binds the grammar to each pair's linked ids (rules.engine.pair_slugs), as GRPO's
+    rollouts and `eval relevance --decode` do: its step agreement is measured on the completions the model serves."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from searchrl.relevance.model.scorer_config import ScorerConfig, save_scorer_config
+    from searchrl.relevance.rules.engine import pair_slugs
+    model = tmp_path / "final"
+    model.mkdir()
+    save_scorer_config(model, ScorerConfig())
+    pairs = pd.DataFrame({"query_id": ["q0", "q1"], "text": ["camera bag", "iphone case"], "grade": [4, 1],
+                          "title": ["Lowepro camera bag", "Apple iPhone 15"]})
+    scorer = SimpleNamespace(config=ScorerConfig(), tokenizer=None, model=None, prompt=lambda q, p: q)
+    texts = [completion(4, "match", "match")] * 2
+    with mock.patch("searchrl.relevance.scoring.scorer.RelevanceScorer.load", return_value=scorer), \
+            mock.patch("searchrl.relevance.rules.kb.completion_grammar", return_value=None), \
+            mock.patch("searchrl.relevance.scoring.evaluate.decode_completions", return_value=texts) as decode:
+        rows = shaping.decoded(model, pairs, tmp_path / "c.jsonl", 64)
+    products = shaping.pair_products(pairs)
+    assert decode.call_args.kwargs["linked"] == pair_slugs(ScorerConfig().prompt, pairs["text"], products)
+    assert [r["slugs"] for r in rows] == ["linked", "linked"]
