@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))  # the page writer, when run without an in
 
 from searchrl.eval.results_page import ResultsPage  # noqa: E402
 
-BENCHES = ["scoring", "server", "grpo", "retriever", "pretrained", "scoring_llm"]
+BENCHES = ["scoring", "server", "grpo", "retriever", "pretrained", "scoring_llm", "sft"]
 # entries that run another entry's script with arguments of their own; scoring_llm: the scoring figures for
 # SmolLM2-135M as `searchrl pipeline --config llm` trained it (skipped where runs/llm/export/model is absent), at
 # --quick size on one thread (its decode runs at under one pair/s), without the server
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"))
     a = ap.parse_args(argv)
     command = "python benchmarks/speed_page.py" + (" --quick" if a.quick else "")
-    page = ResultsPage("speed", "Speed: scoring, serving, GRPO, retriever and model loading", command)
+    page = ResultsPage("speed", "Speed: scoring, serving, SFT, GRPO, retriever and model loading", command)
     if a.from_json:
         page.text("Rendered from each benchmark's last run (benchmarks/results_*.json, written by the command "
                   "named above each table); the date above is the rendering's.")

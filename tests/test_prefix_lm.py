@@ -260,3 +260,46 @@ def test_grade_conditioning_moves_the_completion_by_its_grade_token_only_and_dec
     with pytest.raises(ValueError, match="completion_start"):
         cache = model(input_ids=torch.tensor([ids]), use_cache=True).cache
         model(input_ids=torch.tensor([[l1]]), past_key_values=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("pad_left", [False, True])
+def test_a_frozen_prompt_trains_without_autograd_and_gives_the_full_forwards_logits_and_gradients(pad_left):
+    """With every prompt parameter frozen, a forward under autograd encodes the prompts once without a graph and
+    runs only the completions with it (PrefixLMForCausalLM._forward_frozen_prompt); logits and the gradients of
+    every trainable parameter match the full forward's, for completions of several lengths and either padding."""
+    from searchrl.relevance.model.lora import freeze_lower_layers
+    model, tok = load_relevance_model(MINILM_PREFIX, prefix=PrefixLMSettings(
+        mask="block", cot_layers=2, cot_rank=4, cot_copy=True, cot_grade=True), seed=3)
+    freeze_lower_layers(model, 6)
+    with torch.no_grad():  # as if trained: every trainable parameter away from its (often zero) start
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    g = model.config.grade_token_ids
+    prompts = [encode_prompt(tok, build_prompt("laptop", p, SEGMENTS)) for p in PRODUCTS[:3]]
+    rows = [prompts[0] + [g[2], 5, 6, 7], prompts[1] + [g[0]], prompts[2] + [g[3], 8]]
+    width = max(map(len, rows))
+    ids, mask = torch.zeros(3, width, dtype=torch.long), torch.zeros(3, width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        at = slice(width - len(r), width) if pad_left else slice(0, len(r))
+        ids[i, at], mask[i, at] = torch.tensor(r), 1
+    assert model.prompt_is_frozen()
+    weights = torch.linspace(-1, 1, model.config.vocab_size)
+    for keep in (0, width - min(map(len, prompts)) + 1):  # every position; from the earliest read token on
+        found = []
+        for explicit_positions in (False, True):  # explicit position ids take the full forward
+            model.zero_grad()
+            extra = {"position_ids": (mask.cumsum(1) - 1).clamp(min=0)} if explicit_positions else {}
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, **extra).logits
+            real = mask[:, -logits.shape[1]:] > 0
+            (logits[real] @ weights).sum().backward()
+            found.append((logits[real].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                  if p.grad is not None}))
+        (split, split_grads), (full, full_grads) = found
+        torch.testing.assert_close(split, full, atol=1e-4, rtol=1e-4)
+        assert set(split_grads) == set(full_grads) and any(".cot_lora_b" in n for n in full_grads)
+        for name, grad in full_grads.items():
+            torch.testing.assert_close(split_grads[name], grad, atol=1e-4 * float(grad.abs().max()) + 1e-7, rtol=1e-3)
+    next(model.bert.encoder.layer[5].attention.self.query.parameters()).requires_grad_(True)
+    assert not model.prompt_is_frozen()  # a trainable block: the full forward

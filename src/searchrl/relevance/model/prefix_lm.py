@@ -292,6 +292,67 @@ class PrefixLMForCausalLM(PreTrainedModel):
         vec = (first[:, None] == self.grade_ids[None]).to(emb.dtype) @ self.cot_grade_in  # [B, 4] @ [4, H]
         return emb + comp[..., None].to(emb.dtype) * vec[:, None]  # [B, T, H]
 
+    def _add_similarity(self, logits, hidden, segment_ids, query, logits_to_keep: int) -> torch.Tensor:
+        """``readout: sim``: + sim_w * cosine(query, product) on the grade logits at the read position (the last token
+        of the read segment; only it predicts the grade)."""
+        if self.sim_w is None or not bool((segment_ids == SEG_B).any()):
+            return logits
+        read = (segment_ids == SEG_READ) & (torch.roll(segment_ids, -1, 1) != SEG_READ)
+        read[:, -1] = segment_ids[:, -1] == SEG_READ
+        sim = F.cosine_similarity(query, mean_over(hidden, segment_ids == SEG_B), dim=-1)  # [B]
+        read_kept = read[:, -logits_to_keep:] if logits_to_keep else read  # [B, K]
+        add = torch.zeros_like(logits)
+        add[..., self.grade_ids] = read_kept[:, :, None].to(logits.dtype) * (sim[:, None, None] * self.sim_w)
+        return logits + add
+
+    def prompt_is_frozen(self) -> bool:
+        """No trainable parameter acts on a prompt position: the embeddings and the blocks' own weights are frozen
+        (``freeze_layers`` = all blocks; the completion adapters are gated off the prompt)."""
+        return not any(p.requires_grad for n, p in self.bert.named_parameters() if ".cot_lora_" not in n)
+
+    def _forward_frozen_prompt(self, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
+        """[B, K, V]: the full forward's logits for a right-padded batch of prompts and completions, with each row's
+        prompt (through its read token) encoded once without autograd and only the completion tokens, reading
+        the prompts' cached keys and values, run with it. A prompt never reads its completion, so this equals the
+        full forward; with the prompt frozen, autograd over the whole [B, T] stack (about half a training step
+        at the default's ~130-token prompts and ~45-token completions) bought nothing."""
+        from transformers import DynamicCache
+        b, t = input_ids.shape
+        seg = segments(input_ids, attention_mask, self.config.marker_token_id)  # [B, T]
+        comp = seg == SEG_COMPLETION  # [B, T]
+        end = t - (attention_mask > 0).long().flip(1).argmax(1)  # [B]: after each row's last token (either padding)
+        start = torch.where(comp.any(1), comp.long().argmax(1), end)  # [B]: each row's first completion token
+        tp, tc = int(start.max()), max(int((end - start).max()), 1)
+        prompt_ids = input_ids[:, :tp]  # [B, Tp]
+        prompt_mask = attention_mask[:, :tp] * (torch.arange(tp, device=input_ids.device)[None] < start[:, None])
+        prompt_seg = segments(prompt_ids, prompt_mask, self.config.marker_token_id)
+        cache = DynamicCache()
+        with torch.no_grad():  # a frozen prompt: no graph, and no adapter (no completion position in it)
+            bias = attention_bias(prompt_seg, prompt_mask, 0, self.config.mask, self.get_input_embeddings().weight.dtype)
+            hidden = self.bert(input_ids=prompt_ids, attention_mask=bias, cache=cache, use_cache=True,
+                               position_ids=self.positions(prompt_seg, (prompt_mask.cumsum(1) - 1).clamp(min=0))
+                               ).last_hidden_state  # [B, Tp, H]
+        first = t - (logits_to_keep or t)  # the first kept position
+        kp = max(tp - first, 0)  # kept positions inside the prompt pass
+        prompt_logits = self._add_similarity(self._logits(hidden[:, first:], prompt_seg[:, first:]), hidden,
+                                             prompt_seg, mean_over(hidden, prompt_seg == SEG_A), kp) if kp else \
+            hidden.new_zeros(b, 0, self.bias.shape[0])  # [B, Kp, V]
+        at = start[:, None] + torch.arange(tc, device=input_ids.device)[None]  # [B, Tc]
+        comp_mask = ((at < end[:, None]) & (attention_mask.gather(1, at.clamp(max=t - 1)) > 0)).long()
+        comp_ids = torch.where(comp_mask > 0, input_ids.gather(1, at.clamp(max=t - 1)), 0)
+        comp_logits = self.forward(
+            comp_ids, attention_mask=torch.cat([prompt_mask, comp_mask], 1), cache=cache, use_cache=True,
+            segment_ids=torch.where(comp_mask > 0, SEG_COMPLETION, SEG_PAD), prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask, completion_start=input_ids.gather(1, start.clamp(max=t - 1)[:, None])[:, 0]
+        ).logits  # [B, Tc, V]
+        self._copy_cache = None
+        # position j of row r: the prompt pass's if j < start[r], else completion token j - start[r] (padding: zeros)
+        pos = torch.arange(first, t, device=input_ids.device)[None]  # [1, K]
+        index = torch.where(pos < start[:, None], pos - first,
+                            kp + torch.clamp(pos - start[:, None], max=tc))  # [B, K]; kp + tc is the zero row
+        pooled = torch.cat([prompt_logits, comp_logits, comp_logits.new_zeros(b, 1, comp_logits.shape[-1])], 1)
+        return pooled.gather(1, index[:, :, None].expand(-1, -1, pooled.shape[-1]))
+
     def positions(self, seg: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """late: B restarts at 0 (as the product alone); A, the read token and the completion keep the caller's."""
         if self.config.mask != "late":
@@ -308,6 +369,10 @@ class PrefixLMForCausalLM(PreTrainedModel):
         cache = cache if cache is not None else past_key_values
         b, t = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
+        if (past == 0 and torch.is_grad_enabled() and segment_ids is None and position_ids is None and pooled_query
+                is None and not return_pooled_query and not use_cache and attention_mask is not None
+                and self.prompt_is_frozen()):  # training with every prompt parameter frozen
+            return CausalLMOutputWithPast(logits=self._forward_frozen_prompt(input_ids, attention_mask, logits_to_keep))
         if attention_mask is None:
             attention_mask = torch.ones(b, past + t, dtype=torch.long, device=input_ids.device)
         new_mask = attention_mask[:, -t:]
@@ -331,15 +396,7 @@ class PrefixLMForCausalLM(PreTrainedModel):
         logits = self._logits(kept, segment_ids[:, -kept.shape[1]:], self._copy(input_ids, segment_ids, past,
                                                                                  prompt_ids, prompt_mask))  # [B, K, V]
         query = pooled_query if pooled_query is not None else mean_over(hidden, segment_ids == SEG_A)  # [B, H]
-        if self.sim_w is not None and bool((segment_ids == SEG_B).any()):
-            # the read position: the last token of the read segment; only it predicts the grade
-            read = (segment_ids == SEG_READ) & (torch.roll(segment_ids, -1, 1) != SEG_READ)
-            read[:, -1] = segment_ids[:, -1] == SEG_READ
-            sim = F.cosine_similarity(query, mean_over(hidden, segment_ids == SEG_B), dim=-1)  # [B]
-            read_kept = read[:, -logits_to_keep:] if logits_to_keep else read  # [B, K]
-            add = torch.zeros_like(logits)
-            add[..., self.grade_ids] = read_kept[:, :, None].to(logits.dtype) * (sim[:, None, None] * self.sim_w)
-            logits = logits + add
+        logits = self._add_similarity(logits, hidden, segment_ids, query, logits_to_keep)
         result = CausalLMOutputWithPast(logits=logits, cache=out.cache)
         if return_pooled_query:
             result["pooled_query"] = query
