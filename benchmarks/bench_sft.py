@@ -3,8 +3,9 @@
 The default relevance model (SFTConfig(): minilm-prefix with all six blocks and the embeddings frozen) has no
 trainable parameter on a prompt position, so a training forward encodes each row's prompt once under
 ``torch.no_grad`` and runs only the completion tokens, reading the prompts' cached keys and values, under
-autograd (PrefixLMForCausalLM._forward_frozen_prompt; tests/test_prefix_lm.py checks that logits and gradients
-equal the full forward's). Both are timed here in one run on the same batches: the SFT stage's own micro-batches
+autograd, the rows of one completion token (a grade alone) apart from the longer ones
+(PrefixLMForCausalLM._forward_frozen_prompt; tests/test_prefix_lm.py checks that logits and gradients equal the
+full forward's). Both are timed here in one run on the same batches: the SFT stage's own micro-batches
 of Chorus's train split (the rule teacher's completions, a quarter with the chain of thought, 16 candidates of a
 query per chunk, the trimmed vocabulary), each step a forward, the within-query rank loss, a backward and an
 AdamW step as train_sft takes them.

@@ -8,14 +8,12 @@ query's candidates well. This model keeps that and stays generative:
     [CLS] query [SEP] [CLS] product text [SEP] [SEP] <L3> query: ... => intent: ... [SEP]
     '--- segment A ---' '-- segment B ----------' read  '----- completion (causal) ------'
 
-The three [SEP] markers split the prompt (``segments``): A = the query (through the first
-marker), B = the product (through the second), the *read* token (the third marker) where the
-grade distribution is read (the first completion position), then the completion. Attention
-(one 4D additive mask, ``attention_bias``): A reads A; B reads B (``mask: late``: A and B are
-encoded independently, with position ids restarting at 0, exactly as sentence-transformers
-encodes each text) or A and B (``mask: block``: a cross-encoder over the product); the read
-token and the completion read everything before them (causal). No prompt token reads the
-completion, so a prefill followed by KV-cached decoding equals the full masked forward.
+The three [SEP] markers split the prompt: A = the query, B = the product, the *read* token where the grade
+distribution is read (the first completion position), then the completion; prefix_attention.py has the mask
+(``mask: late``: A and B encoded apart, B's positions restarting at 0, as sentence-transformers encodes each text;
+``block``: a cross-encoder over the product). No prompt token reads the completion, so a prefill followed by
+KV-cached decoding equals the full masked forward, and so does a training forward that, with every prompt
+parameter frozen, encodes the prompts without autograd and runs the completions over their cache.
 
 The LM head is BERT's (dense + GELU + LayerNorm, then the word embeddings, tied, plus a bias;
 the grade tokens' rows get a trainable offset). ``readout: sim`` adds to the four grade
@@ -55,12 +53,23 @@ builder); no sliding-window or relative positions; MiniLM's 512-position limit h
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, BertConfig, BertModel, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-SEG_PAD, SEG_A, SEG_B, SEG_READ, SEG_COMPLETION = 0, 1, 2, 3, 4
+from searchrl.relevance.model.prefix_attention import (
+    SEG_A,
+    SEG_B,
+    SEG_COMPLETION,
+    SEG_PAD,
+    SEG_READ,
+    attention_bias,
+    copy_masks,
+    mean_over,
+    segments,
+)
+
 MASKS = ("late", "block")
 READOUTS = ("sim", "token")
 MINILM_PREFIX = "minilm-prefix"  # the model name that builds this over all-MiniLM-L6-v2's weights
@@ -79,48 +88,6 @@ class PrefixLMConfig(BertConfig):
         self.marker_token_id, self.grade_token_ids = marker_token_id, list(grade_token_ids or [])
         self.added_token_ids = list(added_token_ids or [])  # other tokens MiniLM lacks ("\n", "=>"): own rows
         self.is_decoder = True  # only so that BertModel keeps a KV cache; the attention pattern is our 4D mask
-
-
-def segments(input_ids: torch.Tensor, mask: torch.Tensor, marker: int) -> torch.Tensor:
-    """[B, T] segment ids from the markers (module docstring); padding (mask 0) is SEG_PAD."""
-    is_marker = (input_ids == marker) & (mask > 0)
-    before = is_marker.long().cumsum(1) - is_marker.long()  # markers strictly before each position
-    seg = torch.clamp(before + 1, max=SEG_COMPLETION)  # 0 before -> A, 1 -> B, 2 -> read, 3+ -> completion
-    return torch.where(mask > 0, seg, torch.zeros_like(seg))
-
-
-def attention_bias(seg_q: torch.Tensor, key_mask: torch.Tensor, past: int, mode: str, dtype) -> torch.Tensor:
-    """[B, 1, T, past + T] additive bias (0 = may attend) for queries of segments ``seg_q`` [B, T] over ``past``
-    cached keys and the T new ones; key_mask [B, past + T] is 1 for real tokens."""
-    b, t = seg_q.shape
-    sq = seg_q[:, :, None]  # [B, T, 1]
-    sk = seg_q[:, None, :]  # [B, 1, T]: the new keys' segments
-    causal = torch.ones(t, t, dtype=torch.bool, device=seg_q.device).tril()[None]  # [1, T, T]
-    reads_all = sq >= SEG_READ  # the read token and the completion: everything before them
-    new = torch.where(reads_all, (sk < SEG_READ) | causal,
-                      (sk == sq) | ((mode == "block") & (sq == SEG_B) & (sk == SEG_A)))  # [B, T, T]
-    cached = (reads_all | ((mode == "block") & (sq == SEG_B))).expand(b, t, past)  # [B, T, past]
-    allowed = torch.cat([cached, new], dim=2) & (key_mask[:, None, :] > 0)
-    eye = torch.zeros_like(allowed)
-    eye[:, :, past:] = torch.eye(t, dtype=torch.bool, device=seg_q.device)
-    allowed = allowed | (eye & (sq == SEG_PAD))  # a padding row attends to itself (no all-masked row: no NaN)
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=seg_q.device)
-    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-def copy_masks(ids: torch.Tensor, seg: torch.Tensor, vocab_size: int, marker: int) -> torch.Tensor:
-    """[B, 2, V]: 1 where a token occurs in the query (segment A) / in the product (segment B) of each row,
-    markers left out."""
-    out = ids.new_zeros(ids.shape[0], 2, vocab_size, dtype=torch.float)
-    for k, s in enumerate((SEG_A, SEG_B)):
-        out[:, k].scatter_add_(1, ids, ((seg == s) & (ids != marker)).float())
-    return out.clamp_(max=1.0)
-
-
-def mean_over(hidden: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """[B, H] mean of hidden [B, T, H] over the positions ``where`` [B, T] (bool)."""
-    w = where.to(hidden.dtype)[:, :, None]
-    return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
 
 
 def _rows_from_pieces(emb: torch.Tensor, tokenizer, src: torch.Tensor) -> None:
@@ -240,16 +207,17 @@ class PrefixLMForCausalLM(PreTrainedModel):
 
     def _logits(self, kept: torch.Tensor, seg_kept: torch.Tensor, copy: torch.Tensor | None = None) -> torch.Tensor:
         """[B, K, V] logits of the kept states: the completion head at completion positions (with adapters), plus
-        with ``copy`` ([B, 2, V] copy_masks) a learned per-position weight on the query's and the product's words."""
+        with ``copy`` ([B, 2, V] copy_masks) a learned per-position weight on the query's and the product's words.
+        Only the read token and the completion predict a next token; the query's and the product's positions (read
+        both ways, they predict nothing) and padding get zeros, and cost no head."""
         comp = seg_kept == SEG_COMPLETION  # [B, K]
-        if not self.config.cot_layers:
-            logits = self.head(kept)
-        else:
-            logits = kept.new_zeros(*kept.shape[:2], self.bias.shape[0])
-            if bool(comp.any()):
-                logits[comp] = self.head(kept[comp], completion=True)
-            if not bool(comp.all()):
-                logits[~comp] = self.head(kept[~comp])
+        own = comp if self.config.cot_layers else torch.zeros_like(comp)  # the completion head's positions
+        shared = (seg_kept >= SEG_READ) & ~own  # the read token's head: the read token (and, without adapters, all)
+        logits = kept.new_zeros(*kept.shape[:2], self.bias.shape[0])
+        if bool(own.any()):
+            logits[own] = self.head(kept[own], completion=True)
+        if bool(shared.any()):
+            logits[shared] = self.head(kept[shared])
         if copy is not None and bool(comp.any()):
             gate = self.cot_copy_gate(kept) * comp[..., None].to(kept.dtype)  # [B, K, 2], 0 off the completion
             logits = logits + torch.bmm(gate, copy.to(gate.dtype))  # [B, K, 2] @ [B, 2, V]
@@ -311,11 +279,11 @@ class PrefixLMForCausalLM(PreTrainedModel):
         return not any(p.requires_grad for n, p in self.bert.named_parameters() if ".cot_lora_" not in n)
 
     def _forward_frozen_prompt(self, input_ids, attention_mask, logits_to_keep: int) -> torch.Tensor:
-        """[B, K, V]: the full forward's logits for a right-padded batch of prompts and completions, with each row's
-        prompt (through its read token) encoded once without autograd and only the completion tokens, reading
-        the prompts' cached keys and values, run with it. A prompt never reads its completion, so this equals the
-        full forward; with the prompt frozen, autograd over the whole [B, T] stack (about half a training step
-        at the default's ~130-token prompts and ~45-token completions) bought nothing."""
+        """[B, K, V]: the full forward's logits for a padded batch of prompts and completions, with each row's prompt
+        (through its read token) encoded once without autograd and only the completion tokens, reading the prompts'
+        cached keys and values, run under it. A prompt never reads its completion, so this equals the full forward;
+        with the prompt frozen, autograd over the whole [B, T] stack bought nothing (an SFT step took 1.9x as
+        long: benchmarks/bench_sft.py)."""
         from transformers import DynamicCache
         b, t = input_ids.shape
         seg = segments(input_ids, attention_mask, self.config.marker_token_id)  # [B, T]
@@ -340,12 +308,24 @@ class PrefixLMForCausalLM(PreTrainedModel):
         at = start[:, None] + torch.arange(tc, device=input_ids.device)[None]  # [B, Tc]
         comp_mask = ((at < end[:, None]) & (attention_mask.gather(1, at.clamp(max=t - 1)) > 0)).long()
         comp_ids = torch.where(comp_mask > 0, input_ids.gather(1, at.clamp(max=t - 1)), 0)
-        comp_logits = self.forward(
-            comp_ids, attention_mask=torch.cat([prompt_mask, comp_mask], 1), cache=cache, use_cache=True,
-            segment_ids=torch.where(comp_mask > 0, SEG_COMPLETION, SEG_PAD), prompt_ids=prompt_ids,
-            prompt_mask=prompt_mask, completion_start=input_ids.gather(1, start.clamp(max=t - 1)[:, None])[:, 0]
-        ).logits  # [B, Tc, V]
-        self._copy_cache = None
+        first_token = input_ids.gather(1, start.clamp(max=t - 1)[:, None])[:, 0]  # [B]: what cot_grade reads
+        comp_logits = prompt_logits.new_zeros(b, tc, self.bias.shape[0])  # [B, Tc, V]
+        # rows of one token (a grade alone: most SFT rows) and longer ones apart: a batch padded to the longest
+        # chain of thought was mostly padding
+        width = comp_mask.sum(1)  # [B]
+        for rows in ((width <= 1).nonzero()[:, 0], (width > 1).nonzero()[:, 0]):
+            if not len(rows):
+                continue
+            w = max(int(width[rows].max()), 1)
+            sub = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
+                                               for layer in cache.layers], config=self.config)
+            logits = self.forward(
+                comp_ids[rows, :w], attention_mask=torch.cat([prompt_mask[rows], comp_mask[rows, :w]], 1), cache=sub,
+                use_cache=True, segment_ids=torch.where(comp_mask[rows, :w] > 0, SEG_COMPLETION, SEG_PAD),
+                prompt_ids=prompt_ids[rows], prompt_mask=prompt_mask[rows], completion_start=first_token[rows]
+            ).logits  # [R, w, V]
+            comp_logits = comp_logits.index_copy(0, rows, F.pad(logits, (0, 0, 0, tc - w)))
+            self._copy_cache = None
         # position j of row r: the prompt pass's if j < start[r], else completion token j - start[r] (padding: zeros)
         pos = torch.arange(first, t, device=input_ids.device)[None]  # [1, K]
         index = torch.where(pos < start[:, None], pos - first,

@@ -105,7 +105,7 @@ def _chunk_probs(model, encoded, chunk, pad_id: int, gids, device, marker: int |
                                              for layer in out.past_key_values.layers], config=model.config)
         p_mask = p_mask[owner]  # [B, P]
         if marker is not None:  # the suffix is the product segment, then the read marker
-            from searchrl.relevance.model.prefix_lm import segments
+            from searchrl.relevance.model.prefix_attention import segments
             full = segments(s_ids, s_mask, marker) + 1  # counted from the suffix: A -> B, B -> read
             extra = {"segment_ids": torch.where(s_mask > 0, full.clamp(max=4), 0).to(device),
                      "pooled_query": out["pooled_query"].index_select(0, sel)}
