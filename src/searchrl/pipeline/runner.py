@@ -138,7 +138,7 @@ def estimate(ctx: Context, stage: str) -> float:
     if c.sft.model not in MINILM_BUILDS and (decoder := _decoder_estimate(c, stage)) is not None:
         return decoder
     rough = {"data": 10, "baselines": 40, "tiering": 20, "export": 10, "evaluate": 90, "report": 20,
-             "sft": 240 * c.sft.optim.epochs if not c.sft.optim.max_steps else 1.5 * c.sft.optim.max_steps,
+             "sft": 125 * c.sft.optim.epochs if not c.sft.optim.max_steps else 1.4 * c.sft.optim.max_steps,
              "sample": 0.05 * c.sample.n * (c.sample.max_prompts or 2000),
              "dpo": 2.0 * (c.dpo.optim.max_steps or 60), "grpo": 17.0 * c.grpo.optim.max_steps,
              "retriever": 3 * 5.0 * (c.retriever.optim.max_steps or 40)}
