@@ -5,19 +5,20 @@
 
 ``pipeline --config llm`` trains SmolLM2-135M-Instruct's grade with LoRA on 512 examples, and its P(Good) ranks a
 query's products at chance. This measures the signal the decoder carries at all, on the held-out pairs (valid and
-test splits, 47 Chorus queries):
+test splits, 54 Chorus queries):
 
 - ``zero-shot yes/no``: the instruct model asked whether the product is what the query looks for, answering Yes or
   No; the score is the logit of Yes minus that of No at its answer's first token;
 - ``probe``: logistic regressions on its frozen last-layer state at that position, fit on a seeded subset of the
   train split (``--train`` pairs), at three strengths;
 
-beside BM25, zero-shot MiniLM cosine and (``--trained``) a trained relevance model's P(Good) on the same pairs: per-query and pooled AUC of the Good score, with
-query-bootstrap intervals.
+the same two for a randomly initialised tiny decoder (the tests' build: a control for what any text features
+give), beside BM25, zero-shot MiniLM cosine and (``--trained``) a trained relevance model's P(Good) on the same
+pairs: per-query and pooled AUC of the Good score, with query-bootstrap intervals.
 
 Simplifies: one prompt (the question last, after title, brand and category); the probe's best strength is read
 off the held-out pairs themselves, so its best row is an upper bound on what a linear readout of these states
-gives. Wall time: 22 minutes on one thread beside another one-thread run, 13 on 2 threads alone.
+gives. Wall time: 13 minutes on 2 threads.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from searchrl.data.schema import GOOD_MIN_GRADE, load_dataset, pair_products
 from searchrl.eval.baselines import relevance_baseline_predictions
 from searchrl.eval.results_page import ResultsPage
+from searchrl.lexical.bm25 import BM25Index
 from searchrl.metrics.measures import per_query_auc
 from searchrl.metrics.stats import format_interval, query_bootstrap
 
@@ -78,12 +81,28 @@ def pairs_of(ds, split: str, n: int | None = None, seed: int = 0):
 
 def auc_cells(score: np.ndarray, pairs) -> list[str]:
     """Per-query and pooled AUC of ``score`` for Good, with query-bootstrap intervals."""
-    from sklearn.metrics import roc_auc_score
     gold, qids = pairs["grade"].to_numpy(), pairs["query_id"].astype(str).to_numpy()
     per_query = per_query_auc(gold, score, qids)
     good = gold >= GOOD_MIN_GRADE
     pooled = query_bootstrap(metric=lambda rows: roc_auc_score(good[rows], score[rows]), groups=qids)
     return [format_interval(query_bootstrap(np.array(list(per_query.values())))), format_interval(pooled)]
+
+
+def model_rows(label: str, model, tokenizer, held, train, started: float) -> list[list[str]]:
+    """The zero-shot yes/no row and one probe row per strength for one model (the probe fit on ``train``)."""
+    scores = {}
+    for name, pairs in (("held", held), ("train", train)):
+        prompts = [yes_no_prompt(tokenizer, q, p) for q, p in zip(pairs["text"], pair_products(pairs))]
+        scores[name] = answer_scores(model, tokenizer, prompts)  # ([N], [N, H])
+        print(f"{label}, {name}: {len(prompts)} pairs scored ({time.time() - started:.0f}s)", flush=True)
+    scaler = StandardScaler().fit(scores["train"][1])
+    rows = [[f"{label} zero-shot yes/no", *auc_cells(scores["held"][0], held)]]
+    for c in STRENGTHS:
+        probe = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(scores["train"][1]),
+                                                          train["grade"].to_numpy() >= GOOD_MIN_GRADE)
+        rows.append([f"{label} probe, C={c}", *auc_cells(probe.decision_function(
+            scaler.transform(scores["held"][1])), held)])
+    return rows
 
 
 def main(argv=None) -> None:
@@ -94,8 +113,12 @@ def main(argv=None) -> None:
     ap.add_argument("--trained", default="", help="a trained relevance model directory scored beside them (P(Good))")
     ap.add_argument("--page-dir", default="docs/results/llm", help="where the page goes; '' = print only")
     args = ap.parse_args(argv)
+    if args.train < 10:
+        ap.error(f"--train must be at least 10 (pairs to fit the probe on), got {args.train}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from searchrl.relevance.model.builds import TINY
+    from searchrl.relevance.model.load import load_relevance_model
     from searchrl.relevance.model.pretrained import resolve_model
     started, path = time.time(), resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(path)
@@ -104,20 +127,13 @@ def main(argv=None) -> None:
     ds = load_dataset(args.data)
     held = pd.concat([ds.split(s).pairs() for s in HELD_OUT], ignore_index=True)
     train = pairs_of(ds, "train", args.train)
-    scores = {}
-    for name, pairs in (("held", held), ("train", train)):
-        prompts = [yes_no_prompt(tok, q, p) for q, p in zip(pairs["text"], pair_products(pairs))]
-        scores[name] = answer_scores(model, tok, prompts)
-        print(f"{name}: {len(prompts)} pairs scored ({time.time() - started:.0f}s)", flush=True)
-    scaler = StandardScaler().fit(scores["train"][1])
-    rows = [[f"{args.model} zero-shot yes/no", *auc_cells(scores["held"][0], held)]]
-    for c in STRENGTHS:
-        probe = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(scores["train"][1]),
-                                                          train["grade"].to_numpy() >= GOOD_MIN_GRADE)
-        rows.append([f"{args.model} probe, C={c}", *auc_cells(probe.decision_function(
-            scaler.transform(scores["held"][1])), held)])
+    rows = model_rows(args.model, model, tok, held, train, started)
+    control, control_tok = load_relevance_model(TINY)  # random weights, seeded: what untrained features give
+    rows += model_rows("random-init tiny decoder (control)", control.eval(), control_tok, held, train, started)
+    bm25 = BM25Index(ds.products)  # one index for both splits
+    scores: dict[str, list] = {}
     for split in HELD_OUT:  # the baselines fit on train and score one split at a time, in its pairs' order
-        base = relevance_baseline_predictions(ds, split)
+        base = relevance_baseline_predictions(ds, split, bm25=bm25)
         for system in ("bm25-thresholds", "minilm-cosine"):
             scores.setdefault(system, []).append(base[system]["score"])
         if args.trained:
